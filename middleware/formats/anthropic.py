@@ -1,0 +1,65 @@
+"""Merge rules for Anthropic Messages streams.
+
+Wire format: Anthropic docs, "Streaming Messages"
+(https://docs.anthropic.com/en/docs/build-with-claude/streaming): ``message_start``,
+``content_block_start``, ``content_block_delta``, ``content_block_stop``, ``message_delta``,
+``message_stop``, ``ping``, ``error``, each with an ``event:`` line naming the ``type``.
+
+Only ``content_block_delta`` events whose delta is ``text_delta`` (``text``),
+``input_json_delta`` (``partial_json``) or ``thinking_delta`` (``thinking``) are deltas; they
+merge when index, delta type and every other field are equal. ``signature_delta``,
+``citations_delta``, unknown delta types and every other event are boundaries, forwarded as they
+came (the API's whitespace padding included).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import orjson
+
+from ..events import SSEEvent
+from .base import MALFORMED, Kind
+from .field_group import FieldGroup
+
+_DELTA_FIELDS: Final = {
+    "text_delta": "text",
+    "input_json_delta": "partial_json",
+    "thinking_delta": "thinking",
+}
+_TOP_SKIP: Final = frozenset(("delta",))
+
+
+class AnthropicFormat:
+    """Classifies and merges Anthropic Messages stream events (stateless, shareable)."""
+
+    name = "anthropic"
+
+    def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
+        """See :meth:`streamhop.middleware.formats.base.Format.classify`."""
+        data = event.data
+        if data is None or event.retry is not None:
+            return Kind.FLUSH, False, None
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return Kind.FLUSH, False, MALFORMED
+        if type(obj) is not dict:
+            return Kind.FLUSH, False, MALFORMED
+        if obj.get("type") != "content_block_delta":
+            return Kind.FLUSH, False, None
+        delta = obj.get("delta")
+        if type(delta) is not dict:
+            return Kind.FLUSH, False, None
+        field = _DELTA_FIELDS.get(delta.get("type"))  # type: ignore[arg-type]
+        if field is None:
+            return Kind.FLUSH, True, None
+        text = delta.get(field)
+        if type(text) is not str:
+            return Kind.FLUSH, False, None
+        return Kind.DELTA, bool(text), (obj, field, text)
+
+    def open_group(self, event: SSEEvent, parsed: object) -> FieldGroup:
+        """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
+        obj, field, text = parsed  # type: ignore[misc]
+        return FieldGroup(event, obj, "delta", field, text, _TOP_SKIP)

@@ -1,0 +1,76 @@
+"""What a wire format tells the coalescer about each event.
+
+A format classifies each event once (parsing its JSON once) as:
+
+* ``DELTA``: a content delta that may merge with the held delta before it (same stream position,
+  same text field, same tool-call index, every other field equal);
+* ``HOLD``: an event that is held and batched into the next write but never rewritten (plain
+  ``sse`` streams);
+* ``FLUSH``: a boundary (role, new tool call, ``finish_reason``, ``usage``, ``[DONE]``,
+  ``message_delta``, ``message_stop``, ``error``, any event type the format does not know): never
+  merged across; it and everything held before it are written at once.
+
+Formats are stateless and shared; the per-stream state is the :class:`MergeGroup`.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Protocol
+
+from ..events import SSEEvent
+
+
+class Kind(IntEnum):
+    """How the coalescer treats one event."""
+
+    DELTA = 0
+    HOLD = 1
+    FLUSH = 2
+
+
+class MergeGroup(Protocol):
+    """Consecutive deltas merged into one event.
+
+    ``first`` is the event the group was opened with; a group of one renders it unchanged.
+    """
+
+    count: int
+    wire_size: int
+
+    def add(self, event: SSEEvent, parsed: object) -> bool:
+        """Merge ``event`` (already parsed as ``parsed``) if compatible; False leaves it untouched."""
+
+    def render(self) -> SSEEvent:
+        """Return the merged event: one event whose accumulation equals that of the parts."""
+
+
+class Format(Protocol):
+    """Merge rules of one wire format."""
+
+    name: str
+
+    def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
+        """Classify one event.
+
+        Returns:
+            ``(kind, is_content, parsed)``: ``is_content`` is true when the event carries text,
+            reasoning or tool-call arguments (counts for TTFT); ``parsed`` is the decoded JSON
+            for a ``DELTA`` (handed back to :meth:`open_group` / :meth:`MergeGroup.add`), else
+            ``None``. Malformed JSON is never an exception: such an event is ``FLUSH`` with
+            ``parsed`` set to :data:`MALFORMED` so it is forwarded verbatim and counted.
+        """
+
+    def open_group(self, event: SSEEvent, parsed: object) -> MergeGroup:
+        """Start a merge group with a ``DELTA`` event."""
+
+
+class _Malformed:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MALFORMED"
+
+
+MALFORMED = _Malformed()
+"""``parsed`` value of an event whose data should have been JSON and was not."""

@@ -1,0 +1,244 @@
+"""Merge rules for OpenAI Chat Completions streams (``chat.completion.chunk``).
+
+Wire format: OpenAI API reference, "The chat completion chunk object"
+(https://platform.openai.com/docs/api-reference/chat-streaming). Also the OpenAI-compatible
+streams of Cerebras, Groq (``delta.reasoning``, ``x_groq``), vLLM and DeepSeek
+(``delta.reasoning_content``).
+
+A chunk is a ``DELTA`` when every choice only continues text (``content``,
+``reasoning_content``, ``reasoning``, ``refusal``) or the ``function.arguments`` of tool calls
+already announced, with ``logprobs`` optional. Deltas merge when they continue the same fields of
+the same choices and tool-call indexes in the same order, and every other field is equal (unknown
+fields included, so nothing a provider adds is lost). ``obfuscation`` (random padding) keeps the
+first value. A role, a tool call's ``id``/``name``, ``finish_reason``, a non-null ``usage``, an
+empty ``choices``, ``error`` and ``[DONE]`` are boundaries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from ..events import SSEEvent
+from .base import MALFORMED, Kind
+
+_TEXT_FIELDS: Final = ("content", "reasoning_content", "reasoning", "refusal")
+_TEXT_SET: Final = frozenset(_TEXT_FIELDS)
+_TOOL_KEYS: Final = frozenset(("index", "id", "type", "function"))
+_FUNCTION_KEYS: Final = frozenset(("arguments", "name"))
+_MISSING: Final = object()
+
+# A slot names where one merged string goes: (choice position, text field name) or
+# (choice position, tool-call position in delta.tool_calls).
+Slot = tuple[int, "str | int"]
+
+
+class OpenAIChatFormat:
+    """Classifies and merges ``chat.completion.chunk`` events (stateless, shareable)."""
+
+    name = "openai-chat"
+
+    def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
+        """See :meth:`streamhop.middleware.formats.base.Format.classify`."""
+        data = event.data
+        if data is None or event.retry is not None or data == "[DONE]":
+            return Kind.FLUSH, False, None
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return Kind.FLUSH, False, MALFORMED
+        if type(obj) is not dict:
+            return Kind.FLUSH, False, MALFORMED
+        choices = obj.get("choices")
+        if type(choices) is not list or not choices or obj.get("usage") is not None:
+            return Kind.FLUSH, _has_content(choices), None
+        slots: list[Slot] = []
+        strings: list[str] = []
+        content = False
+        for pos, choice in enumerate(choices):
+            if type(choice) is not dict or choice.get("finish_reason") is not None:
+                return Kind.FLUSH, _has_content(choices), None
+            delta = choice.get("delta")
+            if type(delta) is not dict or delta.get("role") is not None:
+                return Kind.FLUSH, _has_content(choices), None
+            for field in _TEXT_FIELDS:
+                text = delta.get(field)
+                if text is None:
+                    continue
+                if type(text) is not str:
+                    return Kind.FLUSH, False, None
+                if text:
+                    content = True
+                    slots.append((pos, field))
+                    strings.append(text)
+            calls = delta.get("tool_calls")
+            if calls is not None:
+                if type(calls) is not list:
+                    return Kind.FLUSH, False, None
+                for tpos, call in enumerate(calls):
+                    args = _continued_arguments(call)
+                    if args is None:
+                        # A new tool call (id/name) or a shape we do not know: a boundary.
+                        return Kind.FLUSH, True, None
+                    if args:
+                        content = True
+                    slots.append((pos, tpos))
+                    strings.append(args)
+        return Kind.DELTA, content, (obj, tuple(slots), strings)
+
+    def open_group(self, event: SSEEvent, parsed: object) -> _ChatGroup:
+        """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
+        obj, slots, strings = parsed  # type: ignore[misc]
+        return _ChatGroup(event, obj, slots, strings)
+
+
+def _continued_arguments(call: object) -> str | None:
+    """Return the ``arguments`` fragment of a tool call that continues one, else ``None``."""
+    if type(call) is not dict or not call.keys() <= _TOOL_KEYS or call.get("id"):
+        return None
+    function = call.get("function")
+    if type(function) is not dict or not function.keys() <= _FUNCTION_KEYS:
+        return None
+    if function.get("name"):
+        return None
+    args = function.get("arguments")
+    if args is None:
+        return ""
+    return args if type(args) is str else None
+
+
+def _has_content(choices: object) -> bool:
+    """True when any choice of a boundary chunk carries text or tool-call data."""
+    if type(choices) is not list:
+        return False
+    for choice in choices:
+        delta = choice.get("delta") if type(choice) is dict else None
+        if type(delta) is not dict:
+            continue
+        if delta.get("tool_calls"):
+            return True
+        for field in _TEXT_FIELDS:
+            text = delta.get(field)
+            if type(text) is str and text:
+                return True
+    return False
+
+
+def _same_except(a: dict[str, Any], b: dict[str, Any], skip: frozenset[str]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for key, value in a.items():
+        if key not in skip and b[key] != value:
+            return False
+    return True
+
+
+_TOP_SKIP: Final = frozenset(("choices", "obfuscation"))
+_CHOICE_SKIP: Final = frozenset(("delta", "logprobs"))
+_DELTA_SKIP: Final = _TEXT_SET | {"tool_calls"}
+_CALL_SKIP: Final = frozenset(("function",))
+_FUNCTION_SKIP: Final = frozenset(("arguments",))
+
+
+class _ChatGroup:
+    __slots__ = ("count", "first", "last_id", "logprobs", "obj", "pieces", "slots", "wire_size")
+
+    def __init__(
+        self, event: SSEEvent, obj: dict[str, Any], slots: tuple[Slot, ...], strings: list[str]
+    ) -> None:
+        self.first = event
+        self.obj = obj
+        self.slots = slots
+        self.pieces: list[list[str]] = [[s] for s in strings]
+        self.count = 1
+        self.wire_size = event.wire_size
+        self.last_id = event.id
+        choices: list[dict[str, Any]] = obj["choices"]
+        self.logprobs: list[list[Any]] | None = None
+        if any(c.get("logprobs") is not None for c in choices):
+            self.logprobs = [[c.get("logprobs")] for c in choices]
+
+    def add(self, event: SSEEvent, parsed: object) -> bool:
+        obj, slots, strings = parsed  # type: ignore[misc]
+        if slots != self.slots or event.event != self.first.event:
+            return False
+        base = self.obj
+        if not _same_except(obj, base, _TOP_SKIP):
+            return False
+        choices = obj["choices"]
+        base_choices = base["choices"]
+        if len(choices) != len(base_choices):
+            return False
+        for choice, bchoice in zip(choices, base_choices, strict=True):
+            if not _same_except(choice, bchoice, _CHOICE_SKIP):
+                return False
+            if (choice.get("logprobs") is None) != (bchoice.get("logprobs") is None):
+                return False
+            delta = choice["delta"]
+            bdelta = bchoice["delta"]
+            if not _same_except(delta, bdelta, _DELTA_SKIP):
+                return False
+            calls = delta.get("tool_calls")
+            if calls:
+                # Same positions are guaranteed by the slots; the calls must also be the same
+                # calls (index, type) with only the arguments differing.
+                for call, bcall in zip(calls, bdelta["tool_calls"], strict=True):
+                    if not _same_except(call, bcall, _CALL_SKIP):
+                        return False
+                    if not _same_except(call["function"], bcall["function"], _FUNCTION_SKIP):
+                        return False
+        for piece, text in zip(self.pieces, strings, strict=True):
+            piece.append(text)
+        if self.logprobs is not None:
+            for acc, choice in zip(self.logprobs, choices, strict=True):
+                acc.append(choice.get("logprobs"))
+        self.count += 1
+        self.wire_size += event.wire_size
+        if event.id is not None:
+            self.last_id = event.id
+        return True
+
+    def render(self) -> SSEEvent:
+        if self.count == 1:
+            return self.first
+        base = self.obj
+        choices = [dict(c) for c in base["choices"]]
+        deltas = [dict(c["delta"]) for c in choices]
+        calls: dict[int, list[dict[str, Any]]] = {}
+        for (pos, where), piece in zip(self.slots, self.pieces, strict=True):
+            text = "".join(piece)
+            if type(where) is str:
+                deltas[pos][where] = text
+            else:
+                if pos not in calls:
+                    calls[pos] = [dict(c) for c in deltas[pos]["tool_calls"]]
+                    deltas[pos]["tool_calls"] = calls[pos]
+                call = calls[pos][where]
+                call["function"] = {**call["function"], "arguments": text}
+        for choice, delta in zip(choices, deltas, strict=True):
+            choice["delta"] = delta
+        if self.logprobs is not None:
+            for choice, parts in zip(choices, self.logprobs, strict=True):
+                choice["logprobs"] = _merge_logprobs(parts)
+        merged = dict(base)
+        merged["choices"] = choices
+        return SSEEvent(
+            data=orjson.dumps(merged).decode(),
+            event=self.first.event,
+            id=self.last_id,
+            wire_size=self.wire_size,
+        )
+
+
+def _merge_logprobs(parts: list[Any]) -> Any:
+    """Concatenate ``logprobs.content`` / ``logprobs.refusal`` token lists in order."""
+    first = parts[0]
+    if type(first) is not dict:
+        return first
+    merged = dict(first)
+    for key in ("content", "refusal"):
+        lists = [p.get(key) for p in parts if type(p) is dict]
+        if any(x is not None for x in lists):
+            merged[key] = [tok for lst in lists if lst for tok in lst]
+    return merged

@@ -1,0 +1,69 @@
+"""Merge rules for OpenAI Responses API streams.
+
+Wire format: OpenAI API reference, "Streaming events" of the Responses API
+(https://platform.openai.com/docs/api-reference/responses-streaming): typed events such as
+``response.created``, ``response.output_text.delta``, ``response.completed``, each with an
+``event:`` line equal to its ``type`` and, since 2025, a ``sequence_number``.
+
+The ``response.*.delta`` events below carry one string ``delta``; consecutive ones merge when
+every other field is equal (``item_id``, ``output_index``, ``content_index``, unknown fields),
+keeping the last ``sequence_number`` (the merged event stands for everything up to it),
+concatenating ``logprobs`` and keeping the first ``obfuscation`` (random padding). Every other
+event (``response.created`` and ``response.in_progress`` too) is a boundary, forwarded as it came.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import orjson
+
+from ..events import SSEEvent
+from .base import MALFORMED, Kind
+from .field_group import FieldGroup
+
+# delta event type -> whether its text counts as content for TTFT
+_DELTA_TYPES: Final = {
+    "response.output_text.delta": True,
+    "response.refusal.delta": True,
+    "response.reasoning_text.delta": True,
+    "response.reasoning_summary_text.delta": True,
+    "response.function_call_arguments.delta": True,
+    "response.custom_tool_call_input.delta": True,
+    "response.mcp_call_arguments.delta": True,
+    "response.code_interpreter_call_code.delta": True,
+    "response.audio.transcript.delta": False,
+}
+_SKIP: Final = frozenset(("delta", "sequence_number", "logprobs", "obfuscation"))
+_LAST_WINS: Final = ("sequence_number",)
+_CONCAT: Final = ("logprobs",)
+
+
+class OpenAIResponsesFormat:
+    """Classifies and merges Responses API stream events (stateless, shareable)."""
+
+    name = "openai-responses"
+
+    def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
+        """See :meth:`streamhop.middleware.formats.base.Format.classify`."""
+        data = event.data
+        if data is None or event.retry is not None:
+            return Kind.FLUSH, False, None
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return Kind.FLUSH, False, MALFORMED
+        if type(obj) is not dict:
+            return Kind.FLUSH, False, MALFORMED
+        content = _DELTA_TYPES.get(obj.get("type"))  # type: ignore[arg-type]
+        if content is None:
+            return Kind.FLUSH, False, None
+        text = obj.get("delta")
+        if type(text) is not str:
+            return Kind.FLUSH, False, None
+        return Kind.DELTA, content and bool(text), (obj, "delta", text)
+
+    def open_group(self, event: SSEEvent, parsed: object) -> FieldGroup:
+        """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
+        obj, field, text = parsed  # type: ignore[misc]
+        return FieldGroup(event, obj, None, field, text, _SKIP, _LAST_WINS, _CONCAT)

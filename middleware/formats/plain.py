@@ -1,0 +1,26 @@
+"""Rules for any other SSE stream (``format = "sse"``): batch, never rewrite.
+
+Events of an unknown format are held and written together on the flush window, each exactly as
+it came; the first event goes out at once like a first token.
+"""
+
+from __future__ import annotations
+
+from ..events import SSEEvent
+from .base import Kind, MergeGroup
+
+
+class PlainSSEFormat:
+    """Holds every event unchanged (stateless, shareable)."""
+
+    name = "sse"
+
+    def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
+        """Every event with data is ``HOLD`` and counts as content; blocks without data flush."""
+        if event.data is None:
+            return Kind.FLUSH, False, None
+        return Kind.HOLD, True, None
+
+    def open_group(self, event: SSEEvent, parsed: object) -> MergeGroup:
+        """Never called: plain SSE has no deltas."""
+        raise TypeError("plain SSE events are never merged")
