@@ -13,6 +13,7 @@ import orjson
 from ..events import SSEEvent
 from .anthropic import AnthropicFormat
 from .base import MALFORMED, Format, Kind, MergeGroup
+from .error_events import error_body, error_event, format_for_path
 from .openai_chat import OpenAIChatFormat
 from .openai_responses import OpenAIResponsesFormat
 from .plain import PlainSSEFormat
@@ -25,6 +26,9 @@ __all__ = [
     "Kind",
     "MergeGroup",
     "detect_format",
+    "error_body",
+    "error_event",
+    "format_for_path",
     "get_format",
 ]
 

@@ -1,0 +1,195 @@
+"""The stream pump: upstream bytes → decoder → coalescer → one downstream write at a time.
+
+This is the IO edge shared by the sidecar and the middleware; it owns no socket. The caller
+feeds bytes as they arrive (:meth:`StreamPump.feed`) and hands in an async ``write`` that sends one
+body chunk to the client. Behaviour (DESIGN.md, "Stream lifecycle"):
+
+* at most one ``write`` is in flight; while it is, deltas keep merging in the coalescer, so a slow
+  client gets fewer, larger writes and memory grows with unsent text, not with event count;
+* :meth:`StreamPump.wait_for_room` blocks the reader while more than ``max_pending_bytes`` are
+  held, which stops reading upstream and lets TCP push back on the provider;
+* a ``write`` that does not complete within ``stall_timeout`` seconds fails the pump with
+  :class:`ClientStallError`;
+* a window flush needs no upstream byte: a timer on the loop wakes the writer at the coalescer's
+  deadline (one timer per window, not per event).
+
+The clock is ``time.monotonic()`` (seconds; system-wide on Linux, so comparable across
+processes). Not ``loop.time()``: uvloop's has millisecond resolution, too coarse for TTFT and
+overhead measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from .coalescer import Coalescer
+from .errors import StreamHopError
+from .events import SSEEvent
+from .sse_decoder import SSEDecoder
+from .sse_encoder import encode_events
+
+Write = Callable[[bytes], Awaitable[None]]
+
+
+class ClientStallError(StreamHopError, TimeoutError):
+    """The client accepted no bytes for ``stall_timeout`` seconds."""
+
+
+class StreamPump:
+    """Re-chunks one SSE stream and writes it downstream.
+
+    Args:
+        write: sends one body chunk to the client; raising fails the pump.
+        coalescer: the stream's coalescer (format, window, sizes).
+        decoder: the stream's decoder (event size bound).
+        max_pending_bytes: held wire bytes above which :meth:`wait_for_room` blocks.
+        stall_timeout: seconds one ``write`` may take before :class:`ClientStallError`.
+
+    Must be created inside a running event loop.
+    """
+
+    def __init__(
+        self,
+        write: Write,
+        coalescer: Coalescer,
+        decoder: SSEDecoder,
+        *,
+        max_pending_bytes: int = 1024 * 1024,
+        stall_timeout: float = 30.0,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._write = write
+        self.coalescer = coalescer
+        self.decoder = decoder
+        self._max_pending = max_pending_bytes
+        self._stall = stall_timeout
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._tail: list[SSEEvent] = []
+        self.writes = 0
+        """Downstream writes done."""
+        self.bytes_in = 0
+        """Upstream body bytes fed."""
+        self.bytes_out = 0
+        """Downstream body bytes written."""
+        self.first_write_at: float | None = None
+        """``time.monotonic()`` when the first write completed."""
+        self.first_content_write_at: float | None = None
+        """``time.monotonic()`` when the write holding the first content event began."""
+        self.on_write: Callable[[float, float, int], None] | None = None
+        """Optional hook called after each write with (start, end, bytes); monotonic seconds."""
+        self.writer = self._loop.create_task(self._write_loop(), name="streamhop-writer")
+        """The writer task: done when the stream is fully written, or failed."""
+
+    def feed(self, data: bytes) -> None:
+        """Take upstream bytes (non-empty) and schedule writes.
+
+        Raises:
+            EventTooLargeError: an event exceeded the decoder's bound.
+        """
+        self.bytes_in += len(data)
+        events = self.decoder.feed(data)
+        if events:
+            coalescer = self.coalescer
+            now = time.monotonic()
+            for event in events:
+                coalescer.push(event, now)
+            self._schedule(now)
+
+    @property
+    def over_limit(self) -> bool:
+        """True when the reader should call :meth:`wait_for_room` before reading more."""
+        return self.coalescer.pending_bytes > self._max_pending
+
+    async def wait_for_room(self) -> None:
+        """Block while more than ``max_pending_bytes`` are held (returns at once if the writer
+        has stopped, so the reader can see the failure)."""
+        while self.coalescer.pending_bytes > self._max_pending and not self.writer.done():
+            self._room.clear()
+            self._wake.set()
+            await self._room.wait()
+
+    async def finish(self, tail: Sequence[SSEEvent] = ()) -> None:
+        """Write everything held, then ``tail`` (e.g. a terminal error event), and wait.
+
+        Raises:
+            Whatever the writer failed with (client gone, :class:`ClientStallError`).
+        """
+        self._tail = list(tail)
+        self._closing = True
+        self._wake.set()
+        await self.writer
+
+    def close(self) -> None:
+        """Stop at once without writing more (client gone, cancellation)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.writer.done():
+            self.writer.cancel()
+
+    def _schedule(self, now: float) -> None:
+        deadline = self.coalescer.deadline
+        if deadline is None:
+            return
+        if deadline <= now:
+            self._wake.set()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(deadline - now, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        coalescer = self.coalescer
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while True:
+                    closing = self._closing
+                    if closing or coalescer.due(time.monotonic()):
+                        events = coalescer.take()
+                        if closing and self._tail:
+                            events.extend(self._tail)
+                            self._tail = []
+                    else:
+                        break
+                    self._room.set()
+                    if not events:
+                        break
+                    await self._send(events)
+                if closing:
+                    return
+                self._schedule(time.monotonic())
+        finally:
+            self._room.set()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    async def _send(self, events: list[SSEEvent]) -> None:
+        data = encode_events(events)
+        start = time.monotonic()
+        if self.first_content_write_at is None and self.coalescer.content_seen:
+            self.first_content_write_at = start
+        try:
+            async with asyncio.timeout(self._stall):
+                await self._write(data)
+        except TimeoutError as exc:
+            raise ClientStallError(
+                f"client accepted no bytes for {self._stall:g} s ({len(data)} bytes pending)"
+            ) from exc
+        end = time.monotonic()
+        if self.first_write_at is None:
+            self.first_write_at = end
+        self.writes += 1
+        self.bytes_out += len(data)
+        if self.on_write is not None:
+            self.on_write(start, end, len(data))

@@ -1,0 +1,1 @@
+"""streamhop sidecar: the reverse proxy (``streamhop serve``), simulator and demo."""

@@ -1,0 +1,366 @@
+"""Sidecar configuration: the TOML file of ``streamhop serve --config``, validated at start.
+
+Every key is documented in ``config.example.toml`` at the repository root and in
+``docs/config.md``. Loading never half-succeeds: an unknown key, a wrong type or an impossible
+value raises :class:`~streamhop.middleware.errors.ConfigError` naming the dotted key
+(``routes[1].upstream``) and what was expected, before any socket is opened.
+
+Durations carry their unit in the key (``_s`` seconds, ``_ms`` milliseconds); sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from streamhop.middleware.errors import ConfigError
+from streamhop.middleware.formats import FORMAT_NAMES
+
+DEFAULT_LISTEN: Final = "127.0.0.1:8787"
+DEFAULT_ADMIN_LISTEN: Final = "127.0.0.1:9464"
+_ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: listeners and shutdown."""
+
+    listen: str = DEFAULT_LISTEN
+    admin_listen: str = DEFAULT_ADMIN_LISTEN
+    drain_timeout_s: float = 30.0
+    max_streams: int = 10_000
+    max_request_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """One ``[[routes]]`` entry: requests whose path starts with ``prefix`` go to ``upstream``.
+
+    The request path after ``prefix`` is appended to the upstream URL's path, and the query is
+    kept: prefix ``/openai`` + upstream ``https://api.openai.com`` sends ``/openai/v1/models`` to
+    ``https://api.openai.com/v1/models``.
+    """
+
+    prefix: str
+    upstream: str
+    format: str = "auto"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+    connect_timeout_s: float = 10.0
+    retries: int = 1
+    on_disconnect: str = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class RechunkConfig:
+    """``[rechunk]``: how SSE streams are re-chunked."""
+
+    mode: str = "coalesce"
+    flush_interval_ms: float = 20.0
+    max_flush_bytes: int = 16 * 1024
+    max_event_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BackpressureConfig:
+    """``[backpressure]``: bounds for slow clients."""
+
+    max_pending_bytes: int = 1024 * 1024
+    stall_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeConfig:
+    """``[resume]``: the replay log for ``Last-Event-ID`` (off unless ``enabled``)."""
+
+    enabled: bool = False
+    store: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    window_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """``[tracing]``: OpenTelemetry export (off unless ``otlp_endpoint`` is set)."""
+
+    otlp_endpoint: str | None = None
+    service_name: str = "streamhop"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: label cardinality control."""
+
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; build it with :func:`load_config` or :func:`config_from_dict`."""
+
+    routes: tuple[RouteConfig, ...]
+    server: ServerConfig = ServerConfig()
+    rechunk: RechunkConfig = RechunkConfig()
+    backpressure: BackpressureConfig = BackpressureConfig()
+    resume: ResumeConfig = ResumeConfig()
+    tracing: TracingConfig = TracingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML config file.
+
+    Args:
+        path: the file.
+        environ: where ``${NAME}`` in route headers is looked up (default ``os.environ``).
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax error, or an invalid key (named in the error).
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("<file>", f"{path} is not valid TOML: {exc}") from exc
+    return config_from_dict(data, environ)
+
+
+def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed config mapping (the TOML document's top-level table).
+
+    Raises:
+        ConfigError: the first invalid key, with its dotted name and the reason.
+    """
+    env = os.environ if environ is None else environ
+    _no_unknown(
+        "", data, {"server", "routes", "rechunk", "backpressure", "resume", "tracing", "metrics"}
+    )
+    server = _server(_table(data, "server"))
+    raw_routes = data.get("routes", [])
+    if not isinstance(raw_routes, list):
+        raise ConfigError("routes", "expected an array of tables ([[routes]])")
+    routes = tuple(_route(f"routes[{i}]", r, env) for i, r in enumerate(raw_routes))
+    seen: set[str] = set()
+    for i, route in enumerate(routes):
+        if route.prefix in seen:
+            raise ConfigError(f"routes[{i}].prefix", f"duplicate prefix {route.prefix!r}")
+        seen.add(route.prefix)
+    return Config(
+        routes=routes,
+        server=server,
+        rechunk=_rechunk(_table(data, "rechunk")),
+        backpressure=_backpressure(_table(data, "backpressure")),
+        resume=_resume(_table(data, "resume")),
+        tracing=_tracing(_table(data, "tracing")),
+        metrics=_metrics(_table(data, "metrics")),
+    )
+
+
+def route_for_upstream(upstream: str) -> RouteConfig:
+    """The single route ``--upstream URL`` stands for (``prefix = "/"``).
+
+    Raises:
+        ConfigError: ``upstream`` is not an http(s) URL.
+    """
+    return RouteConfig(prefix="/", upstream=_url("--upstream", upstream))
+
+
+def parse_hostport(key: str, value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:8787`` for IPv6).
+
+    Raises:
+        ConfigError: not ``HOST:PORT`` with a port in 0..65535.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(key, f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+def _server(t: Mapping[str, Any]) -> ServerConfig:
+    _no_unknown("server", t, set(ServerConfig.__dataclass_fields__))
+    d = ServerConfig()
+    listen = _str(t, "server", "listen", d.listen)
+    admin = _str(t, "server", "admin_listen", d.admin_listen)
+    parse_hostport("server.listen", listen)
+    parse_hostport("server.admin_listen", admin)
+    return ServerConfig(
+        listen=listen,
+        admin_listen=admin,
+        drain_timeout_s=_num(t, "server", "drain_timeout_s", d.drain_timeout_s, minimum=0),
+        max_streams=_int(t, "server", "max_streams", d.max_streams, minimum=1),
+        max_request_bytes=_int(t, "server", "max_request_bytes", d.max_request_bytes, minimum=1),
+    )
+
+
+def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
+    if not isinstance(t, dict):
+        raise ConfigError(key, "expected a table")
+    _no_unknown(key, t, set(RouteConfig.__dataclass_fields__))
+    if "prefix" not in t:
+        raise ConfigError(f"{key}.prefix", "missing (e.g. prefix = \"/\")")
+    if "upstream" not in t:
+        raise ConfigError(f"{key}.upstream", "missing (e.g. upstream = \"https://api.openai.com\")")
+    prefix = _str(t, key, "prefix", "/")
+    if not prefix.startswith("/"):
+        raise ConfigError(f"{key}.prefix", f"must start with '/', got {prefix!r}")
+    d = RouteConfig(prefix="/", upstream="http://x")
+    fmt = _str(t, key, "format", d.format)
+    if fmt not in FORMAT_NAMES:
+        raise ConfigError(f"{key}.format", f"expected one of {list(FORMAT_NAMES)}, got {fmt!r}")
+    on_disconnect = _str(t, key, "on_disconnect", d.on_disconnect)
+    if on_disconnect not in ("cancel", "detach"):
+        raise ConfigError(f"{key}.on_disconnect", f"expected 'cancel' or 'detach', got {on_disconnect!r}")
+    raw_headers = t.get("headers", {})
+    if not isinstance(raw_headers, dict):
+        raise ConfigError(f"{key}.headers", "expected a table of header = \"value\"")
+    headers: dict[str, str] = {}
+    for name, value in raw_headers.items():
+        hkey = f"{key}.headers.{name}"
+        if not isinstance(value, str):
+            raise ConfigError(hkey, f"expected a string, got {type(value).__name__}")
+        headers[name] = _interpolate(hkey, value, env)
+    timeout = t.get("timeout_s")
+    return RouteConfig(
+        prefix=prefix,
+        upstream=_url(f"{key}.upstream", _str(t, key, "upstream", "")),
+        format=fmt,
+        headers=headers,
+        timeout_s=None if timeout is None else _num(t, key, "timeout_s", 0.0, minimum=0.001),
+        connect_timeout_s=_num(t, key, "connect_timeout_s", d.connect_timeout_s, minimum=0.001),
+        retries=_int(t, key, "retries", d.retries, minimum=0),
+        on_disconnect=on_disconnect,
+    )
+
+
+def _rechunk(t: Mapping[str, Any]) -> RechunkConfig:
+    _no_unknown("rechunk", t, set(RechunkConfig.__dataclass_fields__))
+    d = RechunkConfig()
+    mode = _str(t, "rechunk", "mode", d.mode)
+    if mode not in ("coalesce", "passthrough"):
+        raise ConfigError("rechunk.mode", f"expected 'coalesce' or 'passthrough', got {mode!r}")
+    return RechunkConfig(
+        mode=mode,
+        flush_interval_ms=_num(t, "rechunk", "flush_interval_ms", d.flush_interval_ms, minimum=0),
+        max_flush_bytes=_int(t, "rechunk", "max_flush_bytes", d.max_flush_bytes, minimum=1),
+        max_event_bytes=_int(t, "rechunk", "max_event_bytes", d.max_event_bytes, minimum=64),
+    )
+
+
+def _backpressure(t: Mapping[str, Any]) -> BackpressureConfig:
+    _no_unknown("backpressure", t, set(BackpressureConfig.__dataclass_fields__))
+    d = BackpressureConfig()
+    return BackpressureConfig(
+        max_pending_bytes=_int(
+            t, "backpressure", "max_pending_bytes", d.max_pending_bytes, minimum=1024
+        ),
+        stall_timeout_s=_num(t, "backpressure", "stall_timeout_s", d.stall_timeout_s, minimum=0.001),
+    )
+
+
+def _resume(t: Mapping[str, Any]) -> ResumeConfig:
+    _no_unknown("resume", t, set(ResumeConfig.__dataclass_fields__))
+    d = ResumeConfig()
+    store = _str(t, "resume", "store", d.store)
+    if store not in ("memory", "redis"):
+        raise ConfigError("resume.store", f"expected 'memory' or 'redis', got {store!r}")
+    enabled = t.get("enabled", d.enabled)
+    if not isinstance(enabled, bool):
+        raise ConfigError("resume.enabled", f"expected true or false, got {enabled!r}")
+    return ResumeConfig(
+        enabled=enabled,
+        store=store,
+        redis_url=_str(t, "resume", "redis_url", d.redis_url),
+        window_s=_num(t, "resume", "window_s", d.window_s, minimum=1),
+    )
+
+
+def _tracing(t: Mapping[str, Any]) -> TracingConfig:
+    _no_unknown("tracing", t, set(TracingConfig.__dataclass_fields__))
+    d = TracingConfig()
+    endpoint = t.get("otlp_endpoint")
+    if endpoint is not None:
+        endpoint = _url("tracing.otlp_endpoint", _str(t, "tracing", "otlp_endpoint", ""))
+    return TracingConfig(
+        otlp_endpoint=endpoint,
+        service_name=_str(t, "tracing", "service_name", d.service_name),
+    )
+
+
+def _metrics(t: Mapping[str, Any]) -> MetricsConfig:
+    _no_unknown("metrics", t, set(MetricsConfig.__dataclass_fields__))
+    models = t.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ConfigError("metrics.models", "expected an array of model name strings")
+    return MetricsConfig(models=tuple(models))
+
+
+# --- value helpers --------------------------------------------------------------------------
+
+
+def _table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    t = data.get(name, {})
+    if not isinstance(t, dict):
+        raise ConfigError(name, f"expected a table ([{name}]), got {type(t).__name__}")
+    return t
+
+
+def _no_unknown(where: str, t: Mapping[str, Any], known: set[str]) -> None:
+    for key in t:
+        if key not in known:
+            dotted = f"{where}.{key}" if where else key
+            raise ConfigError(dotted, f"unknown key; expected one of {sorted(known)}")
+
+
+def _str(t: Mapping[str, Any], where: str, key: str, default: str) -> str:
+    value = t.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key}", f"expected a string, got {value!r}")
+    return value
+
+
+def _num(t: Mapping[str, Any], where: str, key: str, default: float, *, minimum: float) -> float:
+    value = t.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}.{key}", f"expected a number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{where}.{key}", f"must be >= {minimum}, got {value}")
+    return float(value)
+
+
+def _int(t: Mapping[str, Any], where: str, key: str, default: int, *, minimum: int) -> int:
+    value = t.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}.{key}", f"expected an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{where}.{key}", f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _url(key: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _interpolate(key: str, value: str, env: Mapping[str, str]) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ConfigError(key, f"environment variable {name} is not set")
+        return env[name]
+
+    return _ENV_REF.sub(sub, value)

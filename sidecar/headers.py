@@ -1,0 +1,121 @@
+"""Which headers cross the proxy, and the ``X-Streamhop-*`` control headers.
+
+Hop-by-hop headers are dropped in both directions, as RFC 9110 §7.6.1 requires of a proxy:
+``Connection`` and every header it names, ``Proxy-Connection``, ``Keep-Alive``, ``TE``,
+``Transfer-Encoding``, ``Upgrade``. ``Host`` and ``Content-Length`` are set anew by the client
+library for the upstream request. Request headers starting with ``x-streamhop-`` are instructions
+to streamhop and are never forwarded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from streamhop.middleware.errors import StreamHopError
+
+HOP_BY_HOP: Final = frozenset(
+    (
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    )
+)
+_REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length"}
+CONTROL_PREFIX: Final = b"x-streamhop-"
+
+
+class ControlHeaderError(StreamHopError):
+    """An ``X-Streamhop-*`` header has a value streamhop cannot use (answered with 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """Per-request overrides from ``X-Streamhop-*`` headers (``None``: use the config)."""
+
+    flush_interval_ms: float | None = None
+    mode: str | None = None
+    timeout_ms: float | None = None
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
+def upstream_request_headers(
+    raw: list[tuple[bytes, bytes]],
+) -> tuple[list[tuple[str, str]], Controls]:
+    """Split an ASGI request's headers into those to forward and the control headers.
+
+    Args:
+        raw: ASGI ``scope["headers"]`` (lower-case names, bytes).
+
+    Returns:
+        ``(forward, controls)``: ``forward`` as ``(name, value)`` strings decoded as Latin-1
+        (RFC 9110 §5.5), in order, duplicates kept.
+
+    Raises:
+        ControlHeaderError: a control header with an invalid value.
+    """
+    drop = _REQUEST_DROP | _connection_tokens(raw)
+    forward: list[tuple[str, str]] = []
+    flush = mode = timeout = None
+    for name, value in raw:
+        if name in drop:
+            continue
+        if name.startswith(CONTROL_PREFIX):
+            key = name[len(CONTROL_PREFIX) :]
+            text = value.decode("latin-1").strip()
+            if key == b"flush-interval-ms":
+                flush = _non_negative("X-Streamhop-Flush-Interval-Ms", text)
+            elif key == b"mode":
+                if text not in ("coalesce", "passthrough"):
+                    raise ControlHeaderError(
+                        f"X-Streamhop-Mode must be 'coalesce' or 'passthrough', got {text!r}"
+                    )
+                mode = text
+            elif key == b"timeout-ms":
+                timeout = _non_negative("X-Streamhop-Timeout-Ms", text)
+                if timeout == 0:
+                    raise ControlHeaderError("X-Streamhop-Timeout-Ms must be > 0")
+            continue
+        forward.append((name.decode("latin-1"), value.decode("latin-1")))
+    return forward, Controls(flush_interval_ms=flush, mode=mode, timeout_ms=timeout)
+
+
+def response_headers(
+    upstream: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
+    """Filter upstream response headers (raw, any case) for the ASGI response.
+
+    Args:
+        upstream: the provider's raw response headers.
+        drop: further lower-case names to drop (``content-length`` for re-chunked bodies).
+    """
+    items = list(upstream)
+    skip = HOP_BY_HOP | drop | _connection_tokens(items)
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in items:
+        lower = name.lower()
+        if lower not in skip:
+            out.append((lower, value))
+    return out
+
+
+def _non_negative(header: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ControlHeaderError(f"{header} must be a number of milliseconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ControlHeaderError(f"{header} must be a finite number >= 0, got {text!r}")
+    return value

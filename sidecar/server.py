@@ -1,0 +1,155 @@
+"""Runs ``streamhop serve``: the proxy and admin listeners in one uvloop event loop.
+
+Shutdown (SIGTERM or SIGINT): ``/readyz`` turns 503 at once and new requests get 503; uvicorn
+stops accepting and waits up to ``drain_timeout_s`` for open streams, then cancels the rest
+(their upstreams are closed with reason ``shutdown``); the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Generator
+
+import orjson
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from .app import build_admin_app, build_proxy_app
+from .config import Config, parse_hostport
+from .proxy import SidecarState
+from .stream_record import StreamRecord
+
+logger = logging.getLogger("streamhop")
+stream_logger = logging.getLogger("streamhop.streams")
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to :func:`serve` (two servers, one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def log_stream(record: StreamRecord) -> None:
+    """One structured JSON log line per finished request (times in milliseconds)."""
+
+    def ms(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round((b - a) * 1000, 3)
+
+    stream_logger.info(
+        "%s",
+        orjson.dumps(
+            {
+                "event": "stream_end",
+                "stream_id": record.stream_id,
+                "route": record.route,
+                "path": record.path,
+                "model": record.model,
+                "status": record.status,
+                "format": record.format,
+                "ttft_ms": ms(record.received_at, record.first_content_sent_at),
+                "upstream_ttft_ms": ms(record.upstream_headers_at, record.upstream_first_content_at),
+                "duration_ms": ms(record.received_at, record.finished_at),
+                "events_in": record.events_in,
+                "events_out": record.events_out,
+                "bytes_in": record.bytes_in,
+                "bytes_out": record.bytes_out,
+                "malformed_events": record.malformed_events,
+                "cancel_reason": record.cancel_reason,
+                "cancel_latency_ms": None
+                if record.cancel_latency_s is None
+                else round(record.cancel_latency_s * 1000, 3),
+                "error": record.error,
+            }
+        ).decode(),
+    )
+
+
+async def serve(config: Config, registry: CollectorRegistry | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code (0).
+
+    Raises:
+        ConfigError: a listen address is invalid.
+        OSError: a port cannot be bound.
+    """
+    registry = registry or CollectorRegistry()
+    state = SidecarState()
+    host, port = parse_hostport("server.listen", config.server.listen)
+    ahost, aport = parse_hostport("server.admin_listen", config.server.admin_listen)
+    proxy = _Server(
+        uvicorn.Config(
+            build_proxy_app(config, state, log_stream),
+            host=host,
+            port=port,
+            loop="none",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            # uvicorn passes this to asyncio.wait_for, which takes float seconds.
+            timeout_graceful_shutdown=config.server.drain_timeout_s,  # type: ignore[arg-type]
+            timeout_keep_alive=75,
+            # The provider's Date and Server headers pass through; uvicorn must not add its own.
+            server_header=False,
+            date_header=False,
+        )
+    )
+    admin = _Server(
+        uvicorn.Config(
+            build_admin_app(state, registry),
+            host=ahost,
+            port=aport,
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+        )
+    )
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if state.draining:
+            proxy.force_exit = True
+            return
+        logger.info("%s: draining (up to %g s)", sig.name, config.server.drain_timeout_s)
+        state.draining = True
+        proxy.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    async def run_proxy() -> None:
+        try:
+            await proxy.serve()
+        finally:
+            admin.should_exit = True
+
+    admin_task = loop.create_task(admin.serve())
+    announce = loop.create_task(_announce(proxy, admin))
+    try:
+        await run_proxy()
+    finally:
+        admin.should_exit = True
+        announce.cancel()
+        await admin_task
+    if not proxy.started:
+        return 1
+    return 0
+
+
+async def _announce(proxy: uvicorn.Server, admin: uvicorn.Server) -> None:
+    """Print the line tests and the demo wait for, with the ports really bound (port 0 works)."""
+    while not (proxy.started and admin.started):
+        await asyncio.sleep(0.005)
+    addr = proxy.servers[0].sockets[0].getsockname()
+    admin_addr = admin.servers[0].sockets[0].getsockname()
+    sys.stdout.write(
+        f"streamhop serve listening on http://{addr[0]}:{addr[1]} "
+        f"(admin http://{admin_addr[0]}:{admin_addr[1]})\n"
+    )
+    sys.stdout.flush()
