@@ -36,7 +36,12 @@ class EventTooLargeError(SSEProtocolError):
 
 
 class ConfigError(StreamHopError):
-    """Invalid configuration: ``key`` is the dotted config key, ``reason`` says what was expected."""
+    """Invalid configuration.
+
+    Attributes:
+        key: the dotted config key (``routes[0].upstream``) or flag (``--upstream``).
+        reason: what was expected and what came.
+    """
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"invalid config {key}: {reason}")

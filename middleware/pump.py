@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from .coalescer import Coalescer
 from .errors import StreamHopError
@@ -31,6 +32,16 @@ from .sse_decoder import SSEDecoder
 from .sse_encoder import encode_events
 
 Write = Callable[[bytes], Awaitable[None]]
+
+
+class PumpObserver(Protocol):
+    """Receives the pump's measurements (``StreamMetrics`` implements it)."""
+
+    def upstream_read(self, events: int, size: int, seconds: float) -> None: ...
+
+    def downstream_write(self, events: int, size: int, start: float, end: float) -> None: ...
+
+    def flush_overhead(self, seconds: float) -> None: ...
 
 
 class ClientStallError(StreamHopError, TimeoutError):
@@ -46,6 +57,7 @@ class StreamPump:
         decoder: the stream's decoder (event size bound).
         max_pending_bytes: held wire bytes above which :meth:`wait_for_room` blocks.
         stall_timeout: seconds one ``write`` may take before :class:`ClientStallError`.
+        observer: optional receiver of per-read and per-write measurements.
 
     Must be created inside a running event loop.
     """
@@ -58,6 +70,7 @@ class StreamPump:
         *,
         max_pending_bytes: int = 1024 * 1024,
         stall_timeout: float = 30.0,
+        observer: PumpObserver | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._write = write
@@ -65,6 +78,7 @@ class StreamPump:
         self.decoder = decoder
         self._max_pending = max_pending_bytes
         self._stall = stall_timeout
+        self._observer = observer
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -81,8 +95,6 @@ class StreamPump:
         """``time.monotonic()`` when the first write completed."""
         self.first_content_write_at: float | None = None
         """``time.monotonic()`` when the write holding the first content event began."""
-        self.on_write: Callable[[float, float, int], None] | None = None
-        """Optional hook called after each write with (start, end, bytes); monotonic seconds."""
         self.writer = self._loop.create_task(self._write_loop(), name="streamhop-writer")
         """The writer task: done when the stream is fully written, or failed."""
 
@@ -92,14 +104,16 @@ class StreamPump:
         Raises:
             EventTooLargeError: an event exceeded the decoder's bound.
         """
+        now = time.monotonic()
         self.bytes_in += len(data)
         events = self.decoder.feed(data)
         if events:
             coalescer = self.coalescer
-            now = time.monotonic()
             for event in events:
                 coalescer.push(event, now)
             self._schedule(now)
+        if self._observer is not None:
+            self._observer.upstream_read(len(events), len(data), time.monotonic() - now)
 
     @property
     def over_limit(self) -> bool:
@@ -154,7 +168,8 @@ class StreamPump:
                 self._wake.clear()
                 while True:
                     closing = self._closing
-                    if closing or coalescer.due(time.monotonic()):
+                    begin = time.monotonic()
+                    if closing or coalescer.due(begin):
                         events = coalescer.take()
                         if closing and self._tail:
                             events.extend(self._tail)
@@ -164,7 +179,7 @@ class StreamPump:
                     self._room.set()
                     if not events:
                         break
-                    await self._send(events)
+                    await self._send(events, begin)
                 if closing:
                     return
                 self._schedule(time.monotonic())
@@ -174,9 +189,13 @@ class StreamPump:
                 self._timer.cancel()
                 self._timer = None
 
-    async def _send(self, events: list[SSEEvent]) -> None:
+    async def _send(self, events: list[SSEEvent], begin: float) -> None:
+        """Encode and write ``events``; ``begin`` is when their merge (``take``) started."""
         data = encode_events(events)
         start = time.monotonic()
+        observer = self._observer
+        if observer is not None:
+            observer.flush_overhead(start - begin)
         if self.first_content_write_at is None and self.coalescer.content_seen:
             self.first_content_write_at = start
         try:
@@ -191,5 +210,5 @@ class StreamPump:
             self.first_write_at = end
         self.writes += 1
         self.bytes_out += len(data)
-        if self.on_write is not None:
-            self.on_write(start, end, len(data))
+        if observer is not None:
+            observer.downstream_write(len(events), len(data), start, end)

@@ -107,7 +107,13 @@ class SSEDecoder:
             raise SSEProtocolError("SSEDecoder.receive_data called after EOF or after an error")
         if not data:
             self._eof = True
-            if self._buf or self._data is not None or self._event is not None:
+            if (
+                self._buf
+                or self._data is not None
+                or self._event is not None
+                or self._id is not None
+                or self._retry is not None
+            ):
                 self.truncated = True
             self._buf.clear()
             return
@@ -134,7 +140,9 @@ class SSEDecoder:
             return
         region = bytes(buf[: end + 1])
         del buf[: end + 1]
-        if region[-1] == 0x0D:
+        if region[-1] == 0x0D and not buf:
+            # Only when the CR was the last byte read: an LF in the next read may complete the
+            # CRLF. Bytes after the CR (a partial line) mean a later LF ends that line instead.
             self._skip_lf = True
         if 0x0D in region:
             region = region.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -163,23 +171,26 @@ class SSEDecoder:
         ready.clear()
         return events
 
-    def _fail(self, tail: int) -> None:
+    def _fail(self, tail: int, unparsed: int = 0) -> None:
+        # ``unparsed``: bytes already counted in ``_consumed`` that lie after the current line.
         self._error = True
         size = self._event_bytes + tail
-        raise EventTooLargeError(self._max, size, self._consumed - self._event_bytes)
+        raise EventTooLargeError(self._max, size, self._consumed - unparsed - self._event_bytes)
 
     def _lines(self, region: bytes) -> None:
         # region ends with b"\n"; the last split element is the empty remainder after it.
         lines = region.split(b"\n")
         lines.pop()
         limit = self._max
+        parsed = 0
         for line in lines:
+            parsed += len(line) + 1
             if not line:
                 self._dispatch()
                 continue
             self._event_bytes += len(line) + 1
             if self._event_bytes > limit:
-                self._fail(0)
+                self._fail(0, len(region) - parsed)
             if line[0] == 0x3A:  # ":" comment
                 continue
             colon = line.find(b":")
@@ -200,9 +211,9 @@ class SSEDecoder:
             elif name == b"id":
                 if b"\x00" not in value:
                     self._id = value
-            elif name == b"retry":
-                if value.isdigit():  # bytes.isdigit: ASCII digits only, as the spec requires
-                    self._retry = int(value)
+            elif name == b"retry" and value.isdigit():
+                # bytes.isdigit is true for ASCII digits only, as the spec requires.
+                self._retry = int(value)
             # any other field name is ignored (§9.2.6)
 
     def _dispatch(self) -> None:

@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from streamhop.middleware.metrics import Metrics
+
 from .config import Config
 from .proxy import Proxy, SidecarState
 from .stream_record import StreamRecord
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 def build_proxy_app(
     config: Config,
     state: SidecarState,
+    metrics: Metrics,
     on_finish: Callable[[StreamRecord], None] | None = None,
 ) -> Starlette:
     """The proxying app: every method and path goes to :class:`~.proxy.Proxy`.
@@ -35,7 +38,7 @@ def build_proxy_app(
     shutdown.
     """
     pool = UpstreamPool()
-    proxy = Proxy(config, pool, state, on_finish)
+    proxy = Proxy(config, pool, state, metrics, on_finish)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

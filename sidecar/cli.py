@@ -48,9 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help='shorthand for one route with prefix "/" to URL (replaces the config\'s routes)',
     )
-    serve.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     from .simulate import cli as simulate_cli
 
@@ -112,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return demo_mod.run(args)
 
 
-def _run(coro: "asyncio.Future[int] | object") -> int:
+def _run(coro: asyncio.Future[int] | object) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows

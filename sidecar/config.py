@@ -210,9 +210,9 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
         raise ConfigError(key, "expected a table")
     _no_unknown(key, t, set(RouteConfig.__dataclass_fields__))
     if "prefix" not in t:
-        raise ConfigError(f"{key}.prefix", "missing (e.g. prefix = \"/\")")
+        raise ConfigError(f"{key}.prefix", 'missing (e.g. prefix = "/")')
     if "upstream" not in t:
-        raise ConfigError(f"{key}.upstream", "missing (e.g. upstream = \"https://api.openai.com\")")
+        raise ConfigError(f"{key}.upstream", 'missing (e.g. upstream = "https://api.openai.com")')
     prefix = _str(t, key, "prefix", "/")
     if not prefix.startswith("/"):
         raise ConfigError(f"{key}.prefix", f"must start with '/', got {prefix!r}")
@@ -222,10 +222,17 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
         raise ConfigError(f"{key}.format", f"expected one of {list(FORMAT_NAMES)}, got {fmt!r}")
     on_disconnect = _str(t, key, "on_disconnect", d.on_disconnect)
     if on_disconnect not in ("cancel", "detach"):
-        raise ConfigError(f"{key}.on_disconnect", f"expected 'cancel' or 'detach', got {on_disconnect!r}")
+        raise ConfigError(
+            f"{key}.on_disconnect", f"expected 'cancel' or 'detach', got {on_disconnect!r}"
+        )
+    if on_disconnect == "detach":
+        raise ConfigError(
+            f"{key}.on_disconnect",
+            "'detach' needs the resume log, which this version does not have yet; use 'cancel'",
+        )
     raw_headers = t.get("headers", {})
     if not isinstance(raw_headers, dict):
-        raise ConfigError(f"{key}.headers", "expected a table of header = \"value\"")
+        raise ConfigError(f"{key}.headers", 'expected a table of header = "value"')
     headers: dict[str, str] = {}
     for name, value in raw_headers.items():
         hkey = f"{key}.headers.{name}"
@@ -266,7 +273,9 @@ def _backpressure(t: Mapping[str, Any]) -> BackpressureConfig:
         max_pending_bytes=_int(
             t, "backpressure", "max_pending_bytes", d.max_pending_bytes, minimum=1024
         ),
-        stall_timeout_s=_num(t, "backpressure", "stall_timeout_s", d.stall_timeout_s, minimum=0.001),
+        stall_timeout_s=_num(
+            t, "backpressure", "stall_timeout_s", d.stall_timeout_s, minimum=0.001
+        ),
     )
 
 
@@ -279,6 +288,10 @@ def _resume(t: Mapping[str, Any]) -> ResumeConfig:
     enabled = t.get("enabled", d.enabled)
     if not isinstance(enabled, bool):
         raise ConfigError("resume.enabled", f"expected true or false, got {enabled!r}")
+    if enabled:
+        raise ConfigError(
+            "resume.enabled", "resumable streams are not available in this version yet"
+        )
     return ResumeConfig(
         enabled=enabled,
         store=store,
@@ -293,6 +306,9 @@ def _tracing(t: Mapping[str, Any]) -> TracingConfig:
     endpoint = t.get("otlp_endpoint")
     if endpoint is not None:
         endpoint = _url("tracing.otlp_endpoint", _str(t, "tracing", "otlp_endpoint", ""))
+        raise ConfigError(
+            "tracing.otlp_endpoint", "OpenTelemetry export is not available in this version yet"
+        )
     return TracingConfig(
         otlp_endpoint=endpoint,
         service_name=_str(t, "tracing", "service_name", d.service_name),

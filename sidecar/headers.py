@@ -115,7 +115,9 @@ def _non_negative(header: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ControlHeaderError(f"{header} must be a number of milliseconds, got {text!r}") from None
+        raise ControlHeaderError(
+            f"{header} must be a number of milliseconds, got {text!r}"
+        ) from None
     if not value >= 0 or value == float("inf"):
         raise ControlHeaderError(f"{header} must be a finite number >= 0, got {text!r}")
     return value

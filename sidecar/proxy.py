@@ -28,6 +28,7 @@ import orjson
 from streamhop.middleware.coalescer import Coalescer
 from streamhop.middleware.errors import EventTooLargeError
 from streamhop.middleware.formats import error_body, error_event, format_for_path
+from streamhop.middleware.metrics import Metrics, StreamMetrics
 from streamhop.middleware.pump import ClientStallError, StreamPump
 from streamhop.middleware.sse_decoder import SSEDecoder
 
@@ -49,8 +50,12 @@ _SSE_DROP = frozenset(
 )
 
 
-class ClientGone(Exception):
-    """The client disconnected (internal signal between the watcher and the request task)."""
+# Terminal error event codes -> streamhop_upstream_errors_total{kind}.
+_ERROR_KINDS = {
+    "upstream_truncated": "truncated",
+    "event_too_large": "event_too_large",
+    "upstream_disconnected": "disconnected",
+}
 
 
 class SidecarState:
@@ -71,11 +76,13 @@ class Proxy:
         config: Config,
         pool: UpstreamPool,
         state: SidecarState,
+        metrics: Metrics,
         on_finish: Callable[[StreamRecord], None] | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.state = state
+        self.metrics = metrics
         self.table = RouteTable(config.routes)
         self.on_finish = on_finish
 
@@ -133,14 +140,16 @@ class Proxy:
             path=path,
             received_at=time.monotonic(),
         )
-        _inspect_request(record, scope["headers"], body)
+        _inspect_request(record, body)
+        observed = self.metrics.stream(route.prefix, record.model)
         timeout_s = (
             controls.timeout_ms / 1000.0 if controls.timeout_ms is not None else route.timeout_s
         )
         deadline = None if timeout_s is None else record.received_at + timeout_s
         self.state.active += 1
+        observed.active.inc()
         work = loop.create_task(
-            self._exchange(scope, send, route, forward, controls, body, record, deadline)
+            self._exchange(scope, send, route, forward, controls, body, record, deadline, observed)
         )
         watcher = loop.create_task(_wait_disconnect(receive))
         try:
@@ -163,7 +172,9 @@ class Proxy:
         finally:
             watcher.cancel()
             self.state.active -= 1
+            observed.active.dec()
             record.finished_at = time.monotonic()
+            _observe_end(observed, record)
             if self.on_finish is not None:
                 self.on_finish(record)
 
@@ -177,6 +188,7 @@ class Proxy:
         body: bytes,
         record: StreamRecord,
         deadline: float | None,
+        observed: StreamMetrics,
     ) -> None:
         url = self.table.upstream_url(route, _raw_path(scope), scope.get("query_string", b""))
         headers = _merge_headers(forward, route.headers)
@@ -185,7 +197,9 @@ class Proxy:
         headers_timeout = route.connect_timeout_s if record.streaming_request else None
         if deadline is not None:
             remaining = max(deadline - time.monotonic(), 0.0)
-            headers_timeout = remaining if headers_timeout is None else min(headers_timeout, remaining)
+            headers_timeout = (
+                remaining if headers_timeout is None else min(headers_timeout, remaining)
+            )
         try:
             response = await self.pool.request(
                 route, scope["method"], url, headers, body, timing, headers_timeout
@@ -199,13 +213,16 @@ class Proxy:
             logger.warning("stream %s: %s", record.stream_id, exc)
             await _json_error(send, status, fmt_hint, f"upstream_{exc.kind}", str(exc))
             return
+        record.upstream_request_at = timing.start
         record.upstream_connected_at = timing.connected
         record.upstream_headers_at = timing.headers
         record.status = response.status
         try:
             ctype = response.headers.get("Content-Type", "")
             if ctype.startswith("text/event-stream") and scope["method"] != "HEAD":
-                await self._stream_sse(send, route, controls, response, record, timing, deadline)
+                await self._stream_sse(
+                    send, route, controls, response, record, timing, deadline, observed
+                )
             else:
                 await self._copy(send, response, record, deadline)
         finally:
@@ -250,6 +267,7 @@ class Proxy:
         record: StreamRecord,
         timing: UpstreamTiming,
         deadline: float | None,
+        observed: StreamMetrics,
     ) -> None:
         """Re-chunk an SSE answer: decode, merge, write with one write in flight."""
         cfg = self.config
@@ -294,6 +312,7 @@ class Proxy:
             SSEDecoder(cfg.rechunk.max_event_bytes),
             max_pending_bytes=cfg.backpressure.max_pending_bytes,
             stall_timeout=cfg.backpressure.stall_timeout_s,
+            observer=observed,
         )
         me = asyncio.current_task()
         assert me is not None
@@ -336,7 +355,8 @@ class Proxy:
                 tail_code = "upstream_disconnected"
                 tail_message = f"the upstream connection failed mid-stream: {exc}"
             if tail_code is not None:
-                record.error = tail_code
+                if tail_code != "timeout":
+                    record.error = _ERROR_KINDS[tail_code]
                 response.close()
                 logger.warning("stream %s: %s", record.stream_id, tail_message)
             tail = []
@@ -347,9 +367,12 @@ class Proxy:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             writer = pump.writer
-            if writer.done() and not writer.cancelled():
-                if isinstance(writer.exception(), ClientStallError):
-                    record.cancel_reason = "stall"
+            if (
+                writer.done()
+                and not writer.cancelled()
+                and isinstance(writer.exception(), ClientStallError)
+            ):
+                record.cancel_reason = "stall"
             raise
         finally:
             pump.close()
@@ -395,9 +418,7 @@ def _raw_path(scope: Scope) -> str:
     return str(scope["path"])
 
 
-def _merge_headers(
-    forward: list[tuple[str, str]], route_headers: Any
-) -> list[tuple[str, str]]:
+def _merge_headers(forward: list[tuple[str, str]], route_headers: Any) -> list[tuple[str, str]]:
     """Client headers, with the route's configured headers replacing same-named ones."""
     if not route_headers:
         return forward
@@ -407,7 +428,29 @@ def _merge_headers(
     return merged
 
 
-def _inspect_request(record: StreamRecord, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+def _observe_end(observed: StreamMetrics, record: StreamRecord) -> None:
+    """Record a finished request's per-stream metrics."""
+    if record.upstream_request_at is not None:
+        observed.request_overhead(record.upstream_request_at - record.received_at)
+    if record.first_content_sent_at is not None:
+        observed.ttft(record.first_content_sent_at - record.received_at)
+    if record.upstream_first_content_at is not None and record.upstream_request_at is not None:
+        observed.upstream_ttft(record.upstream_first_content_at - record.upstream_request_at)
+    if record.finished_at is not None:
+        observed.duration(record.finished_at - record.received_at)
+    if record.cancel_reason is not None:
+        observed.cancelled(record.cancel_reason, record.cancel_latency_s)
+    if record.error is not None:
+        observed.upstream_error(record.error)
+    if record.malformed_events:
+        observed.upstream_error("malformed_event", record.malformed_events)
+    if not record.sse:
+        # Non-SSE bodies are copied without a pump: count their bytes here.
+        observed.bytes_up.inc(record.bytes_in)
+        observed.bytes_down.inc(record.bytes_out)
+
+
+def _inspect_request(record: StreamRecord, body: bytes) -> None:
     """Note the request's ``model`` and ``stream`` flag when the body is a JSON object."""
     if not body or body[:1] != b"{":
         return

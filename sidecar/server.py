@@ -18,6 +18,8 @@ import orjson
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from streamhop.middleware.metrics import Metrics
+
 from .app import build_admin_app, build_proxy_app
 from .config import Config, parse_hostport
 from .proxy import SidecarState
@@ -53,7 +55,9 @@ def log_stream(record: StreamRecord) -> None:
                 "status": record.status,
                 "format": record.format,
                 "ttft_ms": ms(record.received_at, record.first_content_sent_at),
-                "upstream_ttft_ms": ms(record.upstream_headers_at, record.upstream_first_content_at),
+                "upstream_ttft_ms": ms(
+                    record.upstream_request_at, record.upstream_first_content_at
+                ),
                 "duration_ms": ms(record.received_at, record.finished_at),
                 "events_in": record.events_in,
                 "events_out": record.events_out,
@@ -78,12 +82,13 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
         OSError: a port cannot be bound.
     """
     registry = registry or CollectorRegistry()
+    metrics = Metrics(registry, config.metrics.models)
     state = SidecarState()
     host, port = parse_hostport("server.listen", config.server.listen)
     ahost, aport = parse_hostport("server.admin_listen", config.server.admin_listen)
     proxy = _Server(
         uvicorn.Config(
-            build_proxy_app(config, state, log_stream),
+            build_proxy_app(config, state, metrics, log_stream),
             host=host,
             port=port,
             loop="none",

@@ -23,6 +23,7 @@ class StreamRecord:
     status: int | None = None
     format: str | None = None
     sse: bool = False
+    upstream_request_at: float | None = None
     upstream_connected_at: float | None = None
     upstream_headers_at: float | None = None
     upstream_first_content_at: float | None = None

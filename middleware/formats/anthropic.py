@@ -14,13 +14,13 @@ came (the API's whitespace padding included).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 import orjson
 
 from ..events import SSEEvent
 from .base import MALFORMED, Kind
-from .field_group import FieldGroup
+from .field_group import FieldGroup, FieldParsed
 
 _DELTA_FIELDS: Final = {
     "text_delta": "text",
@@ -61,5 +61,5 @@ class AnthropicFormat:
 
     def open_group(self, event: SSEEvent, parsed: object) -> FieldGroup:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
-        obj, field, text = parsed  # type: ignore[misc]
+        obj, field, text = cast(FieldParsed, parsed)
         return FieldGroup(event, obj, "delta", field, text, _TOP_SKIP)

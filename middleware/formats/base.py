@@ -39,7 +39,7 @@ class MergeGroup(Protocol):
     wire_size: int
 
     def add(self, event: SSEEvent, parsed: object) -> bool:
-        """Merge ``event`` (already parsed as ``parsed``) if compatible; False leaves it untouched."""
+        """Merge ``event`` (parsed as ``parsed``) if compatible; False leaves it untouched."""
 
     def render(self) -> SSEEvent:
         """Return the merged event: one event whose accumulation equals that of the parts."""

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from ..events import SSEEvent
@@ -40,6 +42,7 @@ def error_event(format_name: str | None, code: str, message: str) -> SSEEvent:
         code: a short machine-readable reason (``upstream_disconnected``).
         message: a sentence for a person.
     """
+    body: dict[str, Any]
     if format_name == "anthropic":
         body = {"type": "error", "error": {"type": "api_error", "message": message, "code": code}}
         return SSEEvent(data=orjson.dumps(body).decode(), event="error")

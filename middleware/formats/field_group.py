@@ -8,11 +8,14 @@ merge when everything but that string (and fields named as per-event, such as
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from ..events import SSEEvent
+
+FieldParsed = tuple[dict[str, Any], str, str]
+"""``(obj, field, text)``: the parsed event, the merged field's name, and its text."""
 
 
 def same_except(a: dict[str, Any], b: dict[str, Any], skip: frozenset[str]) -> bool:
@@ -89,7 +92,7 @@ class FieldGroup:
             event: the event.
             parsed: ``(obj, field, text)`` as the format's ``classify`` returned it.
         """
-        obj, _, text = parsed  # type: ignore[misc]
+        obj, _, text = cast(FieldParsed, parsed)
         base = self.obj
         if event.event != self.first.event or not same_except(obj, base, self.skip):
             return False

@@ -16,7 +16,7 @@ empty ``choices``, ``error`` and ``[DONE]`` are boundaries.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 
@@ -32,6 +32,7 @@ _MISSING: Final = object()
 # A slot names where one merged string goes: (choice position, text field name) or
 # (choice position, tool-call position in delta.tool_calls).
 Slot = tuple[int, "str | int"]
+_Parsed = tuple[dict[str, Any], tuple[Slot, ...], list[str]]
 
 
 class OpenAIChatFormat:
@@ -89,7 +90,7 @@ class OpenAIChatFormat:
 
     def open_group(self, event: SSEEvent, parsed: object) -> _ChatGroup:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
-        obj, slots, strings = parsed  # type: ignore[misc]
+        obj, slots, strings = cast(_Parsed, parsed)
         return _ChatGroup(event, obj, slots, strings)
 
 
@@ -160,7 +161,7 @@ class _ChatGroup:
             self.logprobs = [[c.get("logprobs")] for c in choices]
 
     def add(self, event: SSEEvent, parsed: object) -> bool:
-        obj, slots, strings = parsed  # type: ignore[misc]
+        obj, slots, strings = cast(_Parsed, parsed)
         if slots != self.slots or event.event != self.first.event:
             return False
         base = self.obj
@@ -208,7 +209,7 @@ class _ChatGroup:
         calls: dict[int, list[dict[str, Any]]] = {}
         for (pos, where), piece in zip(self.slots, self.pieces, strict=True):
             text = "".join(piece)
-            if type(where) is str:
+            if isinstance(where, str):
                 deltas[pos][where] = text
             else:
                 if pos not in calls:

@@ -14,13 +14,13 @@ event (``response.created`` and ``response.in_progress`` too) is a boundary, for
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 import orjson
 
 from ..events import SSEEvent
 from .base import MALFORMED, Kind
-from .field_group import FieldGroup
+from .field_group import FieldGroup, FieldParsed
 
 # delta event type -> whether its text counts as content for TTFT
 _DELTA_TYPES: Final = {
@@ -65,5 +65,5 @@ class OpenAIResponsesFormat:
 
     def open_group(self, event: SSEEvent, parsed: object) -> FieldGroup:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
-        obj, field, text = parsed  # type: ignore[misc]
+        obj, field, text = cast(FieldParsed, parsed)
         return FieldGroup(event, obj, None, field, text, _SKIP, _LAST_WINS, _CONCAT)

@@ -1,0 +1,300 @@
+"""Throughput and overhead of the sidecar under many concurrent fast streams.
+
+Starts ``streamhop simulate`` (default 200 SSE events/s x 10 tokens/event, like Cerebras) and
+``streamhop serve`` in front of it on loopback, then runs N concurrent streams (default 50) for a
+fixed time, first directly against the simulator, then through the sidecar, with a light aiohttp
+client. Prints:
+
+* upstream events/s the sidecar handled (events the simulator sent through it);
+* the sidecar process's CPU time (user + system, from /proc via psutil) per upstream event, in
+  microseconds: the figure to compare with the 50 us/event target;
+* the sidecar's peak RSS (VmHWM);
+* TTFT (request sent -> first content byte) direct vs through streamhop, p50/p99, and the
+  difference.
+
+With ``--profile`` the sidecar runs under ``py-spy record`` and the hottest functions are printed.
+
+Usage: python bench/throughput.py [--streams 50] [--seconds 10] [--events-per-second 200]
+       [--tokens-per-event 10] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+import psutil
+
+READY = re.compile(rb"listening on (http://[0-9.]+:\d+)")
+PROMPT = "Benchmark the plumbing, not the model."
+
+
+@dataclass
+class Phase:
+    """Client-side results of one phase (direct or proxied)."""
+
+    ttft_s: list[float] = field(default_factory=list)
+    events: int = 0
+    streams: int = 0
+    bytes: int = 0
+    errors: int = 0
+
+
+def start(argv: list[str], wrap: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    cmd = [*(wrap or []), sys.executable, "-m", "streamhop.sidecar.cli", *argv]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    found: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            match = READY.search(line)
+            if match and not found:
+                found.append(match.group(1).decode())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while not found and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    if not found:
+        proc.kill()
+        raise SystemExit(f"{' '.join(argv[:1])} did not start")
+    return proc, found[0]
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT if proc.args[0] == "py-spy" else signal.SIGTERM)  # type: ignore[index]
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, max_tokens: int, phase: Phase
+) -> None:
+    body = {
+        "model": "sim",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    start_t = time.perf_counter()
+    first = None
+    events = 0
+    size = 0
+    try:
+        async with session.post(url + "/v1/chat/completions", json=body) as response:
+            buf = b""
+            last = b""
+            async for chunk in response.content.iter_any():
+                size += len(chunk)
+                # Each SSE event ends with a blank line; a "\n\n" may straddle two reads.
+                events += chunk.count(b"\n\n") + (last == b"\n" and chunk[:1] == b"\n")
+                last = chunk[-1:]
+                if first is None:
+                    buf += chunk
+                    for line in buf.split(b"\n")[:-1]:  # complete lines only
+                        if line.startswith(b"data: {"):
+                            delta = orjson.loads(line[6:])["choices"][0]["delta"]
+                            if delta.get("content"):
+                                first = time.perf_counter() - start_t
+                                break
+        phase.streams += 1
+        phase.events += events
+        phase.bytes += size
+        if first is not None:
+            phase.ttft_s.append(first)
+    except (TimeoutError, aiohttp.ClientError):
+        phase.errors += 1
+
+
+async def run_phase(url: str, streams: int, seconds: float, max_tokens: int) -> Phase:
+    """Keep ``streams`` streams open for ``seconds``: each worker starts a new one when done."""
+    phase = Phase()
+    deadline = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker(i: int) -> None:
+            # Stagger starts so streams do not tick in lockstep.
+            await asyncio.sleep(i * 0.9 / streams)
+            while time.monotonic() < deadline:
+                await one_stream(session, url, max_tokens, phase)
+
+        await asyncio.gather(*(worker(i) for i in range(streams)))
+    return phase
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def scrape(admin: str) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("streamhop_events_total"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--events-per-second", type=float, default=200.0)
+    parser.add_argument("--tokens-per-event", type=float, default=10.0)
+    parser.add_argument("--ttft-ms", type=float, default=20.0)
+    parser.add_argument("--max-tokens", type=int, default=2000, help="tokens per stream")
+    parser.add_argument("--profile", action="store_true", help="run the sidecar under py-spy")
+    args = parser.parse_args()
+
+    tps = args.events_per_second * args.tokens_per_event
+    sim, sim_url = start(
+        [
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--ttft-ms",
+            str(args.ttft_ms),
+            "--events-per-second",
+            str(args.events_per_second),
+            "--tokens-per-second",
+            str(tps),
+        ]
+    )
+    wrap = None
+    profile_out = Path("bench/profile-sidecar.txt")
+    if args.profile:
+        if not shutil.which("py-spy"):
+            raise SystemExit("--profile needs py-spy: pip install py-spy")
+        wrap = [
+            "py-spy",
+            "record",
+            "--format",
+            "raw",
+            "-o",
+            str(profile_out),
+            "--rate",
+            "200",
+            "--",
+        ]
+    try:
+        print(
+            f"{args.streams} concurrent streams x {args.events_per_second:g} events/s x "
+            f"{args.tokens_per_event:g} tokens/event, {args.seconds:g} s per phase"
+        )
+        direct = asyncio.run(run_phase(sim_url, args.streams, args.seconds, args.max_tokens))
+        side, side_url = start(
+            [
+                "serve",
+                "--upstream",
+                sim_url,
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "warning",
+            ],
+            wrap,
+        )
+        try:
+            side_pid = side.pid
+            if args.profile:
+                # py-spy is the parent; the sidecar is its child.
+                time.sleep(0.5)
+                children = psutil.Process(side.pid).children()
+                side_pid = children[0].pid if children else side.pid
+            ps = psutil.Process(side_pid)
+            # Warm up: imports, pools.
+            asyncio.run(run_phase(side_url, 2, 0.5, 50))
+            cpu0 = ps.cpu_times()
+            t0 = time.monotonic()
+            proxied = asyncio.run(run_phase(side_url, args.streams, args.seconds, args.max_tokens))
+            wall = time.monotonic() - t0
+            cpu1 = ps.cpu_times()
+            rss = peak_rss_mb(side_pid)
+        finally:
+            stop(side)
+    finally:
+        stop(sim)
+
+    # Every stream has the same shape, so upstream events per stream = direct events per stream.
+    per_stream = direct.events / max(direct.streams, 1)
+    upstream_events = per_stream * proxied.streams
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    print(f"streams completed        direct {direct.streams}, via streamhop {proxied.streams}")
+    print(f"errors                   direct {direct.errors}, via streamhop {proxied.errors}")
+    print(f"upstream events/s        {upstream_events / wall:,.0f}")
+    print(
+        f"delivered events         {proxied.events} ({proxied.events / max(upstream_events, 1):.0%}"
+        " of upstream)"
+    )
+    print(f"sidecar CPU              {cpu:.2f} s over {wall:.1f} s ({cpu / wall:.0%} of one core)")
+    print(
+        f"sidecar CPU per event    {cpu / max(upstream_events, 1) * 1e6:.1f} us  (target <= 50 us)"
+    )
+    print(f"sidecar peak RSS         {rss:.1f} MB")
+    d50, d99 = pct(direct.ttft_s, 0.50), pct(direct.ttft_s, 0.99)
+    p50, p99 = pct(proxied.ttft_s, 0.50), pct(proxied.ttft_s, 0.99)
+    print(f"TTFT direct              p50 {d50:.2f} ms  p99 {d99:.2f} ms")
+    print(f"TTFT via streamhop       p50 {p50:.2f} ms  p99 {p99:.2f} ms")
+    print(f"TTFT added               p50 {p50 - d50:+.2f} ms  p99 {p99 - d99:+.2f} ms")
+    if args.profile and profile_out.exists():
+        print_profile(profile_out)
+    return 0
+
+
+def print_profile(path: Path, top: int = 25) -> None:
+    """Summarise py-spy's raw (collapsed stacks) output: self time per function."""
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_s)
+        total += count
+        leaf = stack.split(";")[-1]
+        own[leaf] = own.get(leaf, 0) + count
+    print(f"\nhottest functions (self time, {total} samples):")
+    for name, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {count / total:6.1%}  {name}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Prometheus metrics of streamhop, shared by the sidecar and the middleware.
+
+Names, types and labels are those of DESIGN.md ("Metrics"). Every metric carries ``route``;
+stream metrics also carry ``model``, taken from the request and mapped through an allow-list
+(anything else is ``other``) so a client cannot grow label cardinality without bound.
+
+Buckets resolve what matters for fast providers: proxy overhead from 10 us, a 5 ms event cadence
+(1 ms steps up to 10 ms, then 2.5 ms), and TTFT from 5 ms to 30 s. Per-stream label children are
+bound once (:meth:`Metrics.stream`), so the per-event path does no label lookups.
+
+All durations are seconds, sizes bytes (Prometheus base units).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OVERHEAD_BUCKETS: Final = (
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1,
+)  # fmt: skip
+CADENCE_BUCKETS: Final = (
+    0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01, 0.0125, 0.015, 0.0175,
+    0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+TTFT_BUCKETS: Final = (
+    0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+DURATION_BUCKETS: Final = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+CANCEL_REASONS: Final = ("client_disconnect", "timeout", "stall", "interrupt", "shutdown")
+HOPS: Final = ("request", "event", "flush")
+OTHER_MODEL: Final = "other"
+
+
+class Metrics:
+    """The metric families, registered in ``registry``.
+
+    Args:
+        registry: where to register (a fresh ``CollectorRegistry`` per app keeps tests and
+            several apps in one process apart). Default: a new registry.
+        models: model names kept as the ``model`` label; others become ``other``.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, models: Iterable[str] = ()
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.models = frozenset(models)
+        r = self.registry
+        rm = ("route", "model")
+        self.ttft = Histogram(
+            "streamhop_time_to_first_token_seconds",
+            "Request received by streamhop to first content byte handed to the client.",
+            rm,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.upstream_ttft = Histogram(
+            "streamhop_upstream_time_to_first_token_seconds",
+            "Upstream request sent to first upstream content event (text, reasoning, tool call).",
+            rm,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.inter_chunk = Histogram(
+            "streamhop_inter_chunk_seconds",
+            "Gap between consecutive downstream writes of one stream.",
+            rm,
+            buckets=CADENCE_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "streamhop_proxy_overhead_seconds",
+            "Time spent inside streamhop per hop: request (received to upstream request sent), "
+            "event (decode and merge one upstream read), flush (encode and hand over one write).",
+            ("route", "model", "hop"),
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "streamhop_stream_duration_seconds",
+            "Request received to response finished.",
+            rm,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.active = Gauge(
+            "streamhop_streams_active", "Requests in flight.", ("route",), registry=r
+        )
+        self.events = Counter(
+            "streamhop_events_total",
+            "SSE events: upstream (received) and downstream (sent after re-chunking).",
+            ("route", "model", "direction"),
+            registry=r,
+        )
+        self.bytes = Counter(
+            "streamhop_bytes_total",
+            "Response body bytes: upstream (received) and downstream (sent).",
+            ("route", "model", "direction"),
+            registry=r,
+        )
+        self.cancellations = Counter(
+            "streamhop_cancellations_total",
+            "Upstream requests closed early by streamhop, by reason.",
+            ("route", "model", "reason"),
+            registry=r,
+        )
+        self.cancel_latency = Histogram(
+            "streamhop_cancel_latency_seconds",
+            "Cancellation detected (disconnect, deadline, stall) to upstream connection closed.",
+            rm,
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "streamhop_upstream_errors_total",
+            "Provider faults by kind (connect, headers_timeout, disconnected, truncated, "
+            "event_too_large, malformed_event).",
+            ("route", "model", "kind"),
+            registry=r,
+        )
+
+    def model_label(self, model: str | None) -> str:
+        """The ``model`` label for a request's model name."""
+        return model if model is not None and model in self.models else OTHER_MODEL
+
+    def stream(self, route: str, model: str | None) -> StreamMetrics:
+        """Label children bound for one stream (cheap to call per request)."""
+        return StreamMetrics(self, route, self.model_label(model))
+
+
+class StreamMetrics:
+    """One stream's bound metric children; every method is a few attribute calls."""
+
+    __slots__ = (
+        "active",
+        "bytes_down",
+        "bytes_up",
+        "events_down",
+        "events_up",
+        "inter_chunk",
+        "last_write",
+        "metrics",
+        "model",
+        "overhead_event",
+        "overhead_flush",
+        "route",
+    )
+
+    def __init__(self, metrics: Metrics, route: str, model: str) -> None:
+        self.metrics = metrics
+        self.route = route
+        self.model = model
+        self.active = metrics.active.labels(route)
+        self.events_up = metrics.events.labels(route, model, "upstream")
+        self.events_down = metrics.events.labels(route, model, "downstream")
+        self.bytes_up = metrics.bytes.labels(route, model, "upstream")
+        self.bytes_down = metrics.bytes.labels(route, model, "downstream")
+        self.inter_chunk = metrics.inter_chunk.labels(route, model)
+        self.overhead_event = metrics.overhead.labels(route, model, "event")
+        self.overhead_flush = metrics.overhead.labels(route, model, "flush")
+        self.last_write: float | None = None
+
+    def upstream_read(self, events: int, size: int, seconds: float) -> None:
+        """One upstream read: ``events`` decoded, ``size`` bytes, ``seconds`` spent on it."""
+        if events:
+            self.events_up.inc(events)
+        self.bytes_up.inc(size)
+        self.overhead_event.observe(seconds)
+
+    def downstream_write(self, events: int, size: int, start: float, end: float) -> None:
+        """One downstream write of ``events`` events and ``size`` bytes, from ``start`` to
+        ``end`` (monotonic seconds)."""
+        self.events_down.inc(events)
+        self.bytes_down.inc(size)
+        if self.last_write is not None:
+            self.inter_chunk.observe(start - self.last_write)
+        self.last_write = start
+
+    def flush_overhead(self, seconds: float) -> None:
+        self.overhead_flush.observe(seconds)
+
+    def request_overhead(self, seconds: float) -> None:
+        self.metrics.overhead.labels(self.route, self.model, "request").observe(seconds)
+
+    def ttft(self, seconds: float) -> None:
+        self.metrics.ttft.labels(self.route, self.model).observe(seconds)
+
+    def upstream_ttft(self, seconds: float) -> None:
+        self.metrics.upstream_ttft.labels(self.route, self.model).observe(seconds)
+
+    def duration(self, seconds: float) -> None:
+        self.metrics.duration.labels(self.route, self.model).observe(seconds)
+
+    def cancelled(self, reason: str, latency: float | None) -> None:
+        self.metrics.cancellations.labels(self.route, self.model, reason).inc()
+        if latency is not None:
+            self.metrics.cancel_latency.labels(self.route, self.model).observe(latency)
+
+    def upstream_error(self, kind: str, count: int = 1) -> None:
+        self.metrics.upstream_errors.labels(self.route, self.model, kind).inc(count)

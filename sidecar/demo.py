@@ -1,0 +1,247 @@
+"""``streamhop demo``: show a person, in a few seconds, what streamhop does to a fast stream.
+
+Starts ``streamhop simulate`` (a provider at Cerebras-like speed) and ``streamhop serve`` in
+front of it, both on free loopback ports; streams the same chat requests directly and through
+the sidecar with the official ``openai`` SDK; prints SSE events received, time to first token
+and bytes for both paths and whether the final texts are equal; stops both; exits 0 when the
+texts are equal (1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import openai
+
+PROMPTS = (
+    "Explain server-sent events to a new engineer.",
+    "Write a short poem about fast tokens, with emoji.",
+    "Summarise why proxies add latency, in Japanese and English.",
+)
+_READY = re.compile(rb"listening on (http://[0-9.:\[\]a-z]+)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``streamhop demo``."""
+    parser.add_argument(
+        "--tokens-per-second", type=float, default=2000.0, help="simulated provider speed"
+    )
+    parser.add_argument(
+        "--events-per-second", type=float, default=200.0, help="simulated SSE events per second"
+    )
+    parser.add_argument("--ttft-ms", type=float, default=50.0, help="simulated time to first token")
+    parser.add_argument("--rounds", type=int, default=3, help="times each prompt is sent per path")
+    parser.add_argument("--max-tokens", type=int, default=400, help="tokens per answer")
+
+
+@dataclass(slots=True)
+class Result:
+    """One streamed answer as the client saw it. Times in seconds, sizes in bytes."""
+
+    text: str
+    events: int
+    ttft_s: float
+    total_s: float
+    bytes: int
+
+
+def stream_once(base_url: str, prompt: str, max_tokens: int) -> Result:
+    """Stream one chat completion with the official SDK and measure it on the client side."""
+    client = _client(base_url)
+    start = time.perf_counter()
+    ttft = None
+    events = 0
+    parts: list[str] = []
+    stream = client.chat.completions.create(
+        model="sim-fast",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        stream=True,
+    )
+    with stream:
+        for chunk in stream:
+            events += 1
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
+                    parts.append(choice.delta.content)
+        size = stream.response.num_bytes_downloaded
+    total = time.perf_counter() - start
+    return Result("".join(parts), events, ttft if ttft is not None else total, total, size)
+
+
+_clients: dict[str, openai.OpenAI] = {}
+
+
+def _client(base_url: str) -> openai.OpenAI:
+    """One SDK client per base URL, so connections are kept alive as an app would."""
+    import openai
+
+    client = _clients.get(base_url)
+    if client is None:
+        client = openai.OpenAI(base_url=base_url + "/v1", api_key="demo", max_retries=0)
+        _clients[base_url] = client
+    return client
+
+
+@contextmanager
+def _process(argv: Sequence[str], name: str) -> Iterator[str]:
+    """Run a ``streamhop`` subcommand, yield its URL once it printed it, stop it after."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamhop.sidecar.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = _wait_ready(proc, name, timeout_s=30.0)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], name: str, timeout_s: float) -> str:
+    assert proc.stdout is not None
+    found: list[str] = []
+
+    def read(stream: IO[bytes]) -> None:
+        for line in stream:
+            match = _READY.search(line)
+            if match:
+                found.append(match.group(1).decode())
+                return
+
+    reader = threading.Thread(target=read, args=(proc.stdout,), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if not found:
+        proc.kill()
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise RuntimeError(f"{name} did not start within {timeout_s:g} s:\n{err[-2000:]}")
+    return found[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; returns the exit code."""
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        print(
+            "streamhop demo needs the official openai SDK: pip install 'streamhop[demo]'",
+            file=sys.stderr,
+        )
+        return 2
+    sim_args = [
+        "simulate",
+        "--listen",
+        "127.0.0.1:0",
+        "--tokens-per-second",
+        str(args.tokens_per_second),
+        "--events-per-second",
+        str(args.events_per_second),
+        "--ttft-ms",
+        str(args.ttft_ms),
+    ]
+    print(
+        f"streamhop demo: a simulated provider at {args.tokens_per_second:g} tokens/s, "
+        f"{args.events_per_second:g} SSE events/s, TTFT {args.ttft_ms:g} ms; "
+        f"{len(PROMPTS)} prompts x {args.rounds} rounds, direct and through streamhop."
+    )
+    with _process(sim_args, "streamhop simulate") as sim_url:
+        serve_args = [
+            "serve",
+            "--upstream",
+            sim_url,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warning",
+        ]
+        with _process(serve_args, "streamhop serve") as proxy_url:
+            # Warm both paths (TCP connections, imports) so the table compares steady state.
+            stream_once(sim_url, "warm up", 8)
+            stream_once(proxy_url, "warm up", 8)
+            direct: list[Result] = []
+            proxied: list[Result] = []
+            for _ in range(args.rounds):
+                for prompt in PROMPTS:
+                    direct.append(stream_once(sim_url, prompt, args.max_tokens))
+                    proxied.append(stream_once(proxy_url, prompt, args.max_tokens))
+    equal = all(d.text == p.text for d, p in zip(direct, proxied, strict=True))
+    sys.stdout.write(_table(direct, proxied, equal))
+    sys.stdout.flush()
+    return 0 if equal else 1
+
+
+def _table(direct: list[Result], proxied: list[Result], equal: bool) -> str:
+    def p50(values: list[float]) -> float:
+        return statistics.median(values) * 1000
+
+    up_events = sum(r.events for r in direct)
+    out_events = sum(r.events for r in proxied)
+    ttft_d = p50([r.ttft_s for r in direct])
+    ttft_p = p50([r.ttft_s for r in proxied])
+    total_d = p50([r.total_s for r in direct])
+    total_p = p50([r.total_s for r in proxied])
+    chars = sum(len(r.text) for r in direct)
+    rows = [
+        ("", "direct", "via streamhop", ""),
+        ("SSE events received", f"{up_events}", f"{out_events}", f"{out_events / up_events:.0%}"),
+        (
+            "events per answer",
+            f"{up_events / len(direct):.0f}",
+            f"{out_events / len(proxied):.0f}",
+            "",
+        ),
+        ("TTFT p50 (ms)", f"{ttft_d:.1f}", f"{ttft_p:.1f}", f"{ttft_p - ttft_d:+.1f} ms"),
+        (
+            "whole answer p50 (ms)",
+            f"{total_d:.1f}",
+            f"{total_p:.1f}",
+            f"{total_p - total_d:+.1f} ms",
+        ),
+        (
+            "bytes received",
+            f"{sum(r.bytes for r in direct)}",
+            f"{sum(r.bytes for r in proxied)}",
+            "",
+        ),
+        (
+            "final texts equal",
+            "",
+            "yes" if equal else "NO",
+            f"{len(direct)} answers, {chars} chars",
+        ),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        "  ".join(
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+    rule = "-" * max(len(line) for line in lines)
+    note = (
+        "Fewer, larger events: the client and UI do per-event work ~"
+        f"{up_events / max(out_events, 1):.1f}x less often, with the same text."
+    )
+    return "\n".join([rule, lines[0], rule, *lines[1:], rule, note, ""])
