@@ -55,8 +55,12 @@ class StreamhopProcess:
             for line in self.proc.stderr:
                 self.stderr_lines.append(line)
 
-        threading.Thread(target=read_stdout, daemon=True).start()
-        threading.Thread(target=read_stderr, daemon=True).start()
+        self._readers = [
+            threading.Thread(target=read_stdout, daemon=True),
+            threading.Thread(target=read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
         ready.wait(timeout_s)
         if not found:
             self.stop()
@@ -81,6 +85,11 @@ class StreamhopProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for reader in self._readers:
+            reader.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
         return self.proc.returncode
 
 

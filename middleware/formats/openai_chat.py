@@ -9,8 +9,13 @@ A chunk is a ``DELTA`` when every choice only continues text (``content``,
 ``reasoning_content``, ``reasoning``, ``refusal``) or the ``function.arguments`` of tool calls
 already announced, with ``logprobs`` optional. Deltas merge when they continue the same fields of
 the same choices and tool-call indexes in the same order, and every other field is equal (unknown
-fields included, so nothing a provider adds is lost). ``obfuscation`` (random padding) keeps the
-first value. A role, a tool call's ``id``/``name``, ``finish_reason``, a non-null ``usage``, an
+top-level and choice fields included, so nothing a provider adds is lost). ``obfuscation``
+(random padding) keeps the first value.
+
+A delta carrying a field streamhop does not know (Groq's ``channel``, say) is ``HOLD``: batched
+into the window's write but never rewritten. The ``openai`` SDK's accumulator concatenates every
+string field of a delta, so merging two ``"channel": "analysis"`` deltas into one would change the
+message it builds, while keeping one value per event would change what a per-event reader sees. A role, a tool call's ``id``/``name``, ``finish_reason``, a non-null ``usage``, an
 empty ``choices``, ``error`` and ``[DONE]`` are boundaries.
 """
 
@@ -25,6 +30,7 @@ from .base import MALFORMED, Kind
 
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "reasoning", "refusal")
 _TEXT_SET: Final = frozenset(_TEXT_FIELDS)
+_KNOWN_DELTA: Final = _TEXT_SET | {"tool_calls", "role"}
 _TOOL_KEYS: Final = frozenset(("index", "id", "type", "function"))
 _FUNCTION_KEYS: Final = frozenset(("arguments", "name"))
 _MISSING: Final = object()
@@ -63,6 +69,11 @@ class OpenAIChatFormat:
             delta = choice.get("delta")
             if type(delta) is not dict or delta.get("role") is not None:
                 return Kind.FLUSH, _has_content(choices), None
+            for key, value in delta.items():
+                if value is not None and key not in _KNOWN_DELTA:
+                    # SDKs accumulate unknown delta fields too (the openai SDK concatenates
+                    # strings, e.g. Groq's `channel`); a merge would change what they build.
+                    return Kind.HOLD, _has_content(choices), None
             for field in _TEXT_FIELDS:
                 text = delta.get(field)
                 if text is None:

@@ -61,7 +61,7 @@ def test_request_headers_forwarded_control_and_hop_by_hop_stripped(
     headers = dict(echoed["headers"])
     assert echoed["method"] == "POST"
     assert echoed["path"] == "/echo/v1/chat/completions"
-    assert echoed["query"] == "x=1&y=%C3%A9"
+    assert echoed["raw_path"] == "/echo/v1/chat/completions?x=1&y=%C3%A9"
     assert echoed["body"] == '{"model": "m"}'
     assert headers["authorization"] == "Bearer client-key"
     assert headers["x-custom"] == "kept"

@@ -68,7 +68,7 @@ async def echo(request: web.Request) -> web.Response:
         {
             "method": request.method,
             "path": request.path,
-            "query": request.query_string,
+            "raw_path": request.raw_path,
             "headers": [[k.lower(), v] for k, v in request.headers.items()],
             "body": body.decode(errors="replace"),
         }
