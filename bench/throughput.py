@@ -77,7 +77,7 @@ def start(argv: list[str], wrap: list[str] | None = None) -> tuple[subprocess.Po
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT if proc.args[0] == "py-spy" else signal.SIGTERM)  # type: ignore[index]
+        proc.send_signal(signal.SIGINT if str(proc.args[0]).endswith("py-spy") else signal.SIGTERM)  # type: ignore[index]
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -193,24 +193,21 @@ def main() -> int:
             str(args.events_per_second),
             "--tokens-per-second",
             str(tps),
+            # One write per event: split writes exercise decoders in tests, here they would
+            # only make the simulator the bottleneck.
+            "--no-split-writes",
         ]
     )
     wrap = None
     profile_out = Path("bench/profile-sidecar.txt")
     if args.profile:
-        if not shutil.which("py-spy"):
+        py_spy = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if not py_spy:
             raise SystemExit("--profile needs py-spy: pip install py-spy")
-        wrap = [
-            "py-spy",
-            "record",
-            "--format",
-            "raw",
-            "-o",
-            str(profile_out),
-            "--rate",
-            "200",
-            "--",
-        ]
+        wrap = [py_spy, "record", "--format", "raw", "-o", str(profile_out), "--rate", "200"]
+        wrap.append("--")
     try:
         print(
             f"{args.streams} concurrent streams x {args.events_per_second:g} events/s x "
@@ -278,9 +275,11 @@ def main() -> int:
     return 0
 
 
-def print_profile(path: Path, top: int = 25) -> None:
-    """Summarise py-spy's raw (collapsed stacks) output: self time per function."""
+def print_profile(path: Path, top: int = 30) -> None:
+    """Summarise py-spy's raw (collapsed stacks) output: self time per function, and the time
+    spent below streamhop's own entry points (inclusive)."""
     own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
@@ -288,10 +287,16 @@ def print_profile(path: Path, top: int = 25) -> None:
             continue
         count = int(count_s)
         total += count
-        leaf = stack.split(";")[-1]
-        own[leaf] = own.get(leaf, 0) + count
-    print(f"\nhottest functions (self time, {total} samples):")
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    print(f"\nhottest functions, self time ({total} samples):")
     for name, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {count / total:6.1%}  {name}")
+    print("\ninclusive time of streamhop's own code:")
+    ours = [(n, c) for n, c in inclusive.items() if "middleware/" in n or "sidecar/" in n]
+    for name, count in sorted(ours, key=lambda kv: -kv[1])[:top]:
         print(f"  {count / total:6.1%}  {name}")
 
 

@@ -7,12 +7,14 @@ dispatched by a browser, but a proxy must forward it, so it surfaces here with `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
-    """One SSE event as framed on the wire.
+class SSEEvent(NamedTuple):
+    """One SSE event as framed on the wire (immutable).
+
+    A ``NamedTuple`` rather than a frozen dataclass: one is made per upstream event, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) costs several times more.
 
     Attributes:
         data: the event's data buffer with the trailing LF removed (lines joined by ``"\\n"``);

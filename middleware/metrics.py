@@ -149,6 +149,8 @@ class StreamMetrics:
         "model",
         "overhead_event",
         "overhead_flush",
+        "pending_bytes_up",
+        "pending_events_up",
         "route",
     )
 
@@ -165,17 +167,32 @@ class StreamMetrics:
         self.overhead_event = metrics.overhead.labels(route, model, "event")
         self.overhead_flush = metrics.overhead.labels(route, model, "flush")
         self.last_write: float | None = None
+        self.pending_events_up = 0
+        self.pending_bytes_up = 0
 
     def upstream_read(self, events: int, size: int, seconds: float) -> None:
-        """One upstream read: ``events`` decoded, ``size`` bytes, ``seconds`` spent on it."""
-        if events:
-            self.events_up.inc(events)
-        self.bytes_up.inc(size)
+        """One upstream read: ``events`` decoded, ``size`` bytes, ``seconds`` spent on it.
+
+        The counters are added to at the next write (or :meth:`flush`), not per read: a
+        Prometheus ``inc`` takes a lock, and reads outnumber writes several times.
+        """
+        self.pending_events_up += events
+        self.pending_bytes_up += size
         self.overhead_event.observe(seconds)
+
+    def flush(self) -> None:
+        """Add the upstream counts gathered since the last write to the counters."""
+        if self.pending_events_up:
+            self.events_up.inc(self.pending_events_up)
+            self.pending_events_up = 0
+        if self.pending_bytes_up:
+            self.bytes_up.inc(self.pending_bytes_up)
+            self.pending_bytes_up = 0
 
     def downstream_write(self, events: int, size: int, start: float, end: float) -> None:
         """One downstream write of ``events`` events and ``size`` bytes, from ``start`` to
         ``end`` (monotonic seconds)."""
+        self.flush()
         self.events_down.inc(events)
         self.bytes_down.inc(size)
         if self.last_write is not None:

@@ -430,6 +430,7 @@ def _merge_headers(forward: list[tuple[str, str]], route_headers: Any) -> list[t
 
 def _observe_end(observed: StreamMetrics, record: StreamRecord) -> None:
     """Record a finished request's per-stream metrics."""
+    observed.flush()
     if record.upstream_request_at is not None:
         observed.request_overhead(record.upstream_request_at - record.received_at)
     if record.first_content_sent_at is not None:

@@ -102,6 +102,9 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
             # The provider's Date and Server headers pass through; uvicorn must not add its own.
             server_header=False,
             date_header=False,
+            # streamhop is the proxy: it does not rewrite the client address from
+            # X-Forwarded-For (and saves the per-request middleware).
+            proxy_headers=False,
         )
     )
     admin = _Server(

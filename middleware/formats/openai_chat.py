@@ -15,7 +15,9 @@ top-level and choice fields included, so nothing a provider adds is lost). ``obf
 A delta carrying a field streamhop does not know (Groq's ``channel``, say) is ``HOLD``: batched
 into the window's write but never rewritten. The ``openai`` SDK's accumulator concatenates every
 string field of a delta, so merging two ``"channel": "analysis"`` deltas into one would change the
-message it builds, while keeping one value per event would change what a per-event reader sees. A role, a tool call's ``id``/``name``, ``finish_reason``, a non-null ``usage``, an
+message it builds, while keeping one value per event would change what a per-event reader sees.
+
+A role, a tool call's ``id``/``name``, ``finish_reason``, a non-null ``usage``, an
 empty ``choices``, ``error`` and ``[DONE]`` are boundaries.
 """
 

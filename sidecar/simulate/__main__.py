@@ -1,0 +1,7 @@
+"""``python -m streamhop.sidecar.simulate``: the simulator without the ``streamhop`` front end."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())
