@@ -156,7 +156,9 @@ class Coalescer:
         since = self._held_since
         if since is None:
             return False
-        return self._flush_now or now - since >= self._interval
+        # Compare with the deadline itself, as :attr:`deadline` computes it: ``now - since``
+        # can round below the interval at ``now == deadline`` (0.06 - 0.01 < 0.05).
+        return self._flush_now or now >= since + self._interval
 
     def take(self) -> list[SSEEvent]:
         """Return every held event, merged, in order, and hold nothing.

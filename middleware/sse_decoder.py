@@ -118,6 +118,20 @@ class SSEDecoder:
             self._buf.clear()
             return
         buf = self._buf
+        if (
+            not buf
+            and self._started
+            and self._event_bytes == 0
+            and self._data is None
+            and self._event is None
+            and self._id is None
+            and self._retry is None
+            and not self._skip_lf
+            and data.endswith(b"\n\n")
+            and b"\r" not in data
+        ):
+            self._whole_events(data)
+            return
         if self._skip_lf:
             self._skip_lf = False
             if data[0] == 0x0A:
@@ -176,6 +190,39 @@ class SSEDecoder:
         self._error = True
         size = self._event_bytes + tail
         raise EventTooLargeError(self._max, size, self._consumed - unparsed - self._event_bytes)
+
+    def _whole_events(self, data: bytes) -> None:
+        """Fast path: ``data`` holds only whole LF-terminated events and no state is pending.
+
+        This is how fast providers' reads usually look. The common shapes (``data: X`` and
+        ``event: E`` + ``data: X``) become events without the per-line state machine; any other
+        block goes through :meth:`_lines`, which gives the same result for it.
+        """
+        limit = self._max
+        ready = self._ready
+        for block in data.split(b"\n\n")[:-1]:
+            size = len(block) + 2
+            if size > limit:
+                self._event_bytes = size
+                self._fail(0)
+            self._consumed += size
+            if block.startswith(b"data: ") and b"\n" not in block:
+                ready.append(SSEEvent(block[6:].decode("utf-8", "replace"), None, None, None, size))
+                continue
+            if block.startswith(b"event: "):
+                nl = block.find(b"\n")
+                if nl > 0 and block.startswith(b"data: ", nl + 1) and block.find(b"\n", nl + 1) < 0:
+                    ready.append(
+                        SSEEvent(
+                            block[nl + 7 :].decode("utf-8", "replace"),
+                            block[7:nl].decode("utf-8", "replace"),
+                            None,
+                            None,
+                            size,
+                        )
+                    )
+                    continue
+            self._lines(block + b"\n\n")
 
     def _lines(self, region: bytes) -> None:
         # region ends with b"\n"; the last split element is the empty remainder after it.

@@ -32,7 +32,6 @@ from .base import MALFORMED, Kind
 
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "reasoning", "refusal")
 _TEXT_SET: Final = frozenset(_TEXT_FIELDS)
-_KNOWN_DELTA: Final = _TEXT_SET | {"tool_calls", "role"}
 _TOOL_KEYS: Final = frozenset(("index", "id", "type", "function"))
 _FUNCTION_KEYS: Final = frozenset(("arguments", "name"))
 _MISSING: Final = object()
@@ -69,36 +68,37 @@ class OpenAIChatFormat:
             if type(choice) is not dict or choice.get("finish_reason") is not None:
                 return Kind.FLUSH, _has_content(choices), None
             delta = choice.get("delta")
-            if type(delta) is not dict or delta.get("role") is not None:
+            if type(delta) is not dict:
                 return Kind.FLUSH, _has_content(choices), None
+            # One pass over the delta's fields, in the order the provider sent them.
             for key, value in delta.items():
-                if value is not None and key not in _KNOWN_DELTA:
+                if value is None:
+                    continue
+                if key in _TEXT_SET:
+                    if type(value) is not str:
+                        return Kind.FLUSH, False, None
+                    if value:
+                        content = True
+                        slots.append((pos, key))
+                        strings.append(value)
+                elif key == "tool_calls":
+                    if type(value) is not list:
+                        return Kind.FLUSH, False, None
+                    for tpos, call in enumerate(value):
+                        args = _continued_arguments(call)
+                        if args is None:
+                            # A new tool call (id/name) or a shape we do not know: a boundary.
+                            return Kind.FLUSH, True, None
+                        if args:
+                            content = True
+                        slots.append((pos, tpos))
+                        strings.append(args)
+                elif key == "role":
+                    return Kind.FLUSH, _has_content(choices), None
+                else:
                     # SDKs accumulate unknown delta fields too (the openai SDK concatenates
                     # strings, e.g. Groq's `channel`); a merge would change what they build.
                     return Kind.HOLD, _has_content(choices), None
-            for field in _TEXT_FIELDS:
-                text = delta.get(field)
-                if text is None:
-                    continue
-                if type(text) is not str:
-                    return Kind.FLUSH, False, None
-                if text:
-                    content = True
-                    slots.append((pos, field))
-                    strings.append(text)
-            calls = delta.get("tool_calls")
-            if calls is not None:
-                if type(calls) is not list:
-                    return Kind.FLUSH, False, None
-                for tpos, call in enumerate(calls):
-                    args = _continued_arguments(call)
-                    if args is None:
-                        # A new tool call (id/name) or a shape we do not know: a boundary.
-                        return Kind.FLUSH, True, None
-                    if args:
-                        content = True
-                    slots.append((pos, tpos))
-                    strings.append(args)
         return Kind.DELTA, content, (obj, tuple(slots), strings)
 
     def open_group(self, event: SSEEvent, parsed: object) -> _ChatGroup:
@@ -148,11 +148,48 @@ def _same_except(a: dict[str, Any], b: dict[str, Any], skip: frozenset[str]) -> 
     return True
 
 
-_TOP_SKIP: Final = frozenset(("choices", "obfuscation"))
-_CHOICE_SKIP: Final = frozenset(("delta", "logprobs"))
-_DELTA_SKIP: Final = _TEXT_SET | {"tool_calls"}
 _CALL_SKIP: Final = frozenset(("function",))
 _FUNCTION_SKIP: Final = frozenset(("arguments",))
+
+
+def _same_envelope(obj: dict[str, Any], base: dict[str, Any]) -> bool:
+    """True when two chunks are equal outside ``choices`` and ``obfuscation``.
+
+    Swaps ``base``'s values into ``obj`` for one C-level dict comparison, then restores them:
+    several times faster than a Python loop over the keys, and this runs once per delta.
+    """
+    choices = obj["choices"]
+    obj["choices"] = base["choices"]
+    obfuscation = obj.get("obfuscation", _MISSING)
+    if obfuscation is not _MISSING and "obfuscation" in base:
+        obj["obfuscation"] = base["obfuscation"]
+    try:
+        return obj == base
+    finally:
+        obj["choices"] = choices
+        if obfuscation is not _MISSING:
+            obj["obfuscation"] = obfuscation
+
+
+def _same_choice(choice: dict[str, Any], base: dict[str, Any]) -> bool:
+    """True when two choices are equal outside ``delta`` and ``logprobs`` and both or neither
+    carry ``logprobs`` (same swap technique as :func:`_same_envelope`)."""
+    logprobs = choice.get("logprobs", _MISSING)
+    base_logprobs = base.get("logprobs", _MISSING)
+    if (logprobs is None or logprobs is _MISSING) != (
+        base_logprobs is None or base_logprobs is _MISSING
+    ):
+        return False
+    delta = choice["delta"]
+    choice["delta"] = base["delta"]
+    if logprobs is not _MISSING and base_logprobs is not _MISSING:
+        choice["logprobs"] = base_logprobs
+    try:
+        return choice == base
+    finally:
+        choice["delta"] = delta
+        if logprobs is not _MISSING:
+            choice["logprobs"] = logprobs
 
 
 class _ChatGroup:
@@ -178,20 +215,16 @@ class _ChatGroup:
         if slots != self.slots or event.event != self.first.event:
             return False
         base = self.obj
-        if not _same_except(obj, base, _TOP_SKIP):
-            return False
         choices = obj["choices"]
         base_choices = base["choices"]
-        if len(choices) != len(base_choices):
+        if len(choices) != len(base_choices) or not _same_envelope(obj, base):
             return False
         for choice, bchoice in zip(choices, base_choices, strict=True):
-            if not _same_except(choice, bchoice, _CHOICE_SKIP):
-                return False
-            if (choice.get("logprobs") is None) != (bchoice.get("logprobs") is None):
-                return False
             delta = choice["delta"]
             bdelta = bchoice["delta"]
-            if not _same_except(delta, bdelta, _DELTA_SKIP):
+            # classify() let only known fields through (text, tool_calls, null role), and the
+            # slots say which carry text: equal key sets leave only tool calls to compare.
+            if delta.keys() != bdelta.keys() or not _same_choice(choice, bchoice):
                 return False
             calls = delta.get("tool_calls")
             if calls:
