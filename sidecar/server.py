@@ -96,8 +96,10 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
             lifespan="on",
             access_log=False,
             log_level="warning",
-            # uvicorn passes this to asyncio.wait_for, which takes float seconds.
-            timeout_graceful_shutdown=config.server.drain_timeout_s,  # type: ignore[arg-type]
+            # streamhop stops open streams itself at drain_timeout_s (with an error event each);
+            # uvicorn's own limit is a backstop a little later. It passes this to
+            # asyncio.wait_for, which takes float seconds.
+            timeout_graceful_shutdown=config.server.drain_timeout_s + 5,  # type: ignore[arg-type]
             timeout_keep_alive=75,
             # The provider's Date and Server headers pass through; uvicorn must not add its own.
             server_header=False,
@@ -120,13 +122,21 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
     )
     loop = asyncio.get_running_loop()
 
+    def stop_streams() -> None:
+        count = state.stop_all("shutdown")
+        if count:
+            logger.warning("drain timeout: stopped %d open stream(s)", count)
+
     def on_signal(sig: signal.Signals) -> None:
         if state.draining:
-            proxy.force_exit = True
+            # A second signal: stop every stream now.
+            stop_streams()
             return
-        logger.info("%s: draining (up to %g s)", sig.name, config.server.drain_timeout_s)
+        drain = config.server.drain_timeout_s
+        logger.info("%s: draining, open streams may finish for %g s", sig.name, drain)
         state.draining = True
         proxy.should_exit = True
+        loop.call_later(drain, stop_streams)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)

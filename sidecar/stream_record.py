@@ -36,6 +36,7 @@ class StreamRecord:
     bytes_out: int = 0
     malformed_events: int = 0
     cancel_reason: str | None = None
+    cancel_detected_at: float | None = None
     cancel_latency_s: float | None = None
     error: str | None = None
     usage_input_tokens: int | None = None

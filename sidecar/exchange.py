@@ -1,0 +1,358 @@
+"""One proxied request, from the upstream request to the last byte to the client.
+
+Where a byte goes: :meth:`Exchange.run` sends the request upstream (:mod:`.upstream`); a
+``text/event-stream`` answer is re-chunked by :class:`~streamhop.middleware.pump.StreamPump`
+(:meth:`Exchange._stream`); any other answer is copied through untouched (:meth:`Exchange._copy`):
+status, headers less hop-by-hop ones, and body bytes as received, still compressed if they were.
+
+Every exchange runs inside one deadline scope (route ``timeout_s`` or ``X-Streamhop-Timeout-Ms``).
+:meth:`Exchange.stop` fires the same scope early (reason ``shutdown``), so both end the same way:
+the upstream response is closed, and the client gets a well-formed end — a 504/503 JSON error
+before the response started, a terminal error event in the stream's format after.
+
+Cancelling the task (the client disconnected, or the writer failed) closes the upstream response
+in ``finally``: the provider sees its connection close, and the connection is not pooled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from typing import Any
+
+import aiohttp
+
+from streamhop.middleware.coalescer import Coalescer
+from streamhop.middleware.errors import EventTooLargeError
+from streamhop.middleware.formats import error_event, format_for_path
+from streamhop.middleware.metrics import StreamMetrics
+from streamhop.middleware.pump import ClientStallError, StreamPump
+from streamhop.middleware.sse_decoder import SSEDecoder
+
+from .asgi import Scope, Send, json_error
+from .config import Config, RouteConfig
+from .headers import Controls, response_headers
+from .stream_record import StreamRecord
+from .upstream import UpstreamError, UpstreamPool, UpstreamTimeoutError, UpstreamTiming
+
+logger = logging.getLogger(__name__)
+
+_SSE_DROP = frozenset(
+    (b"content-length", b"content-encoding", b"cache-control", b"x-accel-buffering")
+)
+# Terminal error event codes -> streamhop_upstream_errors_total{kind}.
+_ERROR_KINDS = {
+    "upstream_truncated": "truncated",
+    "event_too_large": "event_too_large",
+    "upstream_disconnected": "disconnected",
+}
+_END_MESSAGES = {
+    "timeout": "streamhop deadline reached before the upstream answer ended",
+    "shutdown": "streamhop is shutting down; the stream was stopped",
+}
+
+
+class Exchange:
+    """State and steps of one proxied request (one instance per request).
+
+    Args:
+        config: the sidecar config.
+        pool: the upstream client pool.
+        route: the matched route.
+        scope, send: the ASGI request scope and send callable.
+        url: the upstream URL (percent-encoded).
+        headers: request headers to forward (control and hop-by-hop ones already removed).
+        controls: the request's ``X-Streamhop-*`` overrides.
+        body: the request body.
+        record: the request's record (filled in as it goes).
+        observed: the stream's bound metrics.
+        deadline: ``time.monotonic()`` seconds when the exchange must end, or ``None``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        pool: UpstreamPool,
+        route: RouteConfig,
+        scope: Scope,
+        send: Send,
+        url: str,
+        headers: list[tuple[str, str]],
+        controls: Controls,
+        body: bytes,
+        record: StreamRecord,
+        observed: StreamMetrics,
+        deadline: float | None,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.route = route
+        self.scope = scope
+        self.send = send
+        self.url = url
+        self.headers = headers
+        self.controls = controls
+        self.body = body
+        self.record = record
+        self.observed = observed
+        self.deadline = deadline
+        self.fmt_hint = route.format if route.format != "auto" else format_for_path(record.path)
+        self.started = False
+        self.response: aiohttp.ClientResponse | None = None
+        self.pump: StreamPump | None = None
+        self._scope: asyncio.Timeout | None = None
+
+    def stop(self, reason: str) -> None:
+        """End the exchange now with a well-formed error for the client (e.g. ``shutdown``)."""
+        if self.record.cancel_reason is None:
+            self.record.cancel_reason = reason
+            self.record.cancel_detected_at = time.monotonic()
+        if self._scope is not None and not self._scope.expired():
+            self._scope.reschedule(asyncio.get_running_loop().time())
+
+    async def run(self) -> None:
+        """Proxy the request; returns when the client's response is complete."""
+        remaining = None
+        if self.deadline is not None:
+            remaining = max(self.deadline - time.monotonic(), 0.0)
+        try:
+            try:
+                async with asyncio.timeout(remaining) as deadline_scope:
+                    self._scope = deadline_scope
+                    if self.record.cancel_reason is not None:  # stopped before it began
+                        deadline_scope.reschedule(asyncio.get_running_loop().time())
+                    await self._run()
+            except TimeoutError:
+                if not deadline_scope.expired():
+                    raise
+                if self.record.cancel_reason is None:
+                    self.record.cancel_reason = "timeout"
+                    self.record.cancel_detected_at = time.monotonic()
+                await self._end_early(self.record.cancel_reason)
+        finally:
+            self._close_upstream()
+            if self.pump is not None:
+                self.pump.close()
+            self._collect()
+
+    async def _run(self) -> None:
+        record = self.record
+        timing = UpstreamTiming()
+        # A streaming answer starts with headers at once; a non-streaming one only after the
+        # whole generation, so only streaming requests are held to connect_timeout_s for them.
+        headers_timeout = self.route.connect_timeout_s if record.streaming_request else None
+        try:
+            self.response = response = await self.pool.request(
+                self.route,
+                self.scope["method"],
+                self.url,
+                self.headers,
+                self.body,
+                timing,
+                headers_timeout,
+            )
+        except UpstreamError as exc:
+            record.error = exc.kind
+            status = 504 if isinstance(exc, UpstreamTimeoutError) else 502
+            logger.warning("stream %s: %s", record.stream_id, exc)
+            await json_error(self.send, status, self.fmt_hint, f"upstream_{exc.kind}", str(exc))
+            self.started = True
+            return
+        finally:
+            record.upstream_request_at = timing.start
+            record.upstream_connected_at = timing.connected
+            record.upstream_headers_at = timing.headers
+        record.status = response.status
+        ctype = response.headers.get("Content-Type", "")
+        if ctype.startswith("text/event-stream") and self.scope["method"] != "HEAD":
+            await self._stream(response, timing)
+        else:
+            await self._copy(response)
+
+    async def _copy(self, response: aiohttp.ClientResponse) -> None:
+        """Copy a non-SSE answer through untouched."""
+        send = self.send
+        record = self.record
+        headers = response_headers(response.raw_headers)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        self.started = True
+        try:
+            async for chunk in response.content.iter_any():
+                record.bytes_in += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except aiohttp.ClientError as exc:
+            # Headers and part of the body are out: the only honest signal left is to end the
+            # connection without completing the body.
+            record.error = "disconnected"
+            logger.warning("stream %s: upstream failed mid-body: %s", record.stream_id, exc)
+            return
+        record.bytes_out = record.bytes_in
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stream(self, response: aiohttp.ClientResponse, timing: UpstreamTiming) -> None:
+        """Re-chunk an SSE answer: decode, merge, write with one write in flight."""
+        cfg = self.config
+        record = self.record
+        send = self.send
+        record.sse = True
+        encoding = response.headers.get("Content-Encoding", "identity").lower()
+        decompress = _decompressor(encoding)
+        if decompress is None and encoding not in ("identity", ""):
+            logger.warning(
+                "stream %s: SSE with Content-Encoding %s cannot be re-chunked; copied as is",
+                record.stream_id,
+                encoding,
+            )
+            await self._copy(response)
+            return
+        headers = response_headers(response.raw_headers, _SSE_DROP)
+        headers += [
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            (b"x-streamhop-stream-id", record.stream_id.encode()),
+            (b"server-timing", _server_timing(timing).encode()),
+        ]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        self.started = True
+
+        async def write(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        controls = self.controls
+        mode = controls.mode or cfg.rechunk.mode
+        flush_ms = (
+            controls.flush_interval_ms
+            if controls.flush_interval_ms is not None
+            else cfg.rechunk.flush_interval_ms
+        )
+        coalescer = Coalescer(
+            format=self.route.format,
+            flush_interval=flush_ms / 1000.0,
+            max_flush_bytes=cfg.rechunk.max_flush_bytes,
+            passthrough=mode == "passthrough",
+        )
+        self.pump = pump = StreamPump(
+            write,
+            coalescer,
+            SSEDecoder(cfg.rechunk.max_event_bytes),
+            max_pending_bytes=cfg.backpressure.max_pending_bytes,
+            stall_timeout=cfg.backpressure.stall_timeout_s,
+            observer=self.observed,
+        )
+        me = asyncio.current_task()
+        assert me is not None
+
+        def writer_done(task: asyncio.Task[None]) -> None:
+            # A failed write (client stalled or gone) must stop the reader and close upstream.
+            if task.cancelled() or task.exception() is None or me.done():
+                return
+            if isinstance(task.exception(), ClientStallError) and record.cancel_reason is None:
+                record.cancel_reason = "stall"
+                record.cancel_detected_at = time.monotonic()
+            me.cancel()
+
+        pump.writer.add_done_callback(writer_done)
+        tail_code: str | None = None
+        tail_message = ""
+        try:
+            async for chunk in response.content.iter_any():
+                if decompress is not None:
+                    chunk = decompress.decompress(chunk)
+                    if not chunk:
+                        continue
+                pump.feed(chunk)
+                if pump.over_limit:
+                    await pump.wait_for_room()
+            if decompress is not None:
+                rest = decompress.flush()
+                if rest:
+                    pump.feed(rest)
+            pump.decoder.receive_data(b"")
+            if pump.decoder.truncated:
+                tail_code = "upstream_truncated"
+                tail_message = "the upstream stream ended in the middle of an event"
+        except EventTooLargeError as exc:
+            tail_code = "event_too_large"
+            tail_message = str(exc)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, zlib.error) as exc:
+            tail_code = "upstream_disconnected"
+            tail_message = f"the upstream connection failed mid-stream: {exc}"
+        tail = []
+        if tail_code is not None:
+            record.error = _ERROR_KINDS[tail_code]
+            self._close_upstream()
+            logger.warning("stream %s: %s", record.stream_id, tail_message)
+            tail.append(self._error_event(tail_code, tail_message))
+        await pump.finish(tail)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _end_early(self, reason: str) -> None:
+        """The deadline scope fired (``timeout`` or ``shutdown``): close upstream, end cleanly."""
+        self._close_upstream()
+        message = _END_MESSAGES.get(reason, reason)
+        logger.warning("stream %s: %s", self.record.stream_id, message)
+        if not self.started:
+            status = 503 if reason == "shutdown" else 504
+            await json_error(self.send, status, self.fmt_hint, reason, message)
+            return
+        pump = self.pump
+        if pump is None or pump.writer.done():
+            return  # a copied body cannot carry an error: the connection ends unfinished
+        await pump.finish([self._error_event(reason, message)])
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _error_event(self, code: str, message: str) -> Any:
+        fmt = None
+        if self.pump is not None:
+            fmt = self.pump.coalescer.format_name
+        return error_event(fmt or self.fmt_hint, code, message)
+
+    def _close_upstream(self) -> None:
+        """Close the upstream response unless it was read to the end (then it is pooled)."""
+        response = self.response
+        if response is None or response.closed:
+            return
+        if not response.content.at_eof():
+            response.close()
+            record = self.record
+            if record.cancel_detected_at is not None and record.cancel_latency_s is None:
+                record.cancel_latency_s = time.monotonic() - record.cancel_detected_at
+        else:
+            response.release()
+
+    def _collect(self) -> None:
+        """Copy the pump's counters into the record."""
+        pump = self.pump
+        if pump is None:
+            return
+        record = self.record
+        coalescer = pump.coalescer
+        record.format = coalescer.format_name
+        record.events_in = coalescer.events_in
+        record.events_out = coalescer.events_out
+        record.malformed_events = coalescer.malformed
+        record.writes = pump.writes
+        record.bytes_in = pump.bytes_in
+        record.bytes_out = pump.bytes_out
+        record.first_content_sent_at = pump.first_content_write_at
+        record.upstream_first_content_at = coalescer.first_content_at
+
+
+def _decompressor(encoding: str) -> Any:
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    return None
+
+
+def _server_timing(timing: UpstreamTiming) -> str:
+    """``Server-Timing`` (W3C Server Timing) with the hops known before the body, in ms."""
+    parts = []
+    if timing.connected is not None:
+        parts.append(f"upstream-connect;dur={(timing.connected - timing.start) * 1000:.3f}")
+    if timing.headers is not None:
+        parts.append(f"upstream-headers;dur={(timing.headers - timing.start) * 1000:.3f}")
+    return ", ".join(parts)
