@@ -189,9 +189,11 @@ class _Handlers:
                 400, exc.message, anthropic_shape=endpoint.anthropic_errors, param=exc.param
             )
         answer = endpoint.make(req)
+        record = self._state.streams.open(request_id, request.path, started)
         if req.stream:
-            record = self._state.streams.open(request_id, request.path, started)
             return await pump(request, answer.events(), config, record, arrival)
+        # Non-streaming answers are logged too, so a test can see a proxy close the connection
+        # while the "generation" runs.
         delay = answer_delay_s(config, answer.content_event_count())
         try:
             await sleep_until(
@@ -200,8 +202,17 @@ class _Handlers:
                 functools.partial(connection_closed, request),
             )
         except ClientClosedError:
+            record.finish("client_closed")
             return web.Response(status=499)  # nobody will read it
-        return json_response(answer.body(), request_id=request_id)
+        except asyncio.CancelledError:
+            transport = request.transport
+            record.finish(
+                "client_closed" if transport is None or transport.is_closing() else "cancelled"
+            )
+            raise
+        response = json_response(answer.body(), request_id=request_id)
+        record.finish("complete")
+        return response
 
     async def replay(self, request: web.Request) -> web.StreamResponse:
         """Replay the recording, whatever was asked."""

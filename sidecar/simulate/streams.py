@@ -25,7 +25,7 @@ MAX_RECORDS = 1000
 
 @dataclass(slots=True)
 class StreamRecord:
-    """What happened to one streamed response.
+    """What happened to one response, streamed or not (a non-streamed one has no events).
 
     Attributes:
         id: the response's ``x-request-id``.

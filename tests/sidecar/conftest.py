@@ -64,6 +64,11 @@ upstream = "{scripted_upstream.url}/echo"
 Authorization = "Bearer ${{STREAMHOP_TEST_KEY}}"
 
 [[routes]]
+prefix = "/slow"
+upstream = "{scripted_upstream.url}"
+connect_timeout_s = 1
+
+[[routes]]
 prefix = "/down"
 upstream = "http://127.0.0.1:9"
 connect_timeout_s = 2

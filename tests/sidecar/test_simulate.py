@@ -605,10 +605,12 @@ async def test_stream_log_records_complete_streams_and_clears(sim: str) -> None:
     await post(
         sim, "/v1/chat/completions", chat_body(stream=True, max_tokens=20), {"x-request-id": "r1"}
     )
-    await post(sim, "/v1/chat/completions", chat_body(max_tokens=20))  # not a stream: not logged
+    await post(sim, "/v1/chat/completions", chat_body(max_tokens=20), {"x-request-id": "r2"})
     async with aiohttp.ClientSession() as session:
         async with session.get(sim + "/_simulator/streams") as resp:
-            (record,) = await resp.json()
+            record, plain = await resp.json()
+        # Non-streaming answers are logged too (no events, no first content).
+        assert plain["id"] == "r2" and plain["outcome"] == "complete" and plain["events"] == 0
         assert record["id"] == "r1" and record["path"] == "/v1/chat/completions"
         assert record["outcome"] == "complete" and record["events"] == 1 + 2 + 1 + 1
         assert record["started"] <= record["first_content"] <= record["ended"] <= time.monotonic()

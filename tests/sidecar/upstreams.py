@@ -9,12 +9,17 @@ Routes (any method unless noted):
 * ``/echo/...``: answers JSON with the method, path, query and headers it received.
 * ``GET /bytes/gzip``: a fixed gzip-compressed JSON body with ``Content-Encoding: gzip``.
 * ``GET /bytes/plain``: fixed JSON bytes with odd spacing and multi-byte text.
+* ``POST /fault/{kind}``: a provider misbehaving (see :func:`fault`); the time the upstream saw
+  its connection close is kept in :data:`CLOSED` by the request's ``x-request-id``.
+* ``POST /burst/{size}``: OpenAI chat chunks carrying ``size`` bytes of text, written as fast as
+  the socket takes them (for the slow-client memory bound).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 
 import orjson
 from aiohttp import web
@@ -86,12 +91,125 @@ async def plain_bytes(request: web.Request) -> web.Response:
     return web.Response(body=PLAIN_BODY, headers={"Content-Type": "application/json"})
 
 
+BURST_PIECE = "ab°c日本👩‍💻" * 50
+"""The text of every ``/burst`` chunk: about 1 KiB of UTF-8 with multi-byte characters."""
+
+CLOSED: dict[str, float] = {}
+"""x-request-id -> ``time.monotonic()`` when a fault handler saw its client (the sidecar) close."""
+
+
+def chat_chunk(text: str) -> bytes:
+    """One OpenAI chat chunk event carrying ``text``."""
+    chunk = {
+        "id": "chatcmpl-fault",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "fault",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+async def _sse(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    return resp
+
+
+async def _hang_until_closed(request: web.Request) -> None:
+    """Wait (at most 30 s) until the peer closes; note when."""
+    rid = request.headers.get("x-request-id", "")
+    try:
+        for _ in range(3000):
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        CLOSED[rid] = time.monotonic()
+
+
+async def fault(request: web.Request) -> web.StreamResponse:
+    """A provider fault, by ``kind``:
+
+    * ``drop``: two text chunks, then the TCP connection is closed mid-stream;
+    * ``hang-headers``: no response headers for 30 s;
+    * ``hang-body``: one text chunk, then nothing until the peer closes;
+    * ``malformed``: a chunk whose data is not JSON between two good ones, then ``[DONE]``;
+    * ``huge``: one text chunk, then a 2 MiB event;
+    * ``truncated``: one text chunk, then half an event and a clean end of body;
+    * ``status``: 429 with a JSON error body and ``Retry-After``.
+    """
+    kind = request.match_info["kind"]
+    if kind == "hang-headers":
+        await _hang_until_closed(request)
+        return web.Response(status=500)
+    if kind == "status":
+        await request.read()
+        return web.json_response(
+            {"error": {"message": "slow down", "type": "rate_limit", "code": "rate_limit"}},
+            status=429,
+            headers={"Retry-After": "7"},
+        )
+    resp = await _sse(request)
+    if kind == "drop":
+        await resp.write(chat_chunk("one ") + chat_chunk("two "))
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+    if kind == "hang-body":
+        await resp.write(chat_chunk("before the hang"))
+        await _hang_until_closed(request)
+        return resp
+    if kind == "malformed":
+        await resp.write(chat_chunk("good "))
+        await resp.write(b"data: {not json at all\n\n")
+        await resp.write(chat_chunk("after"))
+        await resp.write(b"data: [DONE]\n\n")
+    elif kind == "huge":
+        await resp.write(chat_chunk("small "))
+        try:
+            await resp.write(b"data: " + b"x" * (2 * 1024 * 1024) + b"\n\n")
+            await _hang_until_closed(request)
+        except ConnectionError:
+            CLOSED[request.headers.get("x-request-id", "")] = time.monotonic()
+        return resp
+    elif kind == "truncated":
+        await resp.write(chat_chunk("whole "))
+        await resp.write(b'data: {"choices": [{"delta": {"content": "ha')
+    await resp.write_eof()
+    return resp
+
+
+async def burst(request: web.Request) -> web.StreamResponse:
+    """``size`` bytes of text in 1 KiB chunk events, then ``[DONE]``, as fast as possible."""
+    size = int(request.match_info["size"])
+    resp = await _sse(request)
+    event = chat_chunk(BURST_PIECE)
+    step = len(BURST_PIECE.encode())
+    sent = 0
+    try:
+        while sent < size:
+            await resp.write(event)
+            sent += step
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        CLOSED[request.headers.get("x-request-id", "")] = time.monotonic()
+        raise
+    return resp
+
+
 def make_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/fx/{name}/pace/{ms}/{rest:.*}", replay)
     app.router.add_route("*", "/echo/{rest:.*}", echo)
     app.router.add_get("/bytes/gzip", gzip_bytes)
     app.router.add_get("/bytes/plain", plain_bytes)
+    app.router.add_post("/fault/{kind:[^/]+}{rest:.*}", fault)
+    app.router.add_post("/burst/{size}", burst)
     return app
 
 
