@@ -22,6 +22,7 @@ from typing import Final
 
 from .events import SSEEvent
 from .formats import MALFORMED, Format, Kind, MergeGroup, detect_format, get_format
+from .formats.usage import usage_of
 
 DEFAULT_FLUSH_INTERVAL: Final = 0.020
 DEFAULT_MAX_FLUSH_BYTES: Final = 16 * 1024
@@ -58,6 +59,8 @@ class Coalescer:
         "first_content_at",
         "malformed",
         "pending_bytes",
+        "usage_input_tokens",
+        "usage_output_tokens",
     )
 
     def __init__(
@@ -91,6 +94,10 @@ class Coalescer:
         """True once a content event (text, reasoning, tool-call data) was pushed."""
         self.first_content_at: float | None = None
         """``now`` of the first content event, in the caller's clock (seconds)."""
+        self.usage_input_tokens: int | None = None
+        """Input (prompt) tokens the stream reported, if it did."""
+        self.usage_output_tokens: int | None = None
+        """Output (completion) tokens the stream reported, if it did (last report wins)."""
 
     @property
     def format_name(self) -> str | None:
@@ -115,6 +122,13 @@ class Coalescer:
             self.content_seen = True
             self.first_content_at = now
             flush = True
+        if kind is Kind.FLUSH:
+            usage = usage_of(fmt.name, event)
+            if usage is not None:
+                if usage[0] is not None:
+                    self.usage_input_tokens = usage[0]
+                if usage[1] is not None:
+                    self.usage_output_tokens = usage[1]
         if kind is Kind.DELTA and not self._passthrough:
             group = self._last_group
             if group is None or not group.add(event, parsed):

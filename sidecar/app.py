@@ -21,6 +21,7 @@ from streamhop.middleware.metrics import Metrics
 from .config import Config
 from .proxy import Proxy, SidecarState
 from .stream_record import StreamRecord
+from .tracing import Tracing
 from .upstream import UpstreamPool
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def build_proxy_app(
     state: SidecarState,
     metrics: Metrics,
     on_finish: Callable[[StreamRecord], None] | None = None,
+    tracing: Tracing | None = None,
 ) -> Starlette:
     """The proxying app: every method and path goes to :class:`~.proxy.Proxy`.
 
@@ -38,7 +40,7 @@ def build_proxy_app(
     shutdown.
     """
     pool = UpstreamPool()
-    proxy = Proxy(config, pool, state, metrics, on_finish)
+    proxy = Proxy(config, pool, state, metrics, on_finish, tracing)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -48,6 +50,8 @@ def build_proxy_app(
         finally:
             state.ready = False
             await pool.close()
+            if tracing is not None:
+                tracing.shutdown()
 
     return Starlette(
         routes=[

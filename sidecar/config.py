@@ -306,9 +306,6 @@ def _tracing(t: Mapping[str, Any]) -> TracingConfig:
     endpoint = t.get("otlp_endpoint")
     if endpoint is not None:
         endpoint = _url("tracing.otlp_endpoint", _str(t, "tracing", "otlp_endpoint", ""))
-        raise ConfigError(
-            "tracing.otlp_endpoint", "OpenTelemetry export is not available in this version yet"
-        )
     return TracingConfig(
         otlp_endpoint=endpoint,
         service_name=_str(t, "tracing", "service_name", d.service_name),

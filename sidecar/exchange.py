@@ -338,6 +338,8 @@ class Exchange:
         record.bytes_out = pump.bytes_out
         record.first_content_sent_at = pump.first_content_write_at
         record.upstream_first_content_at = coalescer.first_content_at
+        record.usage_input_tokens = coalescer.usage_input_tokens
+        record.usage_output_tokens = coalescer.usage_output_tokens
 
 
 def _decompressor(encoding: str) -> Any:

@@ -30,9 +30,12 @@ from .exchange import Exchange
 from .headers import ControlHeaderError, upstream_request_headers
 from .routing import RouteTable
 from .stream_record import StreamRecord
+from .tracing import Tracing
 from .upstream import UpstreamPool
 
 logger = logging.getLogger(__name__)
+
+_TRACE_HEADERS = frozenset(("traceparent", "tracestate"))
 
 
 class SidecarState:
@@ -66,11 +69,13 @@ class Proxy:
         state: SidecarState,
         metrics: Metrics,
         on_finish: Callable[[StreamRecord], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.state = state
         self.metrics = metrics
+        self.tracing = tracing
         self.table = RouteTable(config.routes)
         self.on_finish = on_finish
 
@@ -122,6 +127,13 @@ class Proxy:
         timeout_s = route.timeout_s
         if controls.timeout_ms is not None:
             timeout_s = controls.timeout_ms / 1000.0
+        headers = _merge_headers(forward, route.headers)
+        traced = None
+        if self.tracing is not None:
+            traced = self.tracing.start(record, route, scope["headers"])
+            # The provider continues our upstream.request span, not the client's.
+            headers = [(n, v) for n, v in headers if n.lower() not in _TRACE_HEADERS]
+            headers.extend(traced.upstream_headers(record).items())
         exchange = Exchange(
             self.config,
             self.pool,
@@ -129,7 +141,7 @@ class Proxy:
             scope,
             send,
             self.table.upstream_url(route, _raw_path(scope), scope.get("query_string", b"")),
-            _merge_headers(forward, route.headers),
+            headers,
             controls,
             body,
             record,
@@ -166,6 +178,8 @@ class Proxy:
             observed.active.dec()
             record.finished_at = time.monotonic()
             _observe_end(observed, record)
+            if traced is not None:
+                traced.finish(record)
             if self.on_finish is not None:
                 self.on_finish(record)
 

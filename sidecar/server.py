@@ -24,6 +24,7 @@ from .app import build_admin_app, build_proxy_app
 from .config import Config, parse_hostport
 from .proxy import SidecarState
 from .stream_record import StreamRecord
+from .tracing import Tracing
 
 logger = logging.getLogger("streamhop")
 stream_logger = logging.getLogger("streamhop.streams")
@@ -69,6 +70,8 @@ def log_stream(record: StreamRecord) -> None:
                 if record.cancel_latency_s is None
                 else round(record.cancel_latency_s * 1000, 3),
                 "error": record.error,
+                "usage_input_tokens": record.usage_input_tokens,
+                "usage_output_tokens": record.usage_output_tokens,
             }
         ).decode(),
     )
@@ -88,7 +91,9 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
     ahost, aport = parse_hostport("server.admin_listen", config.server.admin_listen)
     proxy = _Server(
         uvicorn.Config(
-            build_proxy_app(config, state, metrics, log_stream),
+            build_proxy_app(
+                config, state, metrics, log_stream, Tracing.from_config(config.tracing)
+            ),
             host=host,
             port=port,
             loop="none",
