@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -143,6 +144,33 @@ async def run_phase(url: str, streams: int, seconds: float, max_tokens: int) -> 
     return phase
 
 
+def start_otlp_sink() -> str:
+    """A local OTLP/HTTP endpoint that accepts and drops spans; returns its base URL."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def tracing_config(sink: str) -> Path:
+    """A config file that only turns tracing on (routes come from --upstream)."""
+    path = Path(tempfile.mkdtemp()) / "tracing.toml"
+    path.write_text(f'[tracing]\notlp_endpoint = "{sink}"\n')
+    return path
+
+
 def _cpu(times: Any) -> float:
     return float(times.user + times.system)
 
@@ -184,7 +212,13 @@ def main() -> int:
     parser.add_argument("--ttft-ms", type=float, default=20.0)
     parser.add_argument("--max-tokens", type=int, default=2000, help="tokens per stream")
     parser.add_argument("--profile", action="store_true", help="run the sidecar under py-spy")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="turn on OpenTelemetry export (to a local OTLP sink) to measure its cost",
+    )
     args = parser.parse_args()
+    args.tracing_sink = start_otlp_sink() if args.tracing else ""
 
     tps = args.events_per_second * args.tokens_per_event
     sim, sim_url = start(
@@ -217,6 +251,7 @@ def main() -> int:
         print(
             f"{args.streams} concurrent streams x {args.events_per_second:g} events/s x "
             f"{args.tokens_per_event:g} tokens/event, {args.seconds:g} s per phase"
+            + (", OpenTelemetry tracing ON" if args.tracing else "")
         )
         sim_ps = psutil.Process(sim.pid)
         me = psutil.Process()
@@ -235,6 +270,7 @@ def main() -> int:
                 "127.0.0.1:0",
                 "--log-level",
                 "warning",
+                *(["--config", str(tracing_config(args.tracing_sink))] if args.tracing else []),
             ],
             wrap,
         )
