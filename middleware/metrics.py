@@ -34,6 +34,14 @@ DURATION_BUCKETS: Final = (
 )  # fmt: skip
 CANCEL_REASONS: Final = ("client_disconnect", "timeout", "stall", "interrupt", "shutdown")
 HOPS: Final = ("request", "event", "flush")
+ERROR_KINDS: Final = (
+    "connect",
+    "headers_timeout",
+    "disconnected",
+    "truncated",
+    "event_too_large",
+    "malformed_event",
+)
 OTHER_MODEL: Final = "other"
 
 
@@ -51,6 +59,7 @@ class Metrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.models = frozenset(models)
+        self._seen: set[tuple[str, str]] = set()
         r = self.registry
         rm = ("route", "model")
         self.ttft = Histogram(
@@ -130,8 +139,20 @@ class Metrics:
         return model if model is not None and model in self.models else OTHER_MODEL
 
     def stream(self, route: str, model: str | None) -> StreamMetrics:
-        """Label children bound for one stream (cheap to call per request)."""
-        return StreamMetrics(self, route, self.model_label(model))
+        """Label children bound for one stream (cheap to call per request).
+
+        The first stream of a ``(route, model)`` also creates its cancellation and error series
+        at 0, so dashboards show 0 rather than "no data" until the first one happens.
+        """
+        label = self.model_label(model)
+        key = (route, label)
+        if key not in self._seen:
+            self._seen.add(key)
+            for reason in CANCEL_REASONS:
+                self.cancellations.labels(route, label, reason)
+            for kind in ERROR_KINDS:
+                self.upstream_errors.labels(route, label, kind)
+        return StreamMetrics(self, route, label)
 
 
 class StreamMetrics:

@@ -135,6 +135,11 @@ class Exchange:
             self._close_upstream()
             if self.pump is not None:
                 self.pump.close()
+            record = self.record
+            if record.cancel_detected_at is not None and record.cancel_latency_s is None:
+                # Cancelled before any response: aiohttp closed the connection as the request
+                # task unwound, which is now.
+                record.cancel_latency_s = time.monotonic() - record.cancel_detected_at
             self._collect()
 
     async def _run(self) -> None:
@@ -182,13 +187,13 @@ class Exchange:
             async for chunk in response.content.iter_any():
                 record.bytes_in += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                record.bytes_out += len(chunk)
         except aiohttp.ClientError as exc:
             # Headers and part of the body are out: the only honest signal left is to end the
             # connection without completing the body.
             record.error = "disconnected"
             logger.warning("stream %s: upstream failed mid-body: %s", record.stream_id, exc)
             return
-        record.bytes_out = record.bytes_in
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _stream(self, response: aiohttp.ClientResponse, timing: UpstreamTiming) -> None:
