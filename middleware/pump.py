@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from .coalescer import Coalescer
-from .errors import StreamHopError
+from .errors import EventTooLargeError, StreamHopError
 from .events import SSEEvent
 from .sse_decoder import SSEDecoder
 from .sse_encoder import encode_events
@@ -106,7 +106,13 @@ class StreamPump:
         """
         now = time.monotonic()
         self.bytes_in += len(data)
-        events = self.decoder.feed(data)
+        try:
+            events = self.decoder.feed(data)
+        except EventTooLargeError:
+            # Events completed earlier in this same read are still owed to the client.
+            while type(event := self.decoder.next_event()) is SSEEvent:
+                self.coalescer.push(event, now)
+            raise
         if events:
             coalescer = self.coalescer
             for event in events:

@@ -202,10 +202,12 @@ class SSEDecoder:
         ready = self._ready
         for block in data.split(b"\n\n")[:-1]:
             size = len(block) + 2
-            if size > limit:
-                self._event_bytes = size
-                self._fail(0)
             self._consumed += size
+            if size > limit:
+                # Let the line-by-line path apply the bound (and report where the event began)
+                # exactly as for any other read boundary: a split never decides acceptance.
+                self._lines(block + b"\n\n")
+                continue
             if block.startswith(b"data: ") and b"\n" not in block:
                 ready.append(SSEEvent(block[6:].decode("utf-8", "replace"), None, None, None, size))
                 continue

@@ -22,11 +22,17 @@ def encode_event(event: SSEEvent) -> str:
         event: the event; its ``data`` may contain ``"\\n"`` (becomes several ``data:`` lines).
 
     Raises:
-        ValueError: a field other than ``data`` contains a CR or LF, which SSE cannot carry.
+        ValueError: ``data`` contains a CR, or another field a CR or LF: SSE cannot carry them.
     """
     data = event.data
     name = event.event
-    if event.id is None and event.retry is None and data is not None and "\n" not in data:
+    if (
+        event.id is None
+        and event.retry is None
+        and data is not None
+        and "\n" not in data
+        and "\r" not in data
+    ):
         # The per-event hot path: one f-string.
         if name is None:
             return f"data: {data}\n\n"
@@ -42,6 +48,9 @@ def encode_event(event: SSEEvent) -> str:
     if event.retry is not None:
         parts.append(f"retry: {event.retry}\n")
     if data is not None:
+        if "\r" in data:
+            # A CR would be read back as a line break: data cannot carry one (§9.2.6).
+            raise ValueError(f"SSE data cannot contain a carriage return: {data[:80]!r}")
         for line in data.split("\n"):
             parts.append(f"data: {line}\n")
     parts.append("\n")

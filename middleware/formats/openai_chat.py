@@ -64,6 +64,7 @@ class OpenAIChatFormat:
         slots: list[Slot] = []
         strings: list[str] = []
         content = False
+        unknown = False
         for pos, choice in enumerate(choices):
             if type(choice) is not dict or choice.get("finish_reason") is not None:
                 return Kind.FLUSH, _has_content(choices), None
@@ -98,7 +99,11 @@ class OpenAIChatFormat:
                 else:
                     # SDKs accumulate unknown delta fields too (the openai SDK concatenates
                     # strings, e.g. Groq's `channel`); a merge would change what they build.
-                    return Kind.HOLD, _has_content(choices), None
+                    # Keep scanning: a role or a new tool call later in the delta is still a
+                    # boundary (key order carries no meaning).
+                    unknown = True
+        if unknown:
+            return Kind.HOLD, _has_content(choices), None
         return Kind.DELTA, content, (obj, tuple(slots), strings)
 
     def open_group(self, event: SSEEvent, parsed: object) -> _ChatGroup:
