@@ -191,18 +191,6 @@ def peak_rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def scrape(admin: str) -> dict[str, float]:
-    import urllib.request
-
-    text = urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("streamhop_events_total"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = out.get(name, 0.0) + float(value)
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=50)
@@ -296,7 +284,8 @@ def main() -> int:
     finally:
         stop(sim)
 
-    # Every stream has the same shape, so upstream events per stream = direct events per stream.
+    # Every stream has the same shape, so upstream events per stream = direct events per stream;
+    # a phase waits for every stream it started, so all their events fall inside `wall`.
     per_stream = direct.events / max(direct.streams, 1)
     upstream_events = per_stream * proxied.streams
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
