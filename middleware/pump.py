@@ -83,6 +83,9 @@ class StreamPump:
         self._room = asyncio.Event()
         self._room.set()
         self._timer: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._writing_since: float | None = None
+        self._stalled = False
         self._closing = False
         self._tail: list[SSEEvent] = []
         self.writes = 0
@@ -150,6 +153,9 @@ class StreamPump:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if not self.writer.done():
             self.writer.cancel()
 
@@ -161,6 +167,20 @@ class StreamPump:
             self._wake.set()
         elif self._timer is None:
             self._timer = self._loop.call_later(deadline - now, self._on_timer)
+
+    def _check_stall(self) -> None:
+        """The stall watchdog: one timer per ``stall_timeout`` while writes happen, instead of
+        a timeout object per write (writes are the pump's most frequent await)."""
+        self._watchdog = None
+        since = self._writing_since
+        if since is None:
+            return  # no write in flight: re-armed by the next one
+        left = since + self._stall - time.monotonic()
+        if left > 0:
+            self._watchdog = self._loop.call_later(left, self._check_stall)
+            return
+        self._stalled = True
+        self.writer.cancel()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -194,6 +214,9 @@ class StreamPump:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
 
     async def _send(self, events: list[SSEEvent], begin: float) -> None:
         """Encode and write ``events``; ``begin`` is when their merge (``take``) started."""
@@ -204,13 +227,19 @@ class StreamPump:
             observer.flush_overhead(start - begin)
         if self.first_content_write_at is None and self.coalescer.content_seen:
             self.first_content_write_at = start
+        self._writing_since = start
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._stall, self._check_stall)
         try:
-            async with asyncio.timeout(self._stall):
-                await self._write(data)
-        except TimeoutError as exc:
-            raise ClientStallError(
-                f"client accepted no bytes for {self._stall:g} s ({len(data)} bytes pending)"
-            ) from exc
+            await self._write(data)
+        except asyncio.CancelledError:
+            if self._stalled:
+                raise ClientStallError(
+                    f"client accepted no bytes for {self._stall:g} s ({len(data)} bytes pending)"
+                ) from None
+            raise
+        finally:
+            self._writing_since = None
         end = time.monotonic()
         if self.first_write_at is None:
             self.first_write_at = end

@@ -498,3 +498,38 @@ async def test_pump_keeps_events_completed_before_an_oversized_one() -> None:
         pump.feed(b"data: first\n\ndata: second\n\ndata: " + b"x" * 100 + b"\n\n")
     await pump.finish()
     assert b"".join(written) == b"data: first\n\ndata: second\n\n"
+
+
+async def test_pump_fails_with_client_stall_when_a_write_never_completes() -> None:
+    import asyncio
+
+    from streamhop.middleware.pump import ClientStallError, StreamPump
+    from streamhop.middleware.sse_decoder import SSEDecoder
+
+    async def never(data: bytes) -> None:
+        await asyncio.Event().wait()
+
+    pump = StreamPump(never, Coalescer("sse"), SSEDecoder(), stall_timeout=0.05)
+    pump.feed(b"data: x\n\n")
+    with pytest.raises(ClientStallError, match="no bytes for 0.05 s"):
+        await asyncio.wait_for(pump.finish(), timeout=10)
+
+
+async def test_pump_slow_but_progressing_writes_are_not_a_stall() -> None:
+    import asyncio
+
+    from streamhop.middleware.pump import StreamPump
+    from streamhop.middleware.sse_decoder import SSEDecoder
+
+    written: list[bytes] = []
+
+    async def slow(data: bytes) -> None:
+        await asyncio.sleep(0.03)  # each write well under the stall timeout
+        written.append(data)
+
+    pump = StreamPump(slow, Coalescer("sse", flush_interval=0), SSEDecoder(), stall_timeout=0.1)
+    for i in range(8):
+        pump.feed(b"data: %d\n\n" % i)
+        await asyncio.sleep(0.03)
+    await asyncio.wait_for(pump.finish(), timeout=10)
+    assert b"".join(written) == b"".join(b"data: %d\n\n" % i for i in range(8))
