@@ -511,7 +511,7 @@ async def test_pump_fails_with_client_stall_when_a_write_never_completes() -> No
 
     pump = StreamPump(never, Coalescer("sse"), SSEDecoder(), stall_timeout=0.05)
     pump.feed(b"data: x\n\n")
-    with pytest.raises(ClientStallError, match="no bytes for 0.05 s"):
+    with pytest.raises(ClientStallError, match=r"no bytes for 0\.05 s"):
         await asyncio.wait_for(pump.finish(), timeout=10)
 
 
