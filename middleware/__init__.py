@@ -1,12 +1,14 @@
 """streamhop's stream engine and ASGI middleware.
 
 The engine is sans-IO: :class:`SSEDecoder` (bytes to events), :class:`Coalescer` (merge and
-flush timing with an injected clock) and :func:`encode_events` (events to bytes). Nothing here
-imports aiohttp or the sidecar.
+flush timing with an injected clock) and :func:`encode_events` (events to bytes).
+:class:`StreamHopMiddleware` wraps the same engine around an ASGI app. Nothing here imports
+aiohttp or the sidecar.
 """
 
 from __future__ import annotations
 
+from .asgi_middleware import StreamHopMiddleware
 from .coalescer import Coalescer
 from .errors import ConfigError, EventTooLargeError, SSEProtocolError, StreamHopError
 from .events import SSEEvent
@@ -25,6 +27,7 @@ __all__ = [
     "SSEEvent",
     "SSEProtocolError",
     "StreamHopError",
+    "StreamHopMiddleware",
     "detect_format",
     "encode_event",
     "encode_events",
