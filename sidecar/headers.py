@@ -9,7 +9,7 @@ to streamhop and are never forwarded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -121,3 +121,15 @@ def _non_negative(header: str, text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ControlHeaderError(f"{header} must be a finite number >= 0, got {text!r}")
     return value
+
+
+def merge_route_headers(
+    forward: list[tuple[str, str]], route_headers: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """Client headers, with the route's configured headers replacing same-named ones."""
+    if not route_headers:
+        return forward
+    override = {name.lower() for name in route_headers}
+    merged = [(n, v) for n, v in forward if n.lower() not in override]
+    merged.extend(route_headers.items())
+    return merged

@@ -17,34 +17,39 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
-
-import orjson
+from typing import Protocol
 
 from streamhop.middleware.formats import format_for_path
-from streamhop.middleware.metrics import Metrics, StreamMetrics
+from streamhop.middleware.metrics import Metrics
 
 from .asgi import Receive, Scope, Send, json_error, read_body, wait_disconnect
 from .config import Config
 from .exchange import Exchange
-from .headers import ControlHeaderError, upstream_request_headers
-from .routing import RouteTable
-from .stream_record import StreamRecord
+from .headers import ControlHeaderError, merge_route_headers, upstream_request_headers
+from .routing import RouteTable, raw_path
+from .stream_record import StreamRecord, inspect_request, observe_end
 from .tracing import Tracing
 from .upstream import UpstreamPool
+from .websocket import WebSocketBridge
 
 logger = logging.getLogger(__name__)
 
 _TRACE_HEADERS = frozenset(("traceparent", "tracestate"))
 
 
+class Stoppable(Protocol):
+    """An open stream that shutdown can end: an :class:`Exchange` or a WebSocket generation."""
+
+    def stop(self, reason: str) -> None: ...
+
+
 class SidecarState:
-    """Process-wide state the endpoints share: readiness, draining, open exchanges."""
+    """Process-wide state the endpoints share: readiness, draining, open streams."""
 
     def __init__(self) -> None:
         self.ready = False
         self.draining = False
-        self.exchanges: set[Exchange] = set()
+        self.exchanges: set[Stoppable] = set()
 
     @property
     def active(self) -> int:
@@ -52,7 +57,7 @@ class SidecarState:
         return len(self.exchanges)
 
     def stop_all(self, reason: str) -> int:
-        """End every open exchange with a terminal error (``shutdown``); returns how many."""
+        """End every open stream with a terminal error (``shutdown``); returns how many."""
         exchanges = list(self.exchanges)
         for exchange in exchanges:
             exchange.stop(reason)
@@ -60,7 +65,8 @@ class SidecarState:
 
 
 class Proxy:
-    """ASGI app proxying HTTP requests (WebSocket scopes are refused with close code 1003)."""
+    """ASGI app proxying HTTP requests; WebSocket scopes go to the bridge
+    (:class:`~.websocket.WebSocketBridge`)."""
 
     def __init__(
         self,
@@ -78,10 +84,13 @@ class Proxy:
         self.tracing = tracing
         self.table = RouteTable(config.routes)
         self.on_finish = on_finish
+        self.websocket = WebSocketBridge(
+            config, pool, state, metrics, self.table, on_finish, tracing
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1003})
+            await self.websocket(scope, receive, send)
             return
         if scope["type"] != "http":
             return
@@ -122,12 +131,12 @@ class Proxy:
             path=path,
             received_at=time.monotonic(),
         )
-        _inspect_request(record, body)
+        inspect_request(record, body)
         observed = self.metrics.stream(route.prefix, record.model)
         timeout_s = route.timeout_s
         if controls.timeout_ms is not None:
             timeout_s = controls.timeout_ms / 1000.0
-        headers = _merge_headers(forward, route.headers)
+        headers = merge_route_headers(forward, route.headers)
         traced = None
         if self.tracing is not None:
             traced = self.tracing.start(record, route, scope["headers"])
@@ -140,7 +149,7 @@ class Proxy:
             route,
             scope,
             send,
-            self.table.upstream_url(route, _raw_path(scope), scope.get("query_string", b"")),
+            self.table.upstream_url(route, raw_path(scope), scope.get("query_string", b"")),
             headers,
             controls,
             body,
@@ -177,63 +186,8 @@ class Proxy:
             state.exchanges.discard(exchange)
             observed.active.dec()
             record.finished_at = time.monotonic()
-            _observe_end(observed, record)
+            observe_end(observed, record)
             if traced is not None:
                 traced.finish(record)
             if self.on_finish is not None:
                 self.on_finish(record)
-
-
-def _raw_path(scope: Scope) -> str:
-    raw = scope.get("raw_path")
-    if raw:
-        return bytes(raw).decode("latin-1")
-    return str(scope["path"])
-
-
-def _merge_headers(forward: list[tuple[str, str]], route_headers: Any) -> list[tuple[str, str]]:
-    """Client headers, with the route's configured headers replacing same-named ones."""
-    if not route_headers:
-        return forward
-    override = {name.lower() for name in route_headers}
-    merged = [(n, v) for n, v in forward if n.lower() not in override]
-    merged.extend(route_headers.items())
-    return merged
-
-
-def _observe_end(observed: StreamMetrics, record: StreamRecord) -> None:
-    """Record a finished request's per-stream metrics."""
-    observed.flush()
-    if record.upstream_request_at is not None:
-        observed.request_overhead(record.upstream_request_at - record.received_at)
-    if record.first_content_sent_at is not None:
-        observed.ttft(record.first_content_sent_at - record.received_at)
-    if record.upstream_first_content_at is not None and record.upstream_request_at is not None:
-        observed.upstream_ttft(record.upstream_first_content_at - record.upstream_request_at)
-    if record.finished_at is not None:
-        observed.duration(record.finished_at - record.received_at)
-    if record.cancel_reason is not None:
-        observed.cancelled(record.cancel_reason, record.cancel_latency_s)
-    if record.error is not None:
-        observed.upstream_error(record.error)
-    if record.malformed_events:
-        observed.upstream_error("malformed_event", record.malformed_events)
-    if not record.sse:
-        # Non-SSE bodies are copied without a pump: count their bytes here.
-        observed.bytes_up.inc(record.bytes_in)
-        observed.bytes_down.inc(record.bytes_out)
-
-
-def _inspect_request(record: StreamRecord, body: bytes) -> None:
-    """Note the request's ``model`` and ``stream`` flag when the body is a JSON object."""
-    if not body or body[:1] != b"{":
-        return
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return
-    if isinstance(obj, dict):
-        model = obj.get("model")
-        if isinstance(model, str):
-            record.model = model
-        record.streaming_request = obj.get("stream") is True

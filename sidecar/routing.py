@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .config import RouteConfig
 
@@ -40,3 +41,11 @@ class RouteTable:
         if query:
             url += "?" + query.decode("latin-1")
         return url
+
+
+def raw_path(scope: Mapping[str, Any]) -> str:
+    """The request path as the client sent it (ASGI ``raw_path``, else ``path``)."""
+    raw = scope.get("raw_path")
+    if raw:
+        return bytes(raw).decode("latin-1")
+    return str(scope["path"])

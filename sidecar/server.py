@@ -29,6 +29,10 @@ from .tracing import Tracing
 logger = logging.getLogger("streamhop")
 stream_logger = logging.getLogger("streamhop.streams")
 
+WS_FRAME_SLACK_BYTES = 64 * 1024
+"""How far over ``max_request_bytes`` a WebSocket frame is still read (to answer it with an
+``error`` message rather than a bare close)."""
+
 
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signal handling to :func:`serve` (two servers, one loop)."""
@@ -106,6 +110,10 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
             # asyncio.wait_for, which takes float seconds.
             timeout_graceful_shutdown=config.server.drain_timeout_s + 5,  # type: ignore[arg-type]
             timeout_keep_alive=75,
+            # The WebSocket bridge answers a frame over max_request_bytes with an error message
+            # and close 1009; a frame far over it is refused by the WebSocket layer itself
+            # (1009 too) before it is buffered whole.
+            ws_max_size=config.server.max_request_bytes + WS_FRAME_SLACK_BYTES,
             # The provider's Date and Server headers pass through; uvicorn must not add its own.
             server_header=False,
             date_header=False,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
+from streamhop.middleware.metrics import StreamMetrics
+
 
 @dataclass(slots=True)
 class StreamRecord:
@@ -41,3 +45,41 @@ class StreamRecord:
     error: str | None = None
     usage_input_tokens: int | None = None
     usage_output_tokens: int | None = None
+
+
+def observe_end(observed: StreamMetrics, record: StreamRecord) -> None:
+    """Record a finished request's per-stream metrics."""
+    observed.flush()
+    if record.upstream_request_at is not None:
+        observed.request_overhead(record.upstream_request_at - record.received_at)
+    if record.first_content_sent_at is not None:
+        observed.ttft(record.first_content_sent_at - record.received_at)
+    if record.upstream_first_content_at is not None and record.upstream_request_at is not None:
+        observed.upstream_ttft(record.upstream_first_content_at - record.upstream_request_at)
+    if record.finished_at is not None:
+        observed.duration(record.finished_at - record.received_at)
+    if record.cancel_reason is not None:
+        observed.cancelled(record.cancel_reason, record.cancel_latency_s)
+    if record.error is not None:
+        observed.upstream_error(record.error)
+    if record.malformed_events:
+        observed.upstream_error("malformed_event", record.malformed_events)
+    if not record.sse:
+        # Non-SSE bodies are copied without a pump: count their bytes here.
+        observed.bytes_up.inc(record.bytes_in)
+        observed.bytes_down.inc(record.bytes_out)
+
+
+def inspect_request(record: StreamRecord, body: bytes) -> None:
+    """Note the request's ``model`` and ``stream`` flag when the body is a JSON object."""
+    if not body or body[:1] != b"{":
+        return
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(obj, dict):
+        model = obj.get("model")
+        if isinstance(model, str):
+            record.model = model
+        record.streaming_request = obj.get("stream") is True
