@@ -10,6 +10,7 @@ texts are equal (1 otherwise).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import signal
 import statistics
@@ -30,7 +31,9 @@ PROMPTS = (
     "Write a short poem about fast tokens, with emoji.",
     "Summarise why proxies add latency, in Japanese and English.",
 )
-_READY = re.compile(rb"listening on (http://[0-9.:\[\]a-z]+)")
+_READY = re.compile(
+    rb"listening on (http://[0-9.:\[\]a-z]+)(?: \(admin (http://[0-9.:\[\]a-z]+)\))?"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ttft-ms", type=float, default=50.0, help="simulated time to first token")
     parser.add_argument("--rounds", type=int, default=3, help="times each prompt is sent per path")
     parser.add_argument("--max-tokens", type=int, default=400, help="tokens per answer")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the simulator and the sidecar running afterwards (Ctrl-C stops them), "
+        "to look at /metrics or point an SDK at them",
+    )
 
 
 @dataclass(slots=True)
@@ -98,8 +107,9 @@ def _client(base_url: str) -> openai.OpenAI:
 
 
 @contextmanager
-def _process(argv: Sequence[str], name: str) -> Iterator[str]:
-    """Run a ``streamhop`` subcommand, yield its URL once it printed it, stop it after."""
+def _process(argv: Sequence[str], name: str) -> Iterator[tuple[str, str | None]]:
+    """Run a ``streamhop`` subcommand, yield its URL (and admin URL) once it printed them, stop
+    it after."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamhop.sidecar.cli", *argv],
         stdout=subprocess.PIPE,
@@ -117,15 +127,18 @@ def _process(argv: Sequence[str], name: str) -> Iterator[str]:
             proc.wait()
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], name: str, timeout_s: float) -> str:
+def _wait_ready(
+    proc: subprocess.Popen[bytes], name: str, timeout_s: float
+) -> tuple[str, str | None]:
     assert proc.stdout is not None
-    found: list[str] = []
+    found: list[tuple[str, str | None]] = []
 
     def read(stream: IO[bytes]) -> None:
         for line in stream:
             match = _READY.search(line)
             if match:
-                found.append(match.group(1).decode())
+                admin = match.group(2)
+                found.append((match.group(1).decode(), admin.decode() if admin else None))
                 return
 
     reader = threading.Thread(target=read, args=(proc.stdout,), daemon=True)
@@ -164,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         f"{args.events_per_second:g} SSE events/s, TTFT {args.ttft_ms:g} ms; "
         f"{len(PROMPTS)} prompts x {args.rounds} rounds, direct and through streamhop."
     )
-    with _process(sim_args, "streamhop simulate") as sim_url:
+    with _process(sim_args, "streamhop simulate") as (sim_url, _):
         serve_args = [
             "serve",
             "--upstream",
@@ -176,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             "--log-level",
             "warning",
         ]
-        with _process(serve_args, "streamhop serve") as proxy_url:
+        with _process(serve_args, "streamhop serve") as (proxy_url, admin_url):
             # Warm both paths (TCP connections, imports) so the table compares steady state.
             stream_once(sim_url, "warm up", 8)
             stream_once(proxy_url, "warm up", 8)
@@ -186,10 +199,55 @@ def run(args: argparse.Namespace) -> int:
                 for prompt in PROMPTS:
                     direct.append(stream_once(sim_url, prompt, args.max_tokens))
                     proxied.append(stream_once(proxy_url, prompt, args.max_tokens))
-    equal = all(d.text == p.text for d, p in zip(direct, proxied, strict=True))
-    sys.stdout.write(_table(direct, proxied, equal))
-    sys.stdout.flush()
+            equal = all(d.text == p.text for d, p in zip(direct, proxied, strict=True))
+            sys.stdout.write(_table(direct, proxied, equal))
+            if admin_url is not None:
+                sys.stdout.write(_own_view(admin_url))
+            sys.stdout.flush()
+            if args.keep_running:
+                _wait_for_interrupt(sim_url, proxy_url, admin_url)
     return 0 if equal else 1
+
+
+def _own_view(admin_url: str) -> str:
+    """A few figures from the sidecar's own /metrics, to show where they come from."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(admin_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    sums: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, sample.labels.get("direction") or sample.labels.get("hop") or "")
+            sums[key] = sums.get(key, 0.0) + sample.value
+
+    def mean_ms(name: str, label: str = "") -> str:
+        count = sums.get((name + "_count", label), 0.0)
+        return f"{sums.get((name + '_sum', label), 0.0) / count * 1000:.2f} ms" if count else "-"
+
+    overhead = "streamhop_proxy_overhead_seconds"
+    up = sums.get(("streamhop_events_total", "upstream"), 0.0)
+    down = sums.get(("streamhop_events_total", "downstream"), 0.0)
+    return (
+        f"The sidecar's own view ({admin_url}/metrics): {up:.0f} events in, {down:.0f} out; "
+        f"mean TTFT {mean_ms('streamhop_time_to_first_token_seconds')} end-to-end, "
+        f"{mean_ms('streamhop_upstream_time_to_first_token_seconds')} at the provider; "
+        f"time inside streamhop per request {mean_ms(overhead, 'request')}, "
+        f"per upstream read {mean_ms(overhead, 'event')}, "
+        f"per write {mean_ms(overhead, 'flush')}.\n"
+    )
+
+
+def _wait_for_interrupt(sim_url: str, proxy_url: str, admin_url: str | None) -> None:
+    print(
+        f"Still running: simulator {sim_url}, sidecar {proxy_url}"
+        + (f", metrics {admin_url}/metrics" if admin_url else "")
+        + ". Ctrl-C stops both."
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
 
 
 def _table(direct: list[Result], proxied: list[Result], equal: bool) -> str:
