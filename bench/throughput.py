@@ -296,7 +296,11 @@ def main() -> int:
         f"delivered events         {proxied.events} ({proxied.events / max(upstream_events, 1):.0%}"
         " of upstream)"
     )
-    print(f"sidecar CPU              {cpu:.2f} s over {wall:.1f} s ({cpu / wall:.0%} of one core)")
+    user = cpu1.user - cpu0.user
+    print(
+        f"sidecar CPU              {cpu:.2f} s over {wall:.1f} s ({cpu / wall:.0%} of one core; "
+        f"user {user:.2f} s, kernel {cpu - user:.2f} s)"
+    )
     print(
         f"sidecar CPU per event    {cpu / max(upstream_events, 1) * 1e6:.1f} us  (target <= 50 us)"
     )
