@@ -24,16 +24,14 @@ from typing import Any
 
 import aiohttp
 
-from streamhop.middleware.coalescer import Coalescer
-from streamhop.middleware.errors import EventTooLargeError
 from streamhop.middleware.formats import error_event, format_for_path
 from streamhop.middleware.metrics import StreamMetrics
 from streamhop.middleware.pump import ClientStallError, StreamPump
-from streamhop.middleware.sse_decoder import SSEDecoder
 
 from .asgi import Scope, Send, json_error
 from .config import Config, RouteConfig
 from .headers import Controls, response_headers
+from .relay import ERROR_KINDS, close_upstream, collect, make_pump, relay
 from .stream_record import StreamRecord
 from .upstream import UpstreamError, UpstreamPool, UpstreamTimeoutError, UpstreamTiming
 
@@ -42,12 +40,6 @@ logger = logging.getLogger(__name__)
 _SSE_DROP = frozenset(
     (b"content-length", b"content-encoding", b"cache-control", b"x-accel-buffering")
 )
-# Terminal error event codes -> streamhop_upstream_errors_total{kind}.
-_ERROR_KINDS = {
-    "upstream_truncated": "truncated",
-    "event_too_large": "event_too_large",
-    "upstream_disconnected": "disconnected",
-}
 _END_MESSAGES = {
     "timeout": "streamhop deadline reached before the upstream answer ended",
     "shutdown": "streamhop is shutting down; the stream was stopped",
@@ -132,15 +124,12 @@ class Exchange:
                     self.record.cancel_detected_at = time.monotonic()
                 await self._end_early(self.record.cancel_reason)
         finally:
-            self._close_upstream()
+            # Also when cancelled before any response: aiohttp closed the connection as the
+            # request task unwound, which is now.
+            close_upstream(self.response, self.record)
             if self.pump is not None:
                 self.pump.close()
-            record = self.record
-            if record.cancel_detected_at is not None and record.cancel_latency_s is None:
-                # Cancelled before any response: aiohttp closed the connection as the request
-                # task unwound, which is now.
-                record.cancel_latency_s = time.monotonic() - record.cancel_detected_at
-            self._collect()
+            collect(self.record, self.pump)
 
     async def _run(self) -> None:
         record = self.record
@@ -225,27 +214,7 @@ class Exchange:
         async def write(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
-        controls = self.controls
-        mode = controls.mode or cfg.rechunk.mode
-        flush_ms = (
-            controls.flush_interval_ms
-            if controls.flush_interval_ms is not None
-            else cfg.rechunk.flush_interval_ms
-        )
-        coalescer = Coalescer(
-            format=self.route.format,
-            flush_interval=flush_ms / 1000.0,
-            max_flush_bytes=cfg.rechunk.max_flush_bytes,
-            passthrough=mode == "passthrough",
-        )
-        self.pump = pump = StreamPump(
-            write,
-            coalescer,
-            SSEDecoder(cfg.rechunk.max_event_bytes),
-            max_pending_bytes=cfg.backpressure.max_pending_bytes,
-            stall_timeout=cfg.backpressure.stall_timeout_s,
-            observer=self.observed,
-        )
+        self.pump = pump = make_pump(cfg, self.route, self.controls, write, self.observed)
         me = asyncio.current_task()
         assert me is not None
 
@@ -259,43 +228,20 @@ class Exchange:
             me.cancel()
 
         pump.writer.add_done_callback(writer_done)
-        tail_code: str | None = None
-        tail_message = ""
-        try:
-            async for chunk in response.content.iter_any():
-                if decompress is not None:
-                    chunk = decompress.decompress(chunk)
-                    if not chunk:
-                        continue
-                pump.feed(chunk)
-                if pump.over_limit:
-                    await pump.wait_for_room()
-            if decompress is not None:
-                rest = decompress.flush()
-                if rest:
-                    pump.feed(rest)
-            pump.decoder.receive_data(b"")
-            if pump.decoder.truncated:
-                tail_code = "upstream_truncated"
-                tail_message = "the upstream stream ended in the middle of an event"
-        except EventTooLargeError as exc:
-            tail_code = "event_too_large"
-            tail_message = str(exc)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, zlib.error) as exc:
-            tail_code = "upstream_disconnected"
-            tail_message = f"the upstream connection failed mid-stream: {exc}"
+        fault = await relay(response, pump, decompress)
         tail = []
-        if tail_code is not None:
-            record.error = _ERROR_KINDS[tail_code]
-            self._close_upstream()
-            logger.warning("stream %s: %s", record.stream_id, tail_message)
-            tail.append(self._error_event(tail_code, tail_message))
+        if fault is not None:
+            code, message = fault
+            record.error = ERROR_KINDS[code]
+            close_upstream(self.response, record)
+            logger.warning("stream %s: %s", record.stream_id, message)
+            tail.append(self._error_event(code, message))
         await pump.finish(tail)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _end_early(self, reason: str) -> None:
         """The deadline scope fired (``timeout`` or ``shutdown``): close upstream, end cleanly."""
-        self._close_upstream()
+        close_upstream(self.response, self.record)
         message = _END_MESSAGES.get(reason, reason)
         logger.warning("stream %s: %s", self.record.stream_id, message)
         if not self.started:
@@ -313,38 +259,6 @@ class Exchange:
         if self.pump is not None:
             fmt = self.pump.coalescer.format_name
         return error_event(fmt or self.fmt_hint, code, message)
-
-    def _close_upstream(self) -> None:
-        """Close the upstream response unless it was read to the end (then it is pooled)."""
-        response = self.response
-        if response is None or response.closed:
-            return
-        if not response.content.at_eof():
-            response.close()
-            record = self.record
-            if record.cancel_detected_at is not None and record.cancel_latency_s is None:
-                record.cancel_latency_s = time.monotonic() - record.cancel_detected_at
-        else:
-            response.release()
-
-    def _collect(self) -> None:
-        """Copy the pump's counters into the record."""
-        pump = self.pump
-        if pump is None:
-            return
-        record = self.record
-        coalescer = pump.coalescer
-        record.format = coalescer.format_name
-        record.events_in = coalescer.events_in
-        record.events_out = coalescer.events_out
-        record.malformed_events = coalescer.malformed
-        record.writes = pump.writes
-        record.bytes_in = pump.bytes_in
-        record.bytes_out = pump.bytes_out
-        record.first_content_sent_at = pump.first_content_write_at
-        record.upstream_first_content_at = coalescer.first_content_at
-        record.usage_input_tokens = coalescer.usage_input_tokens
-        record.usage_output_tokens = coalescer.usage_output_tokens
 
 
 def _decompressor(encoding: str) -> Any:

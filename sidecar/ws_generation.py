@@ -32,14 +32,13 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-from streamhop.middleware.coalescer import Coalescer
-from streamhop.middleware.errors import EventTooLargeError
 from streamhop.middleware.metrics import StreamMetrics
 from streamhop.middleware.pump import ClientStallError, StreamPump
 from streamhop.middleware.sse_decoder import SSEDecoder
 
 from .config import Config, RouteConfig
 from .headers import Controls
+from .relay import ERROR_KINDS, close_upstream, collect, make_pump, relay
 from .stream_record import StreamRecord
 from .upstream import UpstreamError, UpstreamPool, UpstreamTiming
 from .ws_messages import done_frame, error_frame, event_frame
@@ -55,11 +54,6 @@ ERROR_BODY_LIMIT: Final = 64 * 1024
 # The pump writes only whole events, so the re-decoder never holds a partial one; its bound is
 # the pump's own (held bytes are bounded by max_pending_bytes plus one read).
 _REDECODE_LIMIT: Final = 1 << 40
-_ERROR_KINDS: Final = {
-    "upstream_truncated": "truncated",
-    "event_too_large": "event_too_large",
-    "upstream_disconnected": "disconnected",
-}
 _END_MESSAGES: Final = {
     "timeout": "streamhop deadline reached before the upstream answer ended",
     "shutdown": "streamhop is shutting down; the generation was stopped",
@@ -139,10 +133,10 @@ class Generation:
                 self.record.error = self.record.error or "internal"
                 terminal = ("error", _error("internal_error", f"streamhop failed: {exc!r}"))
         finally:
-            self._close_upstream()
+            close_upstream(self.response, self.record)
             if self.pump is not None:
                 self.pump.close()
-            self._collect()
+            collect(self.record, self.pump)
         if terminal is None or self.writer_failed:
             return
         self.ending = True
@@ -221,26 +215,7 @@ class Generation:
             if frames:
                 await send_frames(frames)
 
-        controls = self.controls
-        flush_ms = (
-            controls.flush_interval_ms
-            if controls.flush_interval_ms is not None
-            else cfg.rechunk.flush_interval_ms
-        )
-        coalescer = Coalescer(
-            format=self.route.format,
-            flush_interval=flush_ms / 1000.0,
-            max_flush_bytes=cfg.rechunk.max_flush_bytes,
-            passthrough=(controls.mode or cfg.rechunk.mode) == "passthrough",
-        )
-        self.pump = pump = StreamPump(
-            write,
-            coalescer,
-            SSEDecoder(cfg.rechunk.max_event_bytes),
-            max_pending_bytes=cfg.backpressure.max_pending_bytes,
-            stall_timeout=cfg.backpressure.stall_timeout_s,
-            observer=self.observed,
-        )
+        self.pump = pump = make_pump(cfg, self.route, self.controls, write, self.observed)
         me = asyncio.current_task()
         assert me is not None
 
@@ -254,76 +229,26 @@ class Generation:
             me.cancel()
 
         pump.writer.add_done_callback(writer_done)
-        tail_code: str | None = None
-        tail_message = ""
-        try:
-            async for chunk in response.content.iter_any():
-                pump.feed(chunk)
-                if pump.over_limit:
-                    await pump.wait_for_room()
-            pump.decoder.receive_data(b"")
-            if pump.decoder.truncated:
-                tail_code = "upstream_truncated"
-                tail_message = "the upstream stream ended in the middle of an event"
-        except EventTooLargeError as exc:
-            tail_code = "event_too_large"
-            tail_message = str(exc)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            tail_code = "upstream_disconnected"
-            tail_message = f"the upstream connection failed mid-stream: {exc}"
-        if tail_code is not None:
-            record.error = _ERROR_KINDS[tail_code]
-            self._close_upstream()
-            logger.warning("stream %s: %s", record.stream_id, tail_message)
+        fault = await relay(response, pump)
+        if fault is not None:
+            code, message = fault
+            record.error = ERROR_KINDS[code]
+            close_upstream(self.response, record)
+            logger.warning("stream %s: %s", record.stream_id, message)
         await pump.finish()
-        if tail_code is not None:
-            return ("error", _error(tail_code, tail_message))
+        if fault is not None:
+            return ("error", _error(*fault))
         return ("complete", None)
 
     async def _end_early(self, reason: str) -> Terminal:
         """The deadline scope fired (``timeout`` or ``shutdown``): close upstream, flush held."""
-        self._close_upstream()
+        close_upstream(self.response, self.record)
         message = _END_MESSAGES.get(reason, reason)
         logger.warning("stream %s: %s", self.record.stream_id, message)
         pump = self.pump
         if pump is not None and not pump.writer.done():
             await pump.finish()
         return ("error", _error(reason, message))
-
-    def _close_upstream(self) -> None:
-        """Close the upstream response unless it was read to the end (then it is pooled)."""
-        response = self.response
-        if response is None or response.closed:
-            return
-        if not response.content.at_eof():
-            response.close()
-        else:
-            response.release()
-        record = self.record
-        if record.cancel_detected_at is not None and record.cancel_latency_s is None:
-            record.cancel_latency_s = time.monotonic() - record.cancel_detected_at
-
-    def _collect(self) -> None:
-        """Copy the pump's counters into the record."""
-        record = self.record
-        if record.cancel_detected_at is not None and record.cancel_latency_s is None:
-            # Cancelled before any response: the request task unwound, closing its connection.
-            record.cancel_latency_s = time.monotonic() - record.cancel_detected_at
-        pump = self.pump
-        if pump is None:
-            return
-        coalescer = pump.coalescer
-        record.format = coalescer.format_name
-        record.events_in = coalescer.events_in
-        record.events_out = coalescer.events_out
-        record.malformed_events = coalescer.malformed
-        record.writes = pump.writes
-        record.bytes_in = pump.bytes_in
-        record.bytes_out = pump.bytes_out
-        record.first_content_sent_at = pump.first_content_write_at
-        record.upstream_first_content_at = coalescer.first_content_at
-        record.usage_input_tokens = coalescer.usage_input_tokens
-        record.usage_output_tokens = coalescer.usage_output_tokens
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
