@@ -133,6 +133,12 @@ class Metrics:
             ("route", "model", "kind"),
             registry=r,
         )
+        self.resume_errors = Counter(
+            "streamhop_resume_errors_total",
+            "Resume log failures by store (memory, redis) and kind (write, read, log_full).",
+            ("store", "kind"),
+            registry=r,
+        )
 
     def model_label(self, model: str | None) -> str:
         """The ``model`` label for a request's model name."""

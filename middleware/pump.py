@@ -32,6 +32,9 @@ from .sse_decoder import SSEDecoder
 from .sse_encoder import encode_events
 
 Write = Callable[[bytes], Awaitable[None]]
+OnEvents = Callable[[list[SSEEvent]], list[SSEEvent]]
+"""A hook given each merged batch right before it is encoded; returns the events to write
+(e.g. the same events with ``id`` set, see ``SSEEvent._replace``)."""
 
 
 class PumpObserver(Protocol):
@@ -58,6 +61,8 @@ class StreamPump:
         max_pending_bytes: held wire bytes above which :meth:`wait_for_room` blocks.
         stall_timeout: seconds one ``write`` may take before :class:`ClientStallError`.
         observer: optional receiver of per-read and per-write measurements.
+        on_events: optional :data:`OnEvents` hook applied to each batch right before encoding
+            (the sidecar's resume log numbers and records events with it).
 
     Must be created inside a running event loop.
     """
@@ -71,6 +76,7 @@ class StreamPump:
         max_pending_bytes: int = 1024 * 1024,
         stall_timeout: float = 30.0,
         observer: PumpObserver | None = None,
+        on_events: OnEvents | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._write = write
@@ -79,6 +85,8 @@ class StreamPump:
         self._max_pending = max_pending_bytes
         self._stall = stall_timeout
         self._observer = observer
+        self.on_events = on_events
+        """The :data:`OnEvents` hook (settable until the first event is fed)."""
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -220,6 +228,8 @@ class StreamPump:
 
     async def _send(self, events: list[SSEEvent], begin: float) -> None:
         """Encode and write ``events``; ``begin`` is when their merge (``take``) started."""
+        if self.on_events is not None:
+            events = self.on_events(events)
         data = encode_events(events)
         start = time.monotonic()
         observer = self._observer

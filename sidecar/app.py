@@ -20,6 +20,7 @@ from streamhop.middleware.metrics import Metrics
 
 from .config import Config
 from .proxy import Proxy, SidecarState
+from .resume import build_store
 from .stream_record import StreamRecord
 from .tracing import Tracing
 from .upstream import UpstreamPool
@@ -36,20 +37,31 @@ def build_proxy_app(
 ) -> Starlette:
     """The proxying app: every method and path goes to :class:`~.proxy.Proxy`.
 
-    The upstream pool is created in the app's lifespan (inside the server's loop) and closed at
-    shutdown.
+    The upstream pool and the resume store (``[resume] enabled``) are created in the app's
+    lifespan (inside the server's loop) and closed at shutdown.
     """
     pool = UpstreamPool()
     proxy = Proxy(config, pool, state, metrics, on_finish, tracing)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if config.resume.enabled:
+            store_name = config.resume.store
+            for kind in ("write", "read", "log_full"):
+                metrics.resume_errors.labels(store_name, kind)
+
+            def on_error(kind: str) -> None:
+                metrics.resume_errors.labels(store_name, kind).inc()
+
+            proxy.resume = build_store(config.resume, on_error)
         state.ready = True
         try:
             yield
         finally:
             state.ready = False
             await pool.close()
+            if proxy.resume is not None:
+                await proxy.resume.aclose()
             if tracing is not None:
                 tracing.shutdown()
 

@@ -77,12 +77,19 @@ class BackpressureConfig:
 
 @dataclass(frozen=True, slots=True)
 class ResumeConfig:
-    """``[resume]``: the replay log for ``Last-Event-ID`` (off unless ``enabled``)."""
+    """``[resume]``: the replay log for ``Last-Event-ID`` (off unless ``enabled``).
+
+    ``window_s``: seconds a log is kept after its stream ended, and the longest a detached
+    generation runs on without a client. ``max_streams``: logs the ``memory`` store keeps.
+    ``max_stream_bytes``: encoded event bytes one log may hold (both stores).
+    """
 
     enabled: bool = False
     store: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     window_s: float = 300.0
+    max_streams: int = 1000
+    max_stream_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +161,19 @@ def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
         if route.prefix in seen:
             raise ConfigError(f"routes[{i}].prefix", f"duplicate prefix {route.prefix!r}")
         seen.add(route.prefix)
+    resume = _resume(_table(data, "resume"))
+    for i, route in enumerate(routes):
+        if route.on_disconnect == "detach" and not resume.enabled:
+            raise ConfigError(
+                f"routes[{i}].on_disconnect",
+                "'detach' keeps generating into the resume log: set [resume] enabled = true",
+            )
     return Config(
         routes=routes,
         server=server,
         rechunk=_rechunk(_table(data, "rechunk")),
         backpressure=_backpressure(_table(data, "backpressure")),
-        resume=_resume(_table(data, "resume")),
+        resume=resume,
         tracing=_tracing(_table(data, "tracing")),
         metrics=_metrics(_table(data, "metrics")),
     )
@@ -225,11 +239,6 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
         raise ConfigError(
             f"{key}.on_disconnect", f"expected 'cancel' or 'detach', got {on_disconnect!r}"
         )
-    if on_disconnect == "detach":
-        raise ConfigError(
-            f"{key}.on_disconnect",
-            "'detach' needs the resume log, which this version does not have yet; use 'cancel'",
-        )
     raw_headers = t.get("headers", {})
     if not isinstance(raw_headers, dict):
         raise ConfigError(f"{key}.headers", 'expected a table of header = "value"')
@@ -288,15 +297,18 @@ def _resume(t: Mapping[str, Any]) -> ResumeConfig:
     enabled = t.get("enabled", d.enabled)
     if not isinstance(enabled, bool):
         raise ConfigError("resume.enabled", f"expected true or false, got {enabled!r}")
-    if enabled:
+    redis_url = _str(t, "resume", "redis_url", d.redis_url)
+    if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
-            "resume.enabled", "resumable streams are not available in this version yet"
+            "resume.redis_url", f"expected a redis://, rediss:// or unix:// URL, got {redis_url!r}"
         )
     return ResumeConfig(
         enabled=enabled,
         store=store,
-        redis_url=_str(t, "resume", "redis_url", d.redis_url),
+        redis_url=redis_url,
         window_s=_num(t, "resume", "window_s", d.window_s, minimum=1),
+        max_streams=_int(t, "resume", "max_streams", d.max_streams, minimum=1),
+        max_stream_bytes=_int(t, "resume", "max_stream_bytes", d.max_stream_bytes, minimum=1024),
     )
 
 

@@ -12,6 +12,12 @@ before the response started, a terminal error event in the stream's format after
 
 Cancelling the task (the client disconnected, or the writer failed) closes the upstream response
 in ``finally``: the provider sees its connection close, and the connection is not pooled again.
+
+With ``[resume]`` on, an SSE answer gets a resume log (:attr:`Exchange.log`): the pump numbers
+every written event (``id: <stream-id>:<seq>``) and records it. :meth:`Exchange.detach` (route
+``on_disconnect = "detach"``, client gone) keeps the generation running into the log only. When
+the exchange ends, the log gets its end marker; if the stream was stopped before its own end (a
+cancel), a terminal ``stream_cancelled`` error event is logged first, so a resume ends cleanly.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from .asgi import Scope, Send, json_error
 from .config import Config, RouteConfig
 from .headers import Controls, response_headers
 from .relay import ERROR_KINDS, close_upstream, collect, make_pump, relay
+from .resume import LogWriter, ResumeStore
 from .stream_record import StreamRecord
 from .upstream import UpstreamError, UpstreamPool, UpstreamTimeoutError, UpstreamTiming
 
@@ -61,6 +68,7 @@ class Exchange:
         record: the request's record (filled in as it goes).
         observed: the stream's bound metrics.
         deadline: ``time.monotonic()`` seconds when the exchange must end, or ``None``.
+        resume: the resume store when ``[resume]`` is on, else ``None``.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class Exchange:
         record: StreamRecord,
         observed: StreamMetrics,
         deadline: float | None,
+        resume: ResumeStore | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -95,6 +104,16 @@ class Exchange:
         self.response: aiohttp.ClientResponse | None = None
         self.pump: StreamPump | None = None
         self._scope: asyncio.Timeout | None = None
+        self.resume = resume
+        self.log: LogWriter | None = None
+        """The stream's resume log (an SSE answer with ``[resume]`` on), else ``None``."""
+        self.detached = False
+        """True once the client left and the generation goes on into the log only."""
+        self._ended = False
+
+    def detach(self) -> None:
+        """The client left: stop writing to it, keep generating into the resume log."""
+        self.detached = True
 
     def stop(self, reason: str) -> None:
         """End the exchange now with a well-formed error for the client (e.g. ``shutdown``)."""
@@ -129,6 +148,8 @@ class Exchange:
             close_upstream(self.response, self.record)
             if self.pump is not None:
                 self.pump.close()
+            if self.log is not None:
+                self._close_log()
             collect(self.record, self.pump)
 
     async def _run(self) -> None:
@@ -214,7 +235,21 @@ class Exchange:
         async def write(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
-        self.pump = pump = make_pump(cfg, self.route, self.controls, write, self.observed)
+        async def write_unless_detached(data: bytes) -> None:
+            if not self.detached:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        resumable = self.resume is not None
+        self.pump = pump = make_pump(
+            cfg,
+            self.route,
+            self.controls,
+            write_unless_detached if resumable else write,
+            self.observed,
+        )
+        if self.resume is not None:
+            self.log = self.resume.open_writer(record.stream_id, headers)
+            pump.on_events = self.log.stamp
         me = asyncio.current_task()
         assert me is not None
 
@@ -237,7 +272,8 @@ class Exchange:
             logger.warning("stream %s: %s", record.stream_id, message)
             tail.append(self._error_event(code, message))
         await pump.finish(tail)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._ended = True
+        await self._send_end()
 
     async def _end_early(self, reason: str) -> None:
         """The deadline scope fired (``timeout`` or ``shutdown``): close upstream, end cleanly."""
@@ -252,7 +288,28 @@ class Exchange:
         if pump is None or pump.writer.done():
             return  # a copied body cannot carry an error: the connection ends unfinished
         await pump.finish([self._error_event(reason, message)])
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._ended = True
+        await self._send_end()
+
+    async def _send_end(self) -> None:
+        if not self.detached:
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _close_log(self) -> None:
+        """End the resume log; a stream stopped before its end gets a terminal event first."""
+        log = self.log
+        assert log is not None
+        if not self._ended:
+            reason = self.record.cancel_reason or "cancelled"
+            message = (
+                f"the stream was stopped ({reason}) before it ended; "
+                "a resume replays only what was generated until then"
+            )
+            try:
+                log.stamp([self._error_event("stream_cancelled", message)])
+            except Exception:  # the log must be closed whatever happens
+                logger.exception("stream %s: cannot log the end event", self.record.stream_id)
+        log.close()
 
     def _error_event(self, code: str, message: str) -> Any:
         fmt = None

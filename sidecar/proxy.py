@@ -8,6 +8,12 @@ matches, ``503`` with ``Retry-After`` while draining or at ``max_streams``, ``40
 Then the exchange runs in its own task while this one waits for ASGI ``http.disconnect``: when the
 client leaves first, the exchange is cancelled at once, which closes the upstream connection, and
 the time from detection to close is recorded.
+
+With ``[resume]`` on, a request carrying ``Last-Event-ID`` is a resume: it is answered from the
+resume log (:func:`~.resume.replay.replay`) without contacting the provider. On a route with
+``on_disconnect = "detach"``, a client leaving a stream that has a log does not cancel it: the
+generation runs on into the log for at most ``[resume] window_s`` seconds (its deadline still
+applies), then is cancelled as usual.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from .asgi import Receive, Scope, Send, json_error, read_body, wait_disconnect
 from .config import Config
 from .exchange import Exchange
 from .headers import ControlHeaderError, merge_route_headers, upstream_request_headers
+from .resume import ResumeStore
+from .resume.replay import Replay, replay
 from .routing import RouteTable, raw_path
 from .stream_record import StreamRecord, inspect_request, observe_end
 from .tracing import Tracing
@@ -84,6 +92,8 @@ class Proxy:
         self.tracing = tracing
         self.table = RouteTable(config.routes)
         self.on_finish = on_finish
+        self.resume: ResumeStore | None = None
+        """The resume store, set by the app's lifespan when ``[resume]`` is on."""
         self.websocket = WebSocketBridge(
             config, pool, state, metrics, self.table, on_finish, tracing
         )
@@ -124,6 +134,11 @@ class Proxy:
             message = f"request body is larger than max_request_bytes={body}"
             await json_error(send, 413, fmt_hint, "request_too_large", message)
             return
+        if self.resume is not None:
+            for name, value in scope["headers"]:
+                if name.lower() == b"last-event-id":
+                    await self._resume(receive, send, value.decode("latin-1"), fmt_hint)
+                    return
         record = StreamRecord(
             stream_id=secrets.token_hex(8),
             route=route.prefix,
@@ -156,6 +171,7 @@ class Proxy:
             record,
             observed,
             None if timeout_s is None else record.received_at + timeout_s,
+            self.resume,
         )
         state.exchanges.add(exchange)
         observed.active.inc()
@@ -164,6 +180,10 @@ class Proxy:
         watcher = loop.create_task(wait_disconnect(receive))
         try:
             await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if not work.done() and route.on_disconnect == "detach" and exchange.log is not None:
+                # The client left a resumable stream: let the generation run on into the log.
+                exchange.detach()
+                await asyncio.wait((work,), timeout=self.config.resume.window_s)
             if not work.done():
                 # The client left first: cancel now; the exchange closes the upstream.
                 if record.cancel_reason is None:
@@ -191,3 +211,33 @@ class Proxy:
                 traced.finish(record)
             if self.on_finish is not None:
                 self.on_finish(record)
+
+    async def _resume(
+        self, receive: Receive, send: Send, last_event_id: str, fmt: str | None
+    ) -> None:
+        """Answer a resume request from the log, until it ends or the client leaves."""
+        assert self.resume is not None
+        loop = asyncio.get_running_loop()
+        state = Replay()
+        stall_s = self.config.backpressure.stall_timeout_s
+        state.task = work = loop.create_task(
+            replay(state, self.resume, send, last_event_id, fmt, stall_s)
+        )
+        self.state.exchanges.add(state)
+        watcher = loop.create_task(wait_disconnect(receive))
+        try:
+            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                await asyncio.wait((work,))
+            elif not work.cancelled() and (error := work.exception()) is not None:
+                raise error
+            elif work.cancelled() and not watcher.done():
+                await state.end(send, fmt)  # stopped by shutdown
+        except asyncio.CancelledError:
+            work.cancel()
+            await asyncio.wait((work,))
+            raise
+        finally:
+            watcher.cancel()
+            self.state.exchanges.discard(state)

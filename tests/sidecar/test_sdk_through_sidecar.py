@@ -34,9 +34,12 @@ def _openai(base: str) -> openai.OpenAI:
 
 def _chat(base: str, **kwargs: Any) -> tuple[dict[str, Any], int]:
     events = 0
-    with _openai(base).chat.completions.stream(
-        model="sim", messages=MESSAGES, max_tokens=300, **kwargs
-    ) as stream:
+    with (
+        _openai(base) as client,  # closed: an unclosed pool leaks sockets into a later test
+        client.chat.completions.stream(
+            model="sim", messages=MESSAGES, max_tokens=300, **kwargs
+        ) as stream,
+    ):
         for event in stream:
             if event.type == "chunk":
                 events += 1
@@ -69,9 +72,12 @@ def test_chat_tool_call_equal(simulator: StreamhopProcess, sidecar: StreamhopPro
 
 def test_responses_equal(simulator: StreamhopProcess, sidecar: StreamhopProcess) -> None:
     def final(base: str, **kwargs: Any) -> dict[str, Any]:
-        with _openai(base).responses.stream(
-            model="sim", input="Explain SSE.", max_output_tokens=200, **kwargs
-        ) as stream:
+        with (
+            _openai(base) as client,
+            client.responses.stream(
+                model="sim", input="Explain SSE.", max_output_tokens=200, **kwargs
+            ) as stream,
+        ):
             for _ in stream:
                 pass
             out = stream.get_final_response().model_dump()
@@ -93,10 +99,12 @@ def test_responses_equal(simulator: StreamhopProcess, sidecar: StreamhopProcess)
 
 def test_anthropic_messages_equal(simulator: StreamhopProcess, sidecar: StreamhopProcess) -> None:
     def final(base: str, **kwargs: Any) -> dict[str, Any]:
-        client = anthropic.Anthropic(base_url=base, api_key="x", max_retries=0, timeout=30)
-        with client.messages.stream(
-            model="sim", max_tokens=300, messages=MESSAGES, **kwargs
-        ) as stream:
+        with (
+            anthropic.Anthropic(base_url=base, api_key="x", max_retries=0, timeout=30) as client,
+            client.messages.stream(
+                model="sim", max_tokens=300, messages=MESSAGES, **kwargs
+            ) as stream,
+        ):
             for _ in stream:
                 pass
             return stream.get_final_message().model_dump()

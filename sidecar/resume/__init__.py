@@ -1,0 +1,41 @@
+"""Resumable streams: the replay log behind ``Last-Event-ID`` (see ``docs/resume.md``).
+
+:func:`build_store` makes the configured store; :mod:`.replay` answers resume requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config import ResumeConfig
+from .store import (
+    LogReader,
+    LogWriter,
+    ResumeError,
+    ResumeLogFullError,
+    ResumeStore,
+    StreamNotFoundError,
+    parse_last_event_id,
+)
+
+__all__ = [
+    "LogReader",
+    "LogWriter",
+    "ResumeError",
+    "ResumeLogFullError",
+    "ResumeStore",
+    "StreamNotFoundError",
+    "build_store",
+    "parse_last_event_id",
+]
+
+
+def build_store(config: ResumeConfig, on_error: Callable[[str], None]) -> ResumeStore:
+    """The store ``config.store`` names (call inside the running event loop)."""
+    if config.store == "redis":
+        from .redis_store import RedisStore
+
+        return RedisStore(config.redis_url, config.window_s, config.max_stream_bytes, on_error)
+    from .memory import MemoryStore
+
+    return MemoryStore(config.window_s, config.max_streams, config.max_stream_bytes, on_error)

@@ -1,0 +1,104 @@
+"""The resume log interface shared by the memory and Redis stores.
+
+A stream's log is written by the exchange that runs the generation (:class:`LogWriter`) and read
+by any number of resume requests (:meth:`ResumeStore.open_reader`). Each written event carries
+``id: <stream-id>:<seq>`` (``seq`` = 1, 2, 3... per event written to the client, after merging);
+the log keeps the encoded event text by ``seq``, the SSE response headers, and an end marker.
+
+Writers never block the stream: :meth:`LogWriter.stamp` is synchronous and cheap (the Redis
+writer queues its commands for a background task). A store failure disables that stream's log,
+never the stream itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Final, Protocol
+
+from streamhop.middleware.errors import StreamHopError
+from streamhop.middleware.events import SSEEvent
+
+Headers = list[tuple[bytes, bytes]]
+
+LAST_EVENT_ID: Final = re.compile(r"([0-9A-Za-z_-]{1,64}):([0-9]{1,18})")
+"""What a valid ``Last-Event-ID`` looks like: ``<stream-id>:<seq>``."""
+
+
+class ResumeError(StreamHopError):
+    """A resume log could not be read or written (store down, log dropped)."""
+
+
+class StreamNotFoundError(ResumeError):
+    """No log for this stream id: never logged, expired after ``window_s``, or evicted."""
+
+
+class ResumeLogFullError(ResumeError):
+    """The stream's log passed ``max_stream_bytes``: it was closed and cannot be resumed."""
+
+
+def parse_last_event_id(value: str) -> tuple[str, int] | None:
+    """``(stream_id, seq)`` from a ``Last-Event-ID`` header value, ``None`` if malformed."""
+    match = LAST_EVENT_ID.fullmatch(value.strip())
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2))
+
+
+class LogWriter(Protocol):
+    """The write side of one stream's log (one per streamed exchange)."""
+
+    def stamp(self, events: list[SSEEvent]) -> list[SSEEvent]:
+        """Number ``events`` (set ``id``), record them, and return them (a pump hook)."""
+        ...
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the last stamped event (0 before any)."""
+        ...
+
+    def close(self) -> None:
+        """Write the end marker: the generation is over; the log expires ``window_s`` later."""
+        ...
+
+
+class LogReader(Protocol):
+    """One resume request's view of a log."""
+
+    headers: Headers
+    """The SSE response headers of the original stream."""
+
+    def events_after(self, seq: int) -> AsyncIterator[Sequence[bytes]]:
+        """Batches of encoded events with ``seq`` greater than ``seq``, in order, live until the
+        end marker; the iterator ends after the last one.
+
+        Raises:
+            ResumeLogFullError: the log was closed at its byte cap (or evicted) mid-read.
+            ResumeError: the store failed mid-read.
+        """
+        ...
+
+
+class ResumeStore(Protocol):
+    """Where logs live: :class:`~.memory.MemoryStore` or :class:`~.redis_store.RedisStore`."""
+
+    name: str
+    """``memory`` or ``redis`` (the ``store`` label of ``streamhop_resume_errors_total``)."""
+
+    def open_writer(self, stream_id: str, headers: Headers) -> LogWriter:
+        """Start the log of a new stream (its SSE response headers are kept for resumes)."""
+        ...
+
+    async def open_reader(self, stream_id: str) -> LogReader:
+        """Open a stream's log for a resume.
+
+        Raises:
+            StreamNotFoundError: unknown or expired stream id.
+            ResumeLogFullError: the log passed its byte cap.
+            ResumeError: the store cannot be reached.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store (connections, timers) at shutdown."""
+        ...
