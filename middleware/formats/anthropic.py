@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from typing import Final, cast
 
-import orjson
-
 from ..events import SSEEvent
-from .base import MALFORMED, Kind
+from .base import Kind, parse_object
 from .field_group import FieldGroup, FieldParsed
 
 _DELTA_FIELDS: Final = {
@@ -37,15 +35,9 @@ class AnthropicFormat:
 
     def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
         """See :meth:`streamhop.middleware.formats.base.Format.classify`."""
-        data = event.data
-        if data is None or event.retry is not None:
-            return Kind.FLUSH, False, None
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return Kind.FLUSH, False, MALFORMED
+        obj = parse_object(event)
         if type(obj) is not dict:
-            return Kind.FLUSH, False, MALFORMED
+            return Kind.FLUSH, False, obj
         if obj.get("type") != "content_block_delta":
             return Kind.FLUSH, False, None
         delta = obj.get("delta")

@@ -16,7 +16,9 @@ Formats are stateless and shared; the per-stream state is the :class:`MergeGroup
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from ..events import SSEEvent
 
@@ -74,3 +76,21 @@ class _Malformed:
 
 MALFORMED = _Malformed()
 """``parsed`` value of an event whose data should have been JSON and was not."""
+
+
+def parse_object(event: SSEEvent) -> dict[str, Any] | _Malformed | None:
+    """The event's data as a JSON object: the first step of every JSON format's ``classify``.
+
+    Returns:
+        The object; ``None`` for a block without data or with ``retry`` (a boundary with nothing
+        to parse); :data:`MALFORMED` when the data is not a JSON object. Callers return
+        ``(Kind.FLUSH, False, result)`` for anything that is not a ``dict``.
+    """
+    data = event.data
+    if data is None or event.retry is not None:
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return MALFORMED
+    return obj if type(obj) is dict else MALFORMED

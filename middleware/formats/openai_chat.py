@@ -28,7 +28,8 @@ from typing import Any, Final, cast
 import orjson
 
 from ..events import SSEEvent
-from .base import MALFORMED, Kind
+from .base import Kind, parse_object
+from .field_group import same_except
 
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "reasoning", "refusal")
 _TEXT_SET: Final = frozenset(_TEXT_FIELDS)
@@ -49,15 +50,11 @@ class OpenAIChatFormat:
 
     def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
         """See :meth:`streamhop.middleware.formats.base.Format.classify`."""
-        data = event.data
-        if data is None or event.retry is not None or data == "[DONE]":
+        if event.data == "[DONE]":
             return Kind.FLUSH, False, None
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return Kind.FLUSH, False, MALFORMED
+        obj = parse_object(event)
         if type(obj) is not dict:
-            return Kind.FLUSH, False, MALFORMED
+            return Kind.FLUSH, False, obj
         choices = obj.get("choices")
         if type(choices) is not list or not choices or obj.get("usage") is not None:
             return Kind.FLUSH, _has_content(choices), None
@@ -144,15 +141,6 @@ def _has_content(choices: object) -> bool:
     return False
 
 
-def _same_except(a: dict[str, Any], b: dict[str, Any], skip: frozenset[str]) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for key, value in a.items():
-        if key not in skip and b[key] != value:
-            return False
-    return True
-
-
 _CALL_SKIP: Final = frozenset(("function",))
 _FUNCTION_SKIP: Final = frozenset(("arguments",))
 
@@ -236,9 +224,9 @@ class _ChatGroup:
                 # Same positions are guaranteed by the slots; the calls must also be the same
                 # calls (index, type) with only the arguments differing.
                 for call, bcall in zip(calls, bdelta["tool_calls"], strict=True):
-                    if not _same_except(call, bcall, _CALL_SKIP):
+                    if not same_except(call, bcall, _CALL_SKIP):
                         return False
-                    if not _same_except(call["function"], bcall["function"], _FUNCTION_SKIP):
+                    if not same_except(call["function"], bcall["function"], _FUNCTION_SKIP):
                         return False
         for piece, text in zip(self.pieces, strings, strict=True):
             piece.append(text)

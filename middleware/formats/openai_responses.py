@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from typing import Final, cast
 
-import orjson
-
 from ..events import SSEEvent
-from .base import MALFORMED, Kind
+from .base import Kind, parse_object
 from .field_group import FieldGroup, FieldParsed
 
 # delta event type -> whether its text counts as content for TTFT
@@ -46,15 +44,9 @@ class OpenAIResponsesFormat:
 
     def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
         """See :meth:`streamhop.middleware.formats.base.Format.classify`."""
-        data = event.data
-        if data is None or event.retry is not None:
-            return Kind.FLUSH, False, None
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return Kind.FLUSH, False, MALFORMED
+        obj = parse_object(event)
         if type(obj) is not dict:
-            return Kind.FLUSH, False, MALFORMED
+            return Kind.FLUSH, False, obj
         content = _DELTA_TYPES.get(obj.get("type"))  # type: ignore[arg-type]
         if content is None:
             return Kind.FLUSH, False, None
