@@ -24,7 +24,12 @@ from streamhop.middleware.formats import FORMAT_NAMES
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8787"
 DEFAULT_ADMIN_LISTEN: Final = "127.0.0.1:9464"
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_USERINFO: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+DEFAULT_BINDING_HEADERS: Final = ("authorization", "x-api-key", "api-key", "cookie")
+LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "::1")
+MAX_HEADER_TIMEOUT_MS: Final = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +40,14 @@ class ServerConfig:
     admin_listen: str = DEFAULT_ADMIN_LISTEN
     drain_timeout_s: float = 30.0
     max_streams: int = 10_000
-    max_request_bytes: int = 32 * 1024 * 1024
+    max_request_bytes: int = 4 * 1024 * 1024
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins (``scheme://host[:port]``) allowed to call every route; others get 403."""
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` names accepted (421 otherwise); empty: see :func:`effective_allowed_hosts`."""
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,15 @@ class RouteConfig:
     connect_timeout_s: float = 10.0
     retries: int = 1
     on_disconnect: str = "cancel"
+    read_timeout_s: float = 60.0
+    keepalive_interval_s: float = 15.0
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins allowed on this route, besides ``[server] allowed_origins``."""
+
+    @property
+    def upstream_display(self) -> str:
+        """``upstream`` with any userinfo replaced by ``***``: the form for errors and logs."""
+        return redact_url(self.upstream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +111,9 @@ class ResumeConfig:
     window_s: float = 300.0
     max_streams: int = 1000
     max_stream_bytes: int = 8 * 1024 * 1024
+    binding_key: str = ""
+    """HMAC key binding a stream to its caller's credentials; empty: random per process."""
+    binding_headers: tuple[str, ...] = DEFAULT_BINDING_HEADERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +185,7 @@ def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
         if route.prefix in seen:
             raise ConfigError(f"routes[{i}].prefix", f"duplicate prefix {route.prefix!r}")
         seen.add(route.prefix)
-    resume = _resume(_table(data, "resume"))
+    resume = _resume(_table(data, "resume"), env)
     for i, route in enumerate(routes):
         if route.on_disconnect == "detach" and not resume.enabled:
             raise ConfigError(
@@ -216,6 +240,11 @@ def _server(t: Mapping[str, Any]) -> ServerConfig:
         drain_timeout_s=_num(t, "server", "drain_timeout_s", d.drain_timeout_s, minimum=0),
         max_streams=_int(t, "server", "max_streams", d.max_streams, minimum=1),
         max_request_bytes=_int(t, "server", "max_request_bytes", d.max_request_bytes, minimum=1),
+        allowed_origins=_origins("server.allowed_origins", t.get("allowed_origins", [])),
+        allowed_hosts=_hosts("server.allowed_hosts", t.get("allowed_hosts", [])),
+        max_header_bytes=_int(t, "server", "max_header_bytes", d.max_header_bytes, minimum=1024),
+        max_headers=_int(t, "server", "max_headers", d.max_headers, minimum=8),
+        header_timeout_s=_num(t, "server", "header_timeout_s", d.header_timeout_s, minimum=0.1),
     )
 
 
@@ -258,6 +287,11 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
         connect_timeout_s=_num(t, key, "connect_timeout_s", d.connect_timeout_s, minimum=0.001),
         retries=_int(t, key, "retries", d.retries, minimum=0),
         on_disconnect=on_disconnect,
+        read_timeout_s=_num(t, key, "read_timeout_s", d.read_timeout_s, minimum=0.001),
+        keepalive_interval_s=_num(
+            t, key, "keepalive_interval_s", d.keepalive_interval_s, minimum=0.001
+        ),
+        allowed_origins=_origins(f"{key}.allowed_origins", t.get("allowed_origins", [])),
     )
 
 
@@ -288,7 +322,7 @@ def _backpressure(t: Mapping[str, Any]) -> BackpressureConfig:
     )
 
 
-def _resume(t: Mapping[str, Any]) -> ResumeConfig:
+def _resume(t: Mapping[str, Any], env: Mapping[str, str]) -> ResumeConfig:
     _no_unknown("resume", t, set(ResumeConfig.__dataclass_fields__))
     d = ResumeConfig()
     store = _str(t, "resume", "store", d.store)
@@ -300,8 +334,25 @@ def _resume(t: Mapping[str, Any]) -> ResumeConfig:
     redis_url = _str(t, "resume", "redis_url", d.redis_url)
     if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
-            "resume.redis_url", f"expected a redis://, rediss:// or unix:// URL, got {redis_url!r}"
+            "resume.redis_url",
+            f"expected a redis://, rediss:// or unix:// URL, got {redact_url(redis_url)!r}",
         )
+    binding_key = _interpolate(
+        "resume.binding_key", _str(t, "resume", "binding_key", d.binding_key), env
+    )
+    if store == "redis" and enabled and not binding_key:
+        raise ConfigError(
+            "resume.binding_key",
+            "required with store = 'redis': every replica sharing the store must bind streams "
+            'to callers with the same key (e.g. binding_key = "${STREAMHOP_RESUME_KEY}")',
+        )
+    binding_headers = t.get("binding_headers", list(d.binding_headers))
+    if (
+        not isinstance(binding_headers, list)
+        or not binding_headers
+        or not all(isinstance(h, str) and _TOKEN.fullmatch(h) for h in binding_headers)
+    ):
+        raise ConfigError("resume.binding_headers", "expected a non-empty array of header names")
     return ResumeConfig(
         enabled=enabled,
         store=store,
@@ -309,6 +360,8 @@ def _resume(t: Mapping[str, Any]) -> ResumeConfig:
         window_s=_num(t, "resume", "window_s", d.window_s, minimum=1),
         max_streams=_int(t, "resume", "max_streams", d.max_streams, minimum=1),
         max_stream_bytes=_int(t, "resume", "max_stream_bytes", d.max_stream_bytes, minimum=1024),
+        binding_key=binding_key,
+        binding_headers=tuple(h.lower() for h in binding_headers),
     )
 
 
@@ -375,9 +428,18 @@ def _int(t: Mapping[str, Any], where: str, key: str, default: int, *, minimum: i
 
 
 def _url(key: str, value: str) -> str:
+    """An upstream base URL: scheme, host, optional port and path; no query or fragment (the
+    request's path is joined to it, so they would end up in the middle of the URL)."""
     parts = urlsplit(value)
+    shown = redact_url(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(key, f"expected an http:// or https:// URL, got {value!r}")
+        raise ConfigError(key, f"expected an http:// or https:// URL, got {shown!r}")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number in 0..65535
+    except ValueError:
+        raise ConfigError(key, f"invalid port in {shown!r}") from None
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ConfigError(key, f"expected no query or fragment, got {shown!r}")
     return value.rstrip("/")
 
 
@@ -389,3 +451,67 @@ def _interpolate(key: str, value: str, env: Mapping[str, str]) -> str:
         return env[name]
 
     return _ENV_REF.sub(sub, value)
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or any text holding URLs) with userinfo replaced: ``scheme://***@host``.
+
+    Used for every upstream and Redis URL that reaches an error message, a response or a log.
+    """
+    return _USERINFO.sub(r"\1***@", url)
+
+
+def effective_allowed_hosts(server: ServerConfig) -> frozenset[str] | None:
+    """The ``Host`` names the proxy accepts (lower-case, no port); ``None`` means any.
+
+    ``allowed_hosts`` when set (``"*"`` in it: any). Otherwise: bound to a loopback address,
+    the listen host, ``localhost`` and the loopback literals — the DNS-rebinding defence for a
+    sidecar on a developer's machine or in a pod; bound to any other address (``0.0.0.0`` in a
+    gateway behind a Service), any host.
+    """
+    if server.allowed_hosts:
+        if "*" in server.allowed_hosts:
+            return None
+        return frozenset(server.allowed_hosts)
+    host, _ = parse_hostport("server.listen", server.listen)
+    host = host.lower()
+    if host not in LOOPBACK_HOSTS and not host.startswith("127."):
+        return None
+    return frozenset((host, *LOOPBACK_HOSTS))
+
+
+def _origins(key: str, value: Any) -> tuple[str, ...]:
+    """An array of serialized origins (RFC 6454 §6.2: ``scheme://host[:port]``, no path)."""
+    if not isinstance(value, list):
+        raise ConfigError(key, 'expected an array of origins, e.g. ["https://app.example.com"]')
+    out: list[str] = []
+    for i, origin in enumerate(value):
+        if not isinstance(origin, str):
+            raise ConfigError(f"{key}[{i}]", f"expected a string, got {origin!r}")
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+        ):
+            raise ConfigError(
+                f"{key}[{i}]",
+                f"expected an origin such as 'https://app.example.com' (scheme://host[:port]), "
+                f"got {origin!r}",
+            )
+        out.append(origin.rstrip("/").lower())
+    return tuple(out)
+
+
+def _hosts(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(h, str) and h for h in value):
+        raise ConfigError(key, 'expected an array of host names, e.g. ["localhost"] or ["*"]')
+    out = []
+    for i, host in enumerate(value):
+        if host != "*" and ("/" in host or " " in host):
+            raise ConfigError(f"{key}[{i}]", f"expected a host name without port, got {host!r}")
+        out.append(host.strip("[]").lower())
+    return tuple(out)

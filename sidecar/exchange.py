@@ -29,6 +29,7 @@ import zlib
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from streamhop.middleware.formats import error_event, format_for_path
 from streamhop.middleware.metrics import StreamMetrics
@@ -61,7 +62,7 @@ class Exchange:
         pool: the upstream client pool.
         route: the matched route.
         scope, send: the ASGI request scope and send callable.
-        url: the upstream URL (percent-encoded).
+        url: the upstream URL (:meth:`~.routing.RouteTable.upstream_url`).
         headers: request headers to forward (control and hop-by-hop ones already removed).
         controls: the request's ``X-Streamhop-*`` overrides.
         body: the request body.
@@ -69,6 +70,7 @@ class Exchange:
         observed: the stream's bound metrics.
         deadline: ``time.monotonic()`` seconds when the exchange must end, or ``None``.
         resume: the resume store when ``[resume]`` is on, else ``None``.
+        log_key: the caller-bound store key of this stream's log (with ``resume``).
     """
 
     def __init__(
@@ -78,7 +80,7 @@ class Exchange:
         route: RouteConfig,
         scope: Scope,
         send: Send,
-        url: str,
+        url: URL,
         headers: list[tuple[str, str]],
         controls: Controls,
         body: bytes,
@@ -86,6 +88,7 @@ class Exchange:
         observed: StreamMetrics,
         deadline: float | None,
         resume: ResumeStore | None = None,
+        log_key: str | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -105,6 +108,7 @@ class Exchange:
         self.pump: StreamPump | None = None
         self._scope: asyncio.Timeout | None = None
         self.resume = resume
+        self.log_key = log_key or record.stream_id
         self.log: LogWriter | None = None
         """The stream's resume log (an SSE answer with ``[resume]`` on), else ``None``."""
         self.detached = False
@@ -248,7 +252,7 @@ class Exchange:
             self.observed,
         )
         if self.resume is not None:
-            self.log = self.resume.open_writer(record.stream_id, headers)
+            self.log = self.resume.open_writer(record.stream_id, headers, self.log_key)
             pump.on_events = self.log.stamp
         me = asyncio.current_task()
         assert me is not None

@@ -15,6 +15,8 @@ from typing import Final
 
 from streamhop.middleware.errors import StreamHopError
 
+from .config import RouteConfig
+
 HOP_BY_HOP: Final = frozenset(
     (
         b"connection",
@@ -28,10 +30,16 @@ HOP_BY_HOP: Final = frozenset(
 )
 _REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length"}
 CONTROL_PREFIX: Final = b"x-streamhop-"
+MAX_TIMEOUT_MS: Final = 86_400_000
+"""Largest ``X-Streamhop-Timeout-Ms`` accepted (one day)."""
 
 
 class ControlHeaderError(StreamHopError):
     """An ``X-Streamhop-*`` header has a value streamhop cannot use (answered with 400)."""
+
+
+class HeaderValueError(StreamHopError):
+    """A request header value streamhop cannot forward byte for byte (answered with 400)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +68,15 @@ def upstream_request_headers(
         raw: ASGI ``scope["headers"]`` (lower-case names, bytes).
 
     Returns:
-        ``(forward, controls)``: ``forward`` as ``(name, value)`` strings decoded as Latin-1
-        (RFC 9110 §5.5), in order, duplicates kept.
+        ``(forward, controls)``: ``forward`` as ``(name, value)`` strings, in order, duplicates
+        kept. Values are decoded as UTF-8 because the client library (aiohttp) writes header
+        values as UTF-8: what the provider receives is then exactly the bytes the client sent
+        (RFC 9110 §5.5: field values are opaque octets; decoding them as Latin-1 would encode
+        every non-ASCII byte twice).
 
     Raises:
         ControlHeaderError: a control header with an invalid value.
+        HeaderValueError: a value that is not UTF-8 (it could not be forwarded unchanged).
     """
     drop = _REQUEST_DROP | _connection_tokens(raw)
     forward: list[tuple[str, str]] = []
@@ -85,10 +97,21 @@ def upstream_request_headers(
                 mode = text
             elif key == b"timeout-ms":
                 timeout = _non_negative("X-Streamhop-Timeout-Ms", text)
-                if timeout == 0:
-                    raise ControlHeaderError("X-Streamhop-Timeout-Ms must be > 0")
+                if timeout == 0 or timeout > MAX_TIMEOUT_MS:
+                    raise ControlHeaderError(
+                        f"X-Streamhop-Timeout-Ms must be > 0 and <= {MAX_TIMEOUT_MS}, got {text!r}"
+                    )
             continue
-        forward.append((name.decode("latin-1"), value.decode("latin-1")))
+        if value.isascii():
+            forward.append((name.decode("latin-1"), value.decode("ascii")))
+            continue
+        try:
+            forward.append((name.decode("latin-1"), value.decode("utf-8")))
+        except UnicodeDecodeError:
+            raise HeaderValueError(
+                f"the value of header {name.decode('latin-1')!r} is not UTF-8; streamhop "
+                "forwards header values byte for byte and cannot forward these bytes"
+            ) from None
     return forward, Controls(flush_interval_ms=flush, mode=mode, timeout_ms=timeout)
 
 
@@ -96,6 +119,9 @@ def response_headers(
     upstream: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
 ) -> list[tuple[bytes, bytes]]:
     """Filter upstream response headers (raw, any case) for the ASGI response.
+
+    ``Access-Control-*`` headers are always dropped: which browser origins may read an answer
+    is streamhop's decision (:mod:`.guard`), never the provider's.
 
     Args:
         upstream: the provider's raw response headers.
@@ -106,7 +132,7 @@ def response_headers(
     out: list[tuple[bytes, bytes]] = []
     for name, value in items:
         lower = name.lower()
-        if lower not in skip:
+        if lower not in skip and not lower.startswith(b"access-control-"):
             out.append((lower, value))
     return out
 
@@ -133,3 +159,14 @@ def merge_route_headers(
     merged = [(n, v) for n, v in forward if n.lower() not in override]
     merged.extend(route_headers.items())
     return merged
+
+
+def effective_timeout(route: RouteConfig, controls: Controls) -> float | None:
+    """Seconds the request may take: the route's ``timeout_s``, shortened (never extended) by
+    ``X-Streamhop-Timeout-Ms``; ``None`` for no deadline."""
+    if controls.timeout_ms is None:
+        return route.timeout_s
+    requested = controls.timeout_ms / 1000.0
+    if route.timeout_s is None:
+        return requested
+    return min(route.timeout_s, requested)

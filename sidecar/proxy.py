@@ -28,11 +28,27 @@ from typing import Protocol
 from streamhop.middleware.formats import format_for_path
 from streamhop.middleware.metrics import Metrics
 
-from .asgi import Receive, Scope, Send, json_error, read_body, wait_disconnect
-from .config import Config
+from .asgi import Receive, Scope, Send, json_error, read_body, wait_disconnect, with_headers
+from .config import Config, RouteConfig
 from .exchange import Exchange
-from .headers import ControlHeaderError, merge_route_headers, upstream_request_headers
+from .guard import (
+    PathError,
+    RequestPath,
+    check_browser,
+    cors_headers,
+    host_allowed,
+    normalise_path,
+    preflight_headers,
+)
+from .headers import (
+    ControlHeaderError,
+    HeaderValueError,
+    effective_timeout,
+    merge_route_headers,
+    upstream_request_headers,
+)
 from .resume import ResumeStore
+from .resume.binding import ResumeBinding
 from .resume.replay import Replay, replay
 from .routing import RouteTable, raw_path
 from .stream_record import StreamRecord, inspect_request, observe_end
@@ -58,11 +74,13 @@ class SidecarState:
         self.ready = False
         self.draining = False
         self.exchanges: set[Stoppable] = set()
+        self.receiving = 0
+        """Requests whose body is being read (they count toward ``max_streams`` too)."""
 
     @property
     def active(self) -> int:
-        """Requests in flight."""
-        return len(self.exchanges)
+        """Requests in flight, those still sending their body included."""
+        return len(self.exchanges) + self.receiving
 
     def stop_all(self, reason: str) -> int:
         """End every open stream with a terminal error (``shutdown``); returns how many."""
@@ -94,6 +112,7 @@ class Proxy:
         self.on_finish = on_finish
         self.resume: ResumeStore | None = None
         """The resume store, set by the app's lifespan when ``[resume]`` is on."""
+        self.binding = ResumeBinding.from_config(config.resume)
         self.websocket = WebSocketBridge(
             config, pool, state, metrics, self.table, on_finish, tracing
         )
@@ -104,14 +123,10 @@ class Proxy:
             return
         if scope["type"] != "http":
             return
-        path: str = scope["path"]
-        route = self.table.match(path)
-        fmt_hint = format_for_path(path)
-        if route is None:
-            await json_error(send, 404, fmt_hint, "no_route", f"no route for path {path!r}")
+        admitted = await self._admit(scope, send)
+        if admitted is None:
             return
-        if route.format != "auto":
-            fmt_hint = route.format
+        route, path, fmt_hint, send = admitted
         state = self.state
         if state.draining:
             message = "streamhop is shutting down"
@@ -127,7 +142,15 @@ class Proxy:
         except ControlHeaderError as exc:
             await json_error(send, 400, fmt_hint, "bad_control_header", str(exc))
             return
-        body = await read_body(receive, self.config.server.max_request_bytes)
+        except HeaderValueError as exc:
+            await json_error(send, 400, fmt_hint, "bad_header", str(exc))
+            return
+        # The body counts toward max_streams from its first byte.
+        state.receiving += 1
+        try:
+            body = await read_body(receive, self.config.server.max_request_bytes)
+        finally:
+            state.receiving -= 1
         if body is None:
             return  # the client left while sending the request
         if isinstance(body, int):
@@ -136,21 +159,20 @@ class Proxy:
             return
         if self.resume is not None:
             for name, value in scope["headers"]:
-                if name.lower() == b"last-event-id":
-                    await self._resume(receive, send, value.decode("latin-1"), fmt_hint)
+                if name == b"last-event-id":
+                    last_event_id = value.decode("utf-8", "replace")
+                    await self._resume(receive, send, route, last_event_id, fmt_hint, scope)
                     return
         record = StreamRecord(
             stream_id=secrets.token_hex(8),
             route=route.prefix,
             method=scope["method"],
-            path=path,
+            path=path.text,
             received_at=time.monotonic(),
         )
         inspect_request(record, body)
         observed = self.metrics.stream(route.prefix, record.model)
-        timeout_s = route.timeout_s
-        if controls.timeout_ms is not None:
-            timeout_s = controls.timeout_ms / 1000.0
+        timeout_s = effective_timeout(route, controls)
         headers = merge_route_headers(forward, route.headers)
         traced = None
         if self.tracing is not None:
@@ -164,7 +186,7 @@ class Proxy:
             route,
             scope,
             send,
-            self.table.upstream_url(route, raw_path(scope), scope.get("query_string", b"")),
+            self.table.upstream_url(route, path, scope.get("query_string", b"")),
             headers,
             controls,
             body,
@@ -172,6 +194,9 @@ class Proxy:
             observed,
             None if timeout_s is None else record.received_at + timeout_s,
             self.resume,
+            None
+            if self.resume is None
+            else self.binding.log_key(route.prefix, record.stream_id, scope["headers"]),
         )
         state.exchanges.add(exchange)
         observed.active.inc()
@@ -212,16 +237,70 @@ class Proxy:
             if self.on_finish is not None:
                 self.on_finish(record)
 
+    async def _admit(
+        self, scope: Scope, send: Send
+    ) -> tuple[RouteConfig, RequestPath, str | None, Send] | None:
+        """Apply the checks of :mod:`.guard`; answer and return ``None`` when one refuses (or
+        a preflight was answered), else the route, the path, the error format and the ``send``
+        to use (adding CORS headers for an allowed origin)."""
+        headers = scope["headers"]
+        server = self.config.server
+        if not host_allowed(server, headers):
+            await json_error(
+                send,
+                421,
+                format_for_path(scope["path"]),
+                "misdirected_request",
+                "this Host is not served here (see [server] allowed_hosts)",
+            )
+            return None
+        try:
+            path = normalise_path(raw_path(scope))
+        except PathError as exc:
+            await json_error(send, 400, format_for_path(scope["path"]), "bad_path", str(exc))
+            return None
+        fmt_hint = format_for_path(path.text)
+        route = self.table.match(path)
+        if route is None:
+            await json_error(send, 404, fmt_hint, "no_route", f"no route for path {path.text!r}")
+            return None
+        if route.format != "auto":
+            fmt_hint = route.format
+        check = check_browser(server, route, scope["method"], headers)
+        if check.refused is not None:
+            await json_error(send, 403, fmt_hint, "origin_not_allowed", check.refused)
+            return None
+        if check.preflight:
+            await send(
+                {"type": "http.response.start", "status": 204, "headers": preflight_headers(check)}
+            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return None
+        if check.origin is not None:
+            send = with_headers(send, cors_headers(check))
+        return route, path, fmt_hint, send
+
     async def _resume(
-        self, receive: Receive, send: Send, last_event_id: str, fmt: str | None
+        self,
+        receive: Receive,
+        send: Send,
+        route: RouteConfig,
+        last_event_id: str,
+        fmt: str | None,
+        scope: Scope,
     ) -> None:
         """Answer a resume request from the log, until it ends or the client leaves."""
         assert self.resume is not None
         loop = asyncio.get_running_loop()
         state = Replay()
         stall_s = self.config.backpressure.stall_timeout_s
+        binding, headers = self.binding, scope["headers"]
+
+        def log_key(stream_id: str) -> str:
+            return binding.log_key(route.prefix, stream_id, headers)
+
         state.task = work = loop.create_task(
-            replay(state, self.resume, send, last_event_id, fmt, stall_s)
+            replay(state, self.resume, send, last_event_id, log_key, fmt, stall_s)
         )
         self.state.exchanges.add(state)
         watcher = loop.create_task(wait_disconnect(receive))

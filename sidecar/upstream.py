@@ -21,7 +21,7 @@ from yarl import URL
 
 from streamhop.middleware.errors import StreamHopError
 
-from .config import RouteConfig
+from .config import RouteConfig, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class UpstreamPool:
         self,
         route: RouteConfig,
         method: str,
-        url: str,
+        url: URL,
         headers: list[tuple[str, str]],
         body: bytes,
         timing: UpstreamTiming,
@@ -118,7 +118,8 @@ class UpstreamPool:
 
         Args:
             route: the route (its ``retries``, ``connect_timeout_s``).
-            method, url, headers, body: the request; ``url`` is already percent-encoded.
+            method, url, headers, body: the request; ``url`` as
+                :meth:`~.routing.RouteTable.upstream_url` built it.
             timing: filled with phase times (loop seconds).
             headers_timeout: seconds to wait for response headers, ``None`` for no bound.
 
@@ -128,7 +129,8 @@ class UpstreamPool:
         """
         session = self.session(route)
         timing.start = time.monotonic()
-        target = URL(url, encoded=True)
+        target = url
+        shown = route.upstream_display
         attempt = 0
         while True:
             try:
@@ -146,21 +148,23 @@ class UpstreamPool:
             except aiohttp.ClientConnectorError as exc:
                 # Nothing reached the provider: retrying cannot run a generation twice.
                 if attempt >= route.retries:
+                    reason = redact_url(str(exc.os_error or exc))
                     raise UpstreamConnectError(
-                        f"cannot connect to upstream {route.upstream}: {exc.os_error or exc}"
+                        f"cannot connect to upstream {shown}: {reason}"
                     ) from exc
             except TimeoutError as exc:
                 raise UpstreamTimeoutError(
-                    f"upstream {route.upstream} sent no response headers within "
-                    f"{headers_timeout:g} s"
+                    f"upstream {shown} sent no response headers within {headers_timeout:g} s"
                 ) from exc
             except aiohttp.ClientError as exc:
-                raise UpstreamConnectError(f"upstream {route.upstream} failed: {exc}") from exc
+                raise UpstreamConnectError(
+                    f"upstream {shown} failed: {redact_url(str(exc))}"
+                ) from exc
             attempt += 1
             delay = RETRY_BACKOFF_S * 2 ** (attempt - 1)
             logger.warning(
                 "upstream %s: connect failed, retry %d/%d in %.0f ms",
-                route.upstream,
+                shown,
                 attempt,
                 route.retries,
                 delay * 1000,

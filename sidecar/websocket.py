@@ -41,9 +41,12 @@ from streamhop.middleware.metrics import Metrics
 
 from .asgi import Receive, Scope, Send
 from .config import Config, RouteConfig
+from .guard import PathError, RequestPath, check_browser, host_allowed, normalise_path
 from .headers import (
     ControlHeaderError,
     Controls,
+    HeaderValueError,
+    effective_timeout,
     merge_route_headers,
     upstream_request_headers,
 )
@@ -128,6 +131,7 @@ class _Session:
         self.route: RouteConfig | None = None
         self.forward: list[tuple[str, str]] = []
         self.controls = Controls()
+        self.path: RequestPath | None = None
         self._closer: asyncio.Task[None] | None = None
 
     async def send_frames(self, frames: Sequence[str]) -> None:
@@ -152,18 +156,31 @@ class _Session:
         if message["type"] != "websocket.connect":
             return
         bridge = self.bridge
-        path: str = self.scope["path"]
+        server = bridge.config.server
+        headers = self.scope["headers"]
+        if not host_allowed(server, headers):
+            await self._send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION})
+            return  # refused before the handshake: the client sees 403
+        try:
+            self.path = path = normalise_path(raw_path(self.scope))
+        except PathError:
+            await self._send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION})
+            return
         route = bridge.table.match(path)
+        if route is not None and check_browser(server, route, "GET", headers).refused:
+            # A web page on another origin: refuse the handshake (403), as for HTTP.
+            await self._send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION})
+            return
         await self._send({"type": "websocket.accept"})
         if route is None:
-            await self.close(CLOSE_POLICY_VIOLATION, f"no route for path {path}")
+            await self.close(CLOSE_POLICY_VIOLATION, f"no route for path {path.text}")
             return
         if bridge.state.draining:
             await self.close(CLOSE_GOING_AWAY, "streamhop is shutting down")
             return
         try:
             forward, self.controls = upstream_request_headers(self.scope["headers"])
-        except ControlHeaderError as exc:
+        except (ControlHeaderError, HeaderValueError) as exc:
             await self.close(CLOSE_POLICY_VIOLATION, str(exc))
             return
         self.route = route
@@ -249,9 +266,9 @@ class _Session:
         assert route is not None
         try:
             extra, controls = upstream_request_headers(
-                [(n.lower().encode(), v.encode("latin-1")) for n, v in message.headers]
+                [(n.lower().encode(), v.encode("utf-8")) for n, v in message.headers]
             )
-        except ControlHeaderError as exc:
+        except (ControlHeaderError, HeaderValueError) as exc:
             await self._error("bad_control_header", str(exc))
             return True
         if bridge.state.draining:
@@ -280,12 +297,13 @@ class _Session:
         controls: Controls,
     ) -> None:
         bridge = self.bridge
-        path: str = self.scope["path"]
+        path = self.path
+        assert path is not None
         record = StreamRecord(
             stream_id=secrets.token_hex(8),
             route=route.prefix,
             method="POST",
-            path=path,
+            path=path.text,
             received_at=time.monotonic(),
         )
         body = dict(message.body)
@@ -295,21 +313,17 @@ class _Session:
             record.model = model
         record.streaming_request = True
         observed = bridge.metrics.stream(route.prefix, record.model)
-        timeout_s = route.timeout_s
-        if controls.timeout_ms is not None:
-            timeout_s = controls.timeout_ms / 1000.0
+        timeout_s = effective_timeout(route, controls)
         headers = _combine(self.forward, extra)
         headers = merge_route_headers(headers, route.headers)
         headers.append(("content-type", "application/json"))
         traced: RequestTrace | None = None
         if bridge.tracing is not None:
-            raw = list(self.scope["headers"]) + [(n.encode(), v.encode()) for n, v in extra]
+            raw = list(self.scope["headers"]) + [(n.encode(), v.encode("utf-8")) for n, v in extra]
             traced = bridge.tracing.start(record, route, raw)
             headers = [(n, v) for n, v in headers if n.lower() not in _TRACE_HEADERS]
             headers.extend(traced.upstream_headers(record).items())
-        url = bridge.table.upstream_url(
-            route, raw_path(self.scope), self.scope.get("query_string", b"")
-        )
+        url = bridge.table.upstream_url(route, path, self.scope.get("query_string", b""))
         gen = Generation(
             bridge.config,
             bridge.pool,

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from streamhop.middleware.metrics import StreamMetrics
 from streamhop.middleware.pump import ClientStallError, StreamPump
@@ -68,7 +69,7 @@ class Generation:
         pool: the upstream client pool.
         route: the matched route.
         send_frames: sends text frames to the client in order, one send in flight per socket.
-        url: the upstream URL (percent-encoded).
+        url: the upstream URL (:meth:`~.routing.RouteTable.upstream_url`).
         headers: request headers to send upstream (already merged and filtered).
         controls: the effective ``X-Streamhop-*`` overrides.
         body: the JSON body to POST (``"stream": true`` already set).
@@ -83,7 +84,7 @@ class Generation:
         pool: UpstreamPool,
         route: RouteConfig,
         send_frames: SendFrames,
-        url: str,
+        url: URL,
         headers: list[tuple[str, str]],
         controls: Controls,
         body: bytes,

@@ -24,10 +24,11 @@ logger = logging.getLogger(__name__)
 class _Log:
     """One stream's events (encoded, index ``seq - 1``), headers and state."""
 
-    __slots__ = ("changed", "ended", "events", "full", "headers", "size", "stream_id")
+    __slots__ = ("changed", "ended", "events", "full", "headers", "key", "size", "stream_id")
 
-    def __init__(self, stream_id: str, headers: Headers) -> None:
+    def __init__(self, stream_id: str, key: str, headers: Headers) -> None:
         self.stream_id = stream_id
+        self.key = key
         self.headers = headers
         self.events: list[bytes] = []
         self.size = 0
@@ -127,7 +128,7 @@ class MemoryStore:
         self._logs: OrderedDict[str, _Log] = OrderedDict()
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
-    def open_writer(self, stream_id: str, headers: Headers) -> _Writer:
+    def open_writer(self, stream_id: str, headers: Headers, key: str) -> _Writer:
         while len(self._logs) >= self.max_streams:
             victim = next((log for log in self._logs.values() if log.ended), None)
             if victim is None:
@@ -143,12 +144,12 @@ class MemoryStore:
                 victim.notify()
                 if self._on_error is not None:
                     self._on_error("log_full")
-        log = _Log(stream_id, headers)
-        self._logs[stream_id] = log
+        log = _Log(stream_id, key, headers)
+        self._logs[key] = log
         return _Writer(self, log)
 
-    async def open_reader(self, stream_id: str) -> _Reader:
-        log = self._logs.get(stream_id)
+    async def open_reader(self, key: str, stream_id: str) -> _Reader:
+        log = self._logs.get(key)
         if log is None:
             raise StreamNotFoundError(f"no resumable stream {stream_id!r} (unknown or expired)")
         if log.full:
@@ -174,12 +175,12 @@ class MemoryStore:
     def expire_later(self, log: _Log) -> None:
         """Drop ``log`` ``window_s`` seconds from now."""
         loop = asyncio.get_running_loop()
-        self._timers[log.stream_id] = loop.call_later(self.window_s, self._drop, log)
+        self._timers[log.key] = loop.call_later(self.window_s, self._drop, log)
 
     def _drop(self, log: _Log) -> None:
-        if self._logs.get(log.stream_id) is log:
-            del self._logs[log.stream_id]
-        timer = self._timers.pop(log.stream_id, None)
+        if self._logs.get(log.key) is log:
+            del self._logs[log.key]
+        timer = self._timers.pop(log.key, None)
         if timer is not None:
             timer.cancel()
 

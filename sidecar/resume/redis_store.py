@@ -49,9 +49,9 @@ _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class _Writer:
-    def __init__(self, store: RedisStore, stream_id: str, headers: Headers) -> None:
+    def __init__(self, store: RedisStore, stream_id: str, headers: Headers, key: str) -> None:
         self._store = store
-        self.key = KEY_PREFIX + stream_id
+        self.key = KEY_PREFIX + key
         self._prefix = stream_id + ":"
         self._seq = 0
         self._size = 0
@@ -193,14 +193,14 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),
         )
 
-    def open_writer(self, stream_id: str, headers: Headers) -> _Writer:
-        writer = _Writer(self, stream_id, headers)
+    def open_writer(self, stream_id: str, headers: Headers, key: str) -> _Writer:
+        writer = _Writer(self, stream_id, headers, key)
         self._writers.add(writer.task)
         writer.task.add_done_callback(self._writers.discard)
         return writer
 
-    async def open_reader(self, stream_id: str) -> _Reader:
-        key = KEY_PREFIX + stream_id
+    async def open_reader(self, log_key: str, stream_id: str) -> _Reader:
+        key = KEY_PREFIX + log_key
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.xrange(key, "0-1", "0-1")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from streamhop.middleware.formats import error_event
 from streamhop.middleware.sse_encoder import encode_events
@@ -67,6 +68,7 @@ async def replay(
     store: ResumeStore,
     send: Send,
     last_event_id: str,
+    log_key: Callable[[str], str],
     fmt: str | None,
     stall_timeout_s: float,
 ) -> None:
@@ -77,6 +79,8 @@ async def replay(
         store: the resume store.
         send: the ASGI send callable.
         last_event_id: the ``Last-Event-ID`` header value.
+        log_key: the store key of a stream id for this caller and route
+            (:meth:`~.binding.ResumeBinding.log_key`); another caller's stream is not found.
         fmt: the route's format hint, for error bodies and events.
         stall_timeout_s: seconds one write may take before the client is dropped.
     """
@@ -87,7 +91,7 @@ async def replay(
         return
     stream_id, seq = parsed
     try:
-        reader = await store.open_reader(stream_id)
+        reader = await store.open_reader(log_key(stream_id), stream_id)
     except StreamNotFoundError as exc:
         await json_error(send, 404, fmt, "stream_not_found", str(exc))
         return

@@ -85,12 +85,20 @@ class ResumeStore(Protocol):
     name: str
     """``memory`` or ``redis`` (the ``store`` label of ``streamhop_resume_errors_total``)."""
 
-    def open_writer(self, stream_id: str, headers: Headers) -> LogWriter:
-        """Start the log of a new stream (its SSE response headers are kept for resumes)."""
+    def open_writer(self, stream_id: str, headers: Headers, key: str) -> LogWriter:
+        """Start the log of a new stream (its SSE response headers are kept for resumes).
+
+        Args:
+            stream_id: the public id events are numbered with (``id: <stream-id>:<seq>``).
+            headers: the SSE response headers.
+            key: where the log is stored: the caller-bound key of
+                :meth:`~.binding.ResumeBinding.log_key`.
+        """
         ...
 
-    async def open_reader(self, stream_id: str) -> LogReader:
-        """Open a stream's log for a resume.
+    async def open_reader(self, key: str, stream_id: str) -> LogReader:
+        """Open a stream's log for a resume, by the key :meth:`open_writer` was given
+        (``stream_id`` only names the stream in errors).
 
         Raises:
             StreamNotFoundError: unknown or expired stream id.

@@ -265,7 +265,7 @@ def test_redis_resume_on_another_replica_while_generating(
     tmp_path: Path,
     dedicated: list[StreamhopProcess],
 ) -> None:
-    resume = f'enabled = true\nstore = "redis"\nredis_url = "{redis_url}"\nwindow_s = 60'
+    resume = f'enabled = true\nstore = "redis"\nbinding_key = "test-binding-key"\nredis_url = "{redis_url}"\nwindow_s = 60'
     a = _serve(tmp_path, simulator.url, resume, on_disconnect="detach")
     dedicated.append(a)
     b = _serve(tmp_path, simulator.url, resume)
@@ -287,7 +287,7 @@ def test_redis_down_streams_still_work_error_logged_once_and_counted(
     simulator: StreamhopProcess, tmp_path: Path, dedicated: list[StreamhopProcess]
 ) -> None:
     port = _free_port()  # nothing listens there
-    resume = f'enabled = true\nstore = "redis"\nredis_url = "redis://127.0.0.1:{port}/0"'
+    resume = f'enabled = true\nstore = "redis"\nbinding_key = "test-binding-key"\nredis_url = "redis://127.0.0.1:{port}/0"'
     side = _serve(tmp_path, simulator.url, resume)
     dedicated.append(side)
     assert side.admin_url is not None
@@ -312,7 +312,7 @@ def test_config_detach_needs_resume_and_resume_is_accepted() -> None:
     route = {"prefix": "/", "upstream": "http://127.0.0.1:1", "on_disconnect": "detach"}
     with pytest.raises(ConfigError, match=r"routes\[0\]\.on_disconnect"):
         config_from_dict({"routes": [route]})
-    config = config_from_dict({"routes": [route], "resume": {"enabled": True, "store": "redis"}})
+    config = config_from_dict({"routes": [route], "resume": {"enabled": True, "store": "redis", "binding_key": "k"}})
     assert config.resume.enabled and config.routes[0].on_disconnect == "detach"
     with pytest.raises(ConfigError, match=r"resume\.redis_url"):
         config_from_dict({"routes": [], "resume": {"redis_url": "http://x"}})
@@ -327,8 +327,8 @@ def test_memory_store_bounds() -> None:
         store = MemoryStore(
             window_s=60, max_streams=2, max_stream_bytes=1024, on_error=errors.append
         )
-        big = store.open_writer("big", [])
-        reader = await store.open_reader("big")
+        big = store.open_writer("big", [], "big")
+        reader = await store.open_reader("big", "big")
         stamped = big.stamp([SSEEvent(data="x" * 600), SSEEvent(data="y" * 600)])
         assert [e.id for e in stamped] == ["big:1", "big:2"]
         with pytest.raises(ResumeLogFullError):
@@ -336,15 +336,15 @@ def test_memory_store_bounds() -> None:
                 pass
         assert errors == ["log_full"]
         with pytest.raises(ResumeLogFullError):
-            await store.open_reader("big")
+            await store.open_reader("big", "big")
         big.close()
-        live = store.open_writer("live", [])
+        live = store.open_writer("live", [], "live")
         live.stamp([SSEEvent(data="a")])
-        store.open_writer("third", [])  # evicts the finished "big", not the live one
+        store.open_writer("third", [], "third")  # evicts the finished "big", not the live one
         with pytest.raises(StreamNotFoundError):
-            await store.open_reader("big")
+            await store.open_reader("big", "big")
         live.close()
-        batches = [list(b) async for b in (await store.open_reader("live")).events_after(0)]
+        batches = [list(b) async for b in (await store.open_reader("live", "live")).events_after(0)]
         assert batches == [[b"id: live:1\ndata: a\n\n"]]
         await store.aclose()
 
@@ -357,7 +357,7 @@ def test_redis_log_over_its_byte_cap_is_closed_stream_goes_on(
     tmp_path: Path,
     dedicated: list[StreamhopProcess],
 ) -> None:
-    resume = f'enabled = true\nstore = "redis"\nredis_url = "{redis_url}"\nmax_stream_bytes = 1024'
+    resume = f'enabled = true\nstore = "redis"\nbinding_key = "test-binding-key"\nredis_url = "{redis_url}"\nmax_stream_bytes = 1024'
     side = _serve(tmp_path, simulator.url, resume)
     dedicated.append(side)
     assert side.admin_url is not None
