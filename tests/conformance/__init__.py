@@ -1,0 +1,1 @@
+"""Conformance of what a browser sees through streamhop with what it sees without it."""
