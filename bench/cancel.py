@@ -72,7 +72,7 @@ def trial(url: str, kind: str) -> tuple[str, float]:
     extra = b"x-sim-ttft-ms: 5000\r\n" if kind == "before-first-token" else b""
     sock = socket.create_connection((host, int(port)), timeout=10)
     sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/json\r\nx-request-id: "
         + rid.encode()
         + b"\r\n"

@@ -59,6 +59,7 @@ class Coalescer:
         "first_content_at",
         "malformed",
         "pending_bytes",
+        "terminal_seen",
         "usage_input_tokens",
         "usage_output_tokens",
     )
@@ -94,10 +95,21 @@ class Coalescer:
         """True once a content event (text, reasoning, tool-call data) was pushed."""
         self.first_content_at: float | None = None
         """``now`` of the first content event, in the caller's clock (seconds)."""
+        self.terminal_seen = False
+        """True once the format's terminal event (``[DONE]``, ``message_stop``,
+        ``response.completed``, an error event) was pushed."""
         self.usage_input_tokens: int | None = None
         """Input (prompt) tokens the stream reported, if it did."""
         self.usage_output_tokens: int | None = None
         """Output (completion) tokens the stream reported, if it did (last report wins)."""
+
+    @property
+    def incomplete(self) -> bool:
+        """True when the stream so far lacks its format's terminal event: at a clean upstream
+        close this means the answer was cut short (plain ``sse`` is never incomplete; a stream
+        with no event at all is, once its format is known from the route)."""
+        fmt = self._format
+        return fmt is not None and fmt.has_terminal and not self.terminal_seen
 
     @property
     def format_name(self) -> str | None:
@@ -123,6 +135,8 @@ class Coalescer:
             self.first_content_at = now
             flush = True
         if kind is Kind.FLUSH:
+            if fmt.is_terminal(event):
+                self.terminal_seen = True
             usage = usage_of(fmt.name, event)
             if usage is not None:
                 if usage[0] is not None:

@@ -39,6 +39,8 @@ ERROR_KINDS: Final = (
     "headers_timeout",
     "disconnected",
     "truncated",
+    "incomplete",
+    "read_timeout",
     "event_too_large",
     "malformed_event",
 )
@@ -129,7 +131,7 @@ class Metrics:
         self.upstream_errors = Counter(
             "streamhop_upstream_errors_total",
             "Provider faults by kind (connect, headers_timeout, disconnected, truncated, "
-            "event_too_large, malformed_event).",
+            "incomplete, read_timeout, event_too_large, malformed_event).",
             ("route", "model", "kind"),
             registry=r,
         )

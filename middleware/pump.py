@@ -11,7 +11,13 @@ body chunk to the client. Behaviour (DESIGN.md, "Stream lifecycle"):
 * a ``write`` that does not complete within ``stall_timeout`` seconds fails the pump with
   :class:`ClientStallError`;
 * a window flush needs no upstream byte: a timer on the loop wakes the writer at the coalescer's
-  deadline (one timer per window, not per event).
+  deadline (one timer per window, not per event);
+* keep-alive (optional, ``keepalive_interval``): after that many seconds without a write, with
+  nothing held, the pump writes a ``: keep-alive`` comment line, so idle timeouts of hops in
+  between (ingresses, load balancers) do not cut a stream whose model is still thinking. The
+  WHATWG spec suggests such a comment "every 15 seconds or so" (§9.2.7). With
+  ``forward_comments`` the provider's own comments (``: ping``) are forwarded the same way:
+  when nothing else is held or being written (held events would make them redundant).
 
 The clock is ``time.monotonic()`` (seconds; system-wide on Linux, so comparable across
 processes). Not ``loop.time()``: uvloop's has millisecond resolution, too coarse for TTFT and
@@ -63,6 +69,9 @@ class StreamPump:
         observer: optional receiver of per-read and per-write measurements.
         on_events: optional :data:`OnEvents` hook applied to each batch right before encoding
             (the sidecar's resume log numbers and records events with it).
+        keepalive_interval: seconds of downstream silence after which a ``: keep-alive``
+            comment is written; ``None`` never writes one.
+        forward_comments: forward upstream comment lines while the stream is idle.
 
     Must be created inside a running event loop.
     """
@@ -77,6 +86,8 @@ class StreamPump:
         stall_timeout: float = 30.0,
         observer: PumpObserver | None = None,
         on_events: OnEvents | None = None,
+        keepalive_interval: float | None = None,
+        forward_comments: bool = False,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._write = write
@@ -96,6 +107,13 @@ class StreamPump:
         self._stalled = False
         self._closing = False
         self._tail: list[SSEEvent] = []
+        self._forward_comments = forward_comments
+        self._idle_write: bytes | None = None  # a comment to write once nothing else is due
+        self._keepalive_interval = keepalive_interval
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._last_write = time.monotonic()
+        if keepalive_interval is not None:
+            self._keepalive = self._loop.call_later(keepalive_interval, self._on_keepalive)
         self.writes = 0
         """Downstream writes done."""
         self.bytes_in = 0
@@ -129,6 +147,13 @@ class StreamPump:
             for event in events:
                 coalescer.push(event, now)
             self._schedule(now)
+        decoder = self.decoder
+        if decoder.comment is not None:
+            comment = decoder.comment
+            decoder.comment = None
+            if self._forward_comments and self._idle():
+                self._idle_write = comment + b"\n\n"
+                self._wake.set()
         if self._observer is not None:
             self._observer.upstream_read(len(events), len(data), time.monotonic() - now)
 
@@ -158,6 +183,9 @@ class StreamPump:
 
     def close(self) -> None:
         """Stop at once without writing more (client gone, cancellation)."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -194,6 +222,25 @@ class StreamPump:
         self._timer = None
         self._wake.set()
 
+    def _idle(self) -> bool:
+        """Nothing held, nothing being written."""
+        return self.coalescer.deadline is None and self._writing_since is None
+
+    def _on_keepalive(self) -> None:
+        """One timer per ``keepalive_interval``: write a comment if the stream went quiet."""
+        interval = self._keepalive_interval
+        assert interval is not None
+        self._keepalive = None
+        if self.writer.done() or self._closing:
+            return
+        left = self._last_write + interval - time.monotonic()
+        if left <= 0:
+            if self._idle():
+                self._idle_write = b": keep-alive\n\n"
+                self._wake.set()
+            left = interval
+        self._keepalive = self._loop.call_later(left, self._on_keepalive)
+
     async def _write_loop(self) -> None:
         coalescer = self.coalescer
         try:
@@ -214,17 +261,44 @@ class StreamPump:
                     if not events:
                         break
                     await self._send(events, begin)
+                idle = self._idle_write
+                if idle is not None:
+                    self._idle_write = None
+                    if coalescer.deadline is None:
+                        await self._send_bytes(idle)
                 if closing:
                     return
                 self._schedule(time.monotonic())
         finally:
             self._room.set()
+            if self._keepalive is not None:
+                self._keepalive.cancel()
+                self._keepalive = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             if self._watchdog is not None:
                 self._watchdog.cancel()
                 self._watchdog = None
+
+    async def _send_bytes(self, data: bytes) -> None:
+        """Write a comment (keep-alive): not an event, so no hook, no event accounting."""
+        start = time.monotonic()
+        self._writing_since = start
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._stall, self._check_stall)
+        try:
+            await self._write(data)
+        except asyncio.CancelledError:
+            if self._stalled:
+                raise ClientStallError(
+                    f"client accepted no bytes for {self._stall:g} s (a keep-alive pending)"
+                ) from None
+            raise
+        finally:
+            self._writing_since = None
+        self._last_write = time.monotonic()
+        self.bytes_out += len(data)
 
     async def _send(self, events: list[SSEEvent], begin: float) -> None:
         """Encode and write ``events``; ``begin`` is when their merge (``take``) started."""
@@ -251,6 +325,7 @@ class StreamPump:
         finally:
             self._writing_since = None
         end = time.monotonic()
+        self._last_write = end
         if self.first_write_at is None:
             self.first_write_at = end
         self.writes += 1

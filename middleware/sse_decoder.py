@@ -74,6 +74,7 @@ class SSEDecoder:
         "_retry",
         "_skip_lf",
         "_started",
+        "comment",
         "truncated",
     )
 
@@ -95,6 +96,9 @@ class SSEDecoder:
         self._event_bytes = 0
         self.truncated = False
         """True when EOF arrived inside an unterminated event (those bytes were discarded)."""
+        self.comment: bytes | None = None
+        """The last comment line received (``:`` included, no line end), until the caller
+        clears it; comments are never events (§9.2.6), but a proxy may forward a keep-alive."""
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes read from the stream; ``b""`` signals EOF.
@@ -241,6 +245,7 @@ class SSEDecoder:
             if self._event_bytes > limit:
                 self._fail(0, len(region) - parsed)
             if line[0] == 0x3A:  # ":" comment
+                self.comment = line
                 continue
             colon = line.find(b":")
             if colon < 0:

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from streamhop.middleware.events import SSEEvent
 from streamhop.middleware.formats import error_event, format_for_path
 from streamhop.middleware.metrics import StreamMetrics
 from streamhop.middleware.pump import ClientStallError, StreamPump
@@ -175,7 +176,7 @@ class Exchange:
         except UpstreamError as exc:
             record.error = exc.kind
             status = 504 if isinstance(exc, UpstreamTimeoutError) else 502
-            logger.warning("stream %s: %s", record.stream_id, exc)
+            logger.warning("stream %s: %s", record.request_id, exc)
             await json_error(self.send, status, self.fmt_hint, f"upstream_{exc.kind}", str(exc))
             self.started = True
             return
@@ -206,7 +207,7 @@ class Exchange:
             # Headers and part of the body are out: the only honest signal left is to end the
             # connection without completing the body.
             record.error = "disconnected"
-            logger.warning("stream %s: upstream failed mid-body: %s", record.stream_id, exc)
+            logger.warning("stream %s: upstream failed mid-body: %s", record.request_id, exc)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -221,7 +222,7 @@ class Exchange:
         if decompress is None and encoding not in ("identity", ""):
             logger.warning(
                 "stream %s: SSE with Content-Encoding %s cannot be re-chunked; copied as is",
-                record.stream_id,
+                record.request_id,
                 encoding,
             )
             await self._copy(response)
@@ -231,6 +232,7 @@ class Exchange:
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
             (b"x-streamhop-stream-id", record.stream_id.encode()),
+            (b"x-streamhop-request-id", record.request_id.encode()),
             (b"server-timing", _server_timing(timing).encode()),
         ]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -267,14 +269,16 @@ class Exchange:
             me.cancel()
 
         pump.writer.add_done_callback(writer_done)
-        fault = await relay(response, pump, decompress)
+        fault = await relay(response, pump, self.route.read_timeout_s, decompress, self.fmt_hint)
+        if fault is not None and fault[0] == "upstream_incomplete" and response.status >= 300:
+            fault = None  # an error status already says the answer is not a completion
         tail = []
         if fault is not None:
             code, message = fault
             record.error = ERROR_KINDS[code]
             close_upstream(self.response, record)
-            logger.warning("stream %s: %s", record.stream_id, message)
-            tail.append(self._error_event(code, message))
+            logger.warning("stream %s: %s", record.request_id, message)
+            tail = self._error_events(code, message)
         await pump.finish(tail)
         self._ended = True
         await self._send_end()
@@ -283,7 +287,7 @@ class Exchange:
         """The deadline scope fired (``timeout`` or ``shutdown``): close upstream, end cleanly."""
         close_upstream(self.response, self.record)
         message = _END_MESSAGES.get(reason, reason)
-        logger.warning("stream %s: %s", self.record.stream_id, message)
+        logger.warning("stream %s: %s", self.record.request_id, message)
         if not self.started:
             status = 503 if reason == "shutdown" else 504
             await json_error(self.send, status, self.fmt_hint, reason, message)
@@ -291,7 +295,7 @@ class Exchange:
         pump = self.pump
         if pump is None or pump.writer.done():
             return  # a copied body cannot carry an error: the connection ends unfinished
-        await pump.finish([self._error_event(reason, message)])
+        await pump.finish(self._error_events(reason, message))
         self._ended = True
         await self._send_end()
 
@@ -310,16 +314,21 @@ class Exchange:
                 "a resume replays only what was generated until then"
             )
             try:
-                log.stamp([self._error_event("stream_cancelled", message)])
+                log.stamp(self._error_events("stream_cancelled", message))
             except Exception:  # the log must be closed whatever happens
-                logger.exception("stream %s: cannot log the end event", self.record.stream_id)
+                logger.exception("stream %s: cannot log the end event", self.record.request_id)
         log.close()
 
-    def _error_event(self, code: str, message: str) -> Any:
+    def _error_events(self, code: str, message: str) -> list[SSEEvent]:
+        """The terminal error event in the stream's format; none for a plain ``sse`` stream,
+        whose events streamhop never rewrites or adds to (the fault is logged and counted)."""
         fmt = None
         if self.pump is not None:
             fmt = self.pump.coalescer.format_name
-        return error_event(fmt or self.fmt_hint, code, message)
+        fmt = fmt or self.fmt_hint
+        if fmt == "sse":
+            return []
+        return [error_event(fmt, code, message)]
 
 
 def _decompressor(encoding: str) -> Any:

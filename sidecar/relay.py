@@ -8,6 +8,7 @@ messages); the reading loop, its fault mapping and the accounting live here once
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from typing import Any, Final
@@ -26,10 +27,19 @@ from .stream_record import StreamRecord
 
 ERROR_KINDS: Final = {
     "upstream_truncated": "truncated",
+    "upstream_incomplete": "incomplete",
+    "upstream_timeout": "read_timeout",
     "event_too_large": "event_too_large",
     "upstream_disconnected": "disconnected",
 }
 """Terminal error codes of a relayed stream -> ``streamhop_upstream_errors_total{kind}``."""
+
+TERMINATED_FORMATS: Final = {
+    "openai-chat": "data: [DONE]",
+    "openai-responses": "response.completed",
+    "anthropic": "message_stop",
+}
+"""Formats whose complete streams end with a terminal event, and that event."""
 
 
 def make_pump(
@@ -60,44 +70,117 @@ def make_pump(
         max_pending_bytes=config.backpressure.max_pending_bytes,
         stall_timeout=config.backpressure.stall_timeout_s,
         observer=observer,
+        keepalive_interval=route.keepalive_interval_s,
+        forward_comments=True,
     )
 
 
+class _ReadWatch:
+    """``read_timeout_s`` between two upstream reads, as one timer re-armed per interval (like
+    the pump's stall watchdog) rather than a timeout object per read. When it fires, the
+    relaying task is cancelled and :func:`relay` reports ``upstream_timeout``."""
+
+    __slots__ = ("_handle", "_loop", "_task", "fired", "last", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.timeout = timeout
+        self.last: float | None = time.monotonic()
+        """When the last read arrived; ``None`` while the pump holds the reader (backpressure:
+        not the provider's silence)."""
+        self.fired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        last = self.last
+        left = self.timeout if last is None else last + self.timeout - time.monotonic()
+        if left > 0:
+            self._handle = self._loop.call_later(left, self._check)
+            return
+        self.fired = True
+        self._task.cancel()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def relay(
-    response: aiohttp.ClientResponse, pump: StreamPump, decompress: Any = None
+    response: aiohttp.ClientResponse,
+    pump: StreamPump,
+    read_timeout_s: float,
+    decompress: Any = None,
+    format_hint: str | None = None,
 ) -> tuple[str, str] | None:
     """Feed the upstream body to ``pump`` until it ends.
 
     Args:
         response: the upstream SSE response.
         pump: where the bytes go.
+        read_timeout_s: longest silence between two upstream reads, in seconds (like nginx's
+            ``proxy_read_timeout``); time the pump holds the reader back does not count.
         decompress: a ``zlib`` decompressor for a compressed body, else ``None``.
+        format_hint: the format expected from the route or path, for a stream that ended
+            before its first event (auto-detection had nothing to look at).
 
     Returns:
-        ``None`` when the body ended cleanly, else ``(code, message)`` of the fault
-        (``upstream_truncated``, ``event_too_large``, ``upstream_disconnected``; see
-        :data:`ERROR_KINDS`). Never raises for a provider fault.
+        ``None`` when the body ended cleanly and completely, else ``(code, message)`` of the
+        fault: ``upstream_timeout``, ``upstream_truncated`` (EOF inside an event),
+        ``upstream_incomplete`` (a clean close without the format's terminal event: ``[DONE]``,
+        ``response.completed``, ``message_stop``), ``event_too_large``,
+        ``upstream_disconnected`` (see :data:`ERROR_KINDS`). Never raises for a provider fault.
     """
+    watch = _ReadWatch(read_timeout_s)
     try:
         async for chunk in response.content.iter_any():
+            watch.last = time.monotonic()
             if decompress is not None:
                 chunk = decompress.decompress(chunk)
                 if not chunk:
                     continue
             pump.feed(chunk)
             if pump.over_limit:
+                watch.last = None
                 await pump.wait_for_room()
+                watch.last = time.monotonic()
         if decompress is not None:
             rest = decompress.flush()
             if rest:
                 pump.feed(rest)
         pump.decoder.receive_data(b"")
+    except asyncio.CancelledError:
+        if not watch.fired:
+            raise
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()
+        return (
+            "upstream_timeout",
+            f"the upstream sent nothing for read_timeout_s={read_timeout_s:g} s",
+        )
     except EventTooLargeError as exc:
         return "event_too_large", str(exc)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, zlib.error) as exc:
         return "upstream_disconnected", f"the upstream connection failed mid-stream: {exc}"
+    finally:
+        watch.cancel()
     if pump.decoder.truncated:
         return "upstream_truncated", "the upstream stream ended in the middle of an event"
+    coalescer = pump.coalescer
+    if coalescer.incomplete or (
+        coalescer.format_name is None and format_hint in TERMINATED_FORMATS
+    ):
+        return (
+            "upstream_incomplete",
+            "the upstream closed the stream without its terminal event "
+            f"({TERMINATED_FORMATS.get(coalescer.format_name or format_hint or '', '?')}); "
+            "the answer is incomplete",
+        )
     return None
 
 

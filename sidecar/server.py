@@ -22,6 +22,7 @@ from streamhop.middleware.metrics import Metrics
 
 from .app import build_admin_app, build_proxy_app
 from .config import Config, parse_hostport
+from .http_limits import HeadLimits, limited_httptools_protocol
 from .proxy import SidecarState
 from .stream_record import StreamRecord
 from .tracing import Tracing
@@ -29,6 +30,7 @@ from .tracing import Tracing
 logger = logging.getLogger("streamhop")
 stream_logger = logging.getLogger("streamhop.streams")
 
+WS_PING_INTERVAL_S = 15.0
 WS_FRAME_SLACK_BYTES = 64 * 1024
 """How far over ``max_request_bytes`` a WebSocket frame is still read (to answer it with an
 ``error`` message rather than a bare close)."""
@@ -53,7 +55,7 @@ def log_stream(record: StreamRecord) -> None:
         orjson.dumps(
             {
                 "event": "stream_end",
-                "stream_id": record.stream_id,
+                "request_id": record.request_id,
                 "route": record.route,
                 "path": record.path,
                 "model": record.model,
@@ -101,7 +103,14 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
             host=host,
             port=port,
             loop="none",
-            http="httptools",
+            # uvicorn's httptools protocol plus bounds on the request head (431/408).
+            http=limited_httptools_protocol(
+                HeadLimits(
+                    max_header_bytes=config.server.max_header_bytes,
+                    max_headers=config.server.max_headers,
+                    header_timeout_s=config.server.header_timeout_s,
+                )
+            ),
             lifespan="on",
             access_log=False,
             log_level="warning",
@@ -114,6 +123,10 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
             # and close 1009; a frame far over it is refused by the WebSocket layer itself
             # (1009 too) before it is buffered whole.
             ws_max_size=config.server.max_request_bytes + WS_FRAME_SLACK_BYTES,
+            # The WebSocket keep-alive is a ping frame (ASGI cannot send one; uvicorn does).
+            ws_ping_interval=min(
+                (r.keepalive_interval_s for r in config.routes), default=WS_PING_INTERVAL_S
+            ),
             # The provider's Date and Server headers pass through; uvicorn must not add its own.
             server_header=False,
             date_header=False,

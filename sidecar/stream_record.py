@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -13,6 +14,9 @@ from streamhop.middleware.metrics import StreamMetrics
 class StreamRecord:
     """Per-request facts. Times are ``time.monotonic()`` seconds; durations are seconds.
 
+    ``stream_id`` is the public id (``X-Streamhop-Stream-Id``, resume); it is never logged at
+    INFO or put in traces. ``request_id`` is a separate random id for logs and spans.
+
     ``cancel_reason`` is one of ``client_disconnect``, ``timeout``, ``stall``, ``interrupt``,
     ``shutdown`` when streamhop closed the upstream early, else ``None``.
     """
@@ -22,6 +26,7 @@ class StreamRecord:
     method: str
     path: str
     received_at: float
+    request_id: str = field(default_factory=lambda: secrets.token_hex(8))
     model: str | None = None
     streaming_request: bool = False
     status: int | None = None

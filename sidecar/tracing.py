@@ -133,7 +133,7 @@ class RequestTrace:
             "http.request.method": record.method,
             "url.path": record.path,
             "streamhop.route": route.prefix,
-            "streamhop.stream_id": record.stream_id,
+            "streamhop.request_id": record.request_id,
         }
         if self.operation is not None:
             attributes["gen_ai.operation.name"] = self.operation

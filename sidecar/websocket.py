@@ -346,7 +346,7 @@ class _Session:
             observed.active.dec()
             record.finished_at = time.monotonic()
             if not task.cancelled() and (error := task.exception()) is not None:
-                logger.error("stream %s: generation failed: %r", record.stream_id, error)
+                logger.error("stream %s: generation failed: %r", record.request_id, error)
             observe_end(observed, record)
             if traced is not None:
                 traced.finish(record)

@@ -130,7 +130,7 @@ class Generation:
             terminal = await self._bounded()
         except Exception as exc:
             if not self.writer_failed:
-                logger.exception("stream %s: generation failed", self.record.stream_id)
+                logger.exception("stream %s: generation failed", self.record.request_id)
                 self.record.error = self.record.error or "internal"
                 terminal = ("error", _error("internal_error", f"streamhop failed: {exc!r}"))
         finally:
@@ -179,7 +179,7 @@ class Generation:
             )
         except UpstreamError as exc:
             record.error = exc.kind
-            logger.warning("stream %s: %s", record.stream_id, exc)
+            logger.warning("stream %s: %s", record.request_id, exc)
             return ("error", _error(f"upstream_{exc.kind}", str(exc)))
         finally:
             record.upstream_request_at = timing.start
@@ -200,7 +200,7 @@ class Generation:
                 f"the upstream answered {status} with Content-Type {ctype!r} and "
                 f"Content-Encoding {encoding!r}, not an uncompressed event stream"
             )
-        logger.warning("stream %s: %s", record.stream_id, message)
+        logger.warning("stream %s: %s", record.request_id, message)
         return ("error", _error(code, message, status=status, body=body))
 
     async def _stream(self, response: aiohttp.ClientResponse) -> Terminal:
@@ -230,12 +230,12 @@ class Generation:
             me.cancel()
 
         pump.writer.add_done_callback(writer_done)
-        fault = await relay(response, pump)
+        fault = await relay(response, pump, self.route.read_timeout_s, None, self.route.format)
         if fault is not None:
             code, message = fault
             record.error = ERROR_KINDS[code]
             close_upstream(self.response, record)
-            logger.warning("stream %s: %s", record.stream_id, message)
+            logger.warning("stream %s: %s", record.request_id, message)
         await pump.finish()
         if fault is not None:
             return ("error", _error(*fault))
@@ -245,7 +245,7 @@ class Generation:
         """The deadline scope fired (``timeout`` or ``shutdown``): close upstream, flush held."""
         close_upstream(self.response, self.record)
         message = _END_MESSAGES.get(reason, reason)
-        logger.warning("stream %s: %s", self.record.stream_id, message)
+        logger.warning("stream %s: %s", self.record.request_id, message)
         pump = self.pump
         if pump is not None and not pump.writer.done():
             await pump.finish()

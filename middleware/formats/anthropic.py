@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Final, cast
 
 from ..events import SSEEvent
-from .base import Kind, parse_object
+from .base import Kind, json_type, parse_object
 from .field_group import FieldGroup, FieldParsed
 
 _DELTA_FIELDS: Final = {
@@ -32,6 +32,12 @@ class AnthropicFormat:
     """Classifies and merges Anthropic Messages stream events (stateless, shareable)."""
 
     name = "anthropic"
+    has_terminal = True
+
+    def is_terminal(self, event: SSEEvent) -> bool:
+        """``message_stop`` or ``error`` (Anthropic docs, "Streaming Messages")."""
+        kind = event.event or json_type(event)
+        return kind in ("message_stop", "error")
 
     def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
         """See :meth:`streamhop.middleware.formats.base.Format.classify`."""

@@ -66,6 +66,13 @@ class Format(Protocol):
     def open_group(self, event: SSEEvent, parsed: object) -> MergeGroup:
         """Start a merge group with a ``DELTA`` event."""
 
+    has_terminal: bool
+    """True when the format ends every complete stream with a terminal event, so a clean
+    close without one is a truncated answer (``upstream_incomplete``)."""
+
+    def is_terminal(self, event: SSEEvent) -> bool:
+        """True when ``event`` (a ``FLUSH`` event) ends the stream: a normal end or an error."""
+
 
 class _Malformed:
     __slots__ = ()
@@ -94,3 +101,16 @@ def parse_object(event: SSEEvent) -> dict[str, Any] | _Malformed | None:
     except orjson.JSONDecodeError:
         return MALFORMED
     return obj if type(obj) is dict else MALFORMED
+
+
+def json_type(event: SSEEvent) -> str | None:
+    """The ``type`` member of the event's JSON object data, else ``None`` (never raises)."""
+    data = event.data
+    if data is None or '"type"' not in data:
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    kind = obj.get("type") if type(obj) is dict else None
+    return kind if type(kind) is str else None

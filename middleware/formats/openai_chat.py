@@ -47,6 +47,20 @@ class OpenAIChatFormat:
     """Classifies and merges ``chat.completion.chunk`` events (stateless, shareable)."""
 
     name = "openai-chat"
+    has_terminal = True
+
+    def is_terminal(self, event: SSEEvent) -> bool:
+        """``data: [DONE]`` (the Chat Completions stream's end), or an ``error`` object (the
+        provider's in-stream error, after which it closes)."""
+        data = event.data
+        if data is None:
+            return False
+        if data == "[DONE]":
+            return True
+        if '"error"' not in data:
+            return False
+        obj = parse_object(event)
+        return type(obj) is dict and obj.get("error") is not None and "choices" not in obj
 
     def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
         """See :meth:`streamhop.middleware.formats.base.Format.classify`."""

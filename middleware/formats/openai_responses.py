@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Final, cast
 
 from ..events import SSEEvent
-from .base import Kind, parse_object
+from .base import Kind, json_type, parse_object
 from .field_group import FieldGroup, FieldParsed
 
 # delta event type -> whether its text counts as content for TTFT
@@ -37,10 +37,20 @@ _LAST_WINS: Final = ("sequence_number",)
 _CONCAT: Final = ("logprobs",)
 
 
+_TERMINAL = frozenset(("response.completed", "response.failed", "response.incomplete", "error"))
+
+
 class OpenAIResponsesFormat:
     """Classifies and merges Responses API stream events (stateless, shareable)."""
 
     name = "openai-responses"
+    has_terminal = True
+
+    def is_terminal(self, event: SSEEvent) -> bool:
+        """``response.completed``, ``response.failed``, ``response.incomplete`` or ``error``
+        (OpenAI API reference, "Streaming events" of the Responses API)."""
+        kind = event.event or json_type(event)
+        return kind in _TERMINAL
 
     def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
         """See :meth:`streamhop.middleware.formats.base.Format.classify`."""

@@ -14,6 +14,7 @@ class PlainSSEFormat:
     """Holds every event unchanged (stateless, shareable)."""
 
     name = "sse"
+    has_terminal = False
 
     def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
         """Every event with data is ``HOLD`` and counts as content; blocks without data flush."""
@@ -24,3 +25,7 @@ class PlainSSEFormat:
     def open_group(self, event: SSEEvent, parsed: object) -> MergeGroup:
         """Never called: plain SSE has no deltas."""
         raise TypeError("plain SSE events are never merged")
+
+    def is_terminal(self, event: SSEEvent) -> bool:
+        """Plain SSE has no terminal event: the server closing ends the stream."""
+        return False
