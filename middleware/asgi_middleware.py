@@ -8,15 +8,23 @@ It owns, per HTTP request (one :class:`_Responder` each, the shape of Starlette'
   ``http.response.start`` goes out at once with ``content-length`` dropped, ``cache-control:
   no-cache`` (unless the app set one) and ``x-accel-buffering: no``; every other response, every
   WebSocket and lifespan message passes through as the very same message object;
-* **cancellation**: the app runs in its own task, raced against a disconnect watcher. The watcher
-  is the only reader of the server's ``receive``; it hands the app its ``http.request`` messages
-  through a one-message inbox, so the app still gets its body, and a ``http.disconnect`` before the
-  response is complete cancels the app's task, whose ``finally`` closes its own upstream call.
+* **stopping the app** when its client leaves (or stalls, or the server shuts down), the ASGI
+  way first: the app's ``receive()`` (one already waiting and every later one) answers
+  ``http.disconnect`` (:class:`~.asgi_receive.ReceiveRelay`, the only reader of the server's
+  ``receive``), and its ``send()`` raises :class:`ClientDisconnectedError` once it has heard.
+  Frameworks that run the view in a child task and wait on it (Django, Quart; Starlette's
+  ``StreamingResponse`` under ASGI < 2.4) cancel that child themselves when they hear it, which
+  runs the handler's ``finally`` and closes its upstream call. Cancelling the app's task is the
+  last resort: at once when nothing in the app was waiting on ``receive()`` (a handler awaiting
+  its provider, never looking at the client), else after ``stop_grace_s``. Cancelling the outer
+  task alone would not do: ``asyncio.wait`` does not cancel what it waits on, so a Django or
+  Quart view would run on, orphaned, for as long as its generator yields.
   Never while the app is suspended inside ``send()``: Starlette's ``StreamingResponse`` does not
-  close its body iterator when ``send`` fails, so a cancellation landing there would leave the
-  app's generator suspended at its ``yield`` (and its upstream connection open) until garbage
-  collection. The stop waits for ``send()`` to return, and body chunks sent after the stream
-  ended are dropped, so the cancellation lands at the app's next await, inside its generator;
+  close its body iterator when ``send`` fails, so a stop landing there would leave the app's
+  generator suspended at its ``yield`` (and its upstream connection open) until garbage
+  collection. The stop waits for ``send()`` to return, and a ``send()`` made before the app could
+  have heard of the stop is dropped rather than failed, so the cancellation lands at the app's
+  next await, inside its generator;
 * **backpressure**: past ``max_pending_bytes`` held, the app's ``send`` of a body chunk awaits
   room, which pushes back on the app (and through it on its upstream);
 * **metrics** of :mod:`.metrics` and one log line per re-chunked stream.
@@ -34,26 +42,33 @@ Deliberate divergences from the sidecar and from a plain ASGI stack, each docume
   timeouts of proxies in between still see traffic.
 * ``X-Streamhop-Timeout-Ms`` (a sidecar deadline) is not implemented here; control headers are left
   in the scope for the app to see.
-* The watcher reads the request body one message ahead of the app (never more), so a client that
+* Header names are matched case-insensitively (RFC 9110 §5.1), in requests and in the app's
+  responses, although ASGI asks for lowercase names: Django sends ``Content-Type``.
+* The relay reads the request body one message ahead of the app (never more), so a client that
   sent ``Expect: 100-continue`` gets its ``100 Continue`` at once.
+* A ``send()`` after the app heard ``http.disconnect`` raises :class:`ClientDisconnectedError`
+  (an ``OSError``), as the ASGI spec asks servers to do; uvicorn's HTTP ``send`` returns silently
+  instead, which leaves a view orphaned by its framework streaming for nobody. An exception the
+  app raises *because* of that error (Starlette turns it into ``ClientDisconnect``) ends the
+  request quietly, like the disconnect it is; any other exception of the app is re-raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import time
 import weakref
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .asgi_receive import ReceiveRelay
 from .coalescer import Coalescer
 from .errors import ConfigError, EventTooLargeError, StreamHopError
 from .events import SSEEvent
@@ -73,7 +88,7 @@ MODEL_PEEK_BYTES: Final = 64 * 1024
 _CONTROL_PREFIX: Final = b"x-streamhop-"
 _FLUSH_HEADER: Final = b"x-streamhop-flush-interval-ms"
 _MODE_HEADER: Final = b"x-streamhop-mode"
-_DISCONNECT: Final[Message] = {"type": "http.disconnect"}
+_FINAL_BODY: Final[Message] = {"type": "http.response.body", "body": b"", "more_body": False}
 _INTERNAL_ERROR_MESSAGE: Final = "the server failed while streaming the response"
 
 # One set of metric families per registry, so several middleware instances (several apps, or a
@@ -85,8 +100,41 @@ class OptionError(ConfigError, ValueError):
     """An invalid ``StreamHopMiddleware`` option; ``key`` names it."""
 
 
+class ClientDisconnectedError(StreamHopError, OSError):
+    """The app called ``send()`` after it was told that its response is over.
+
+    Raised by the app's ``send()`` once the middleware has stopped the response and the app has
+    heard ``http.disconnect`` from ``receive()`` (or its own task has ended and another task of
+    it goes on sending). An ``OSError``, as the ASGI spec asks of servers for a ``send()`` on a
+    closed connection (uvicorn's ``ClientDisconnected`` is one too), so frameworks handle it as a
+    disconnect: Starlette turns it into ``ClientDisconnect``, Django and Quart close the view's
+    generator. The middleware never lets it, or an exception raised while handling it, escape to
+    the server.
+
+    Attributes:
+        reason: why the response stopped: ``client_disconnect``, ``stall``, ``shutdown`` or
+            ``event_too_large``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the response is over ({reason}): the app's send() can take no more")
+        self.reason = reason
+
+
 class _ControlHeaderError(StreamHopError):
     """An ``X-Streamhop-*`` request header with an unusable value (answered with 400)."""
+
+
+class _Phase(enum.Enum):
+    """Where a request is in stopping the app (see :meth:`_Responder._stop`)."""
+
+    RUNNING = "running"
+    """Not stopping."""
+    PENDING = "pending"
+    """Decided to stop; waiting for the app to leave ``send()`` to tell it."""
+    TOLD = "told"
+    """``receive()`` answers ``http.disconnect``; the app's task is cancelled, or will be when
+    its grace runs out."""
 
 
 class StreamHopMiddleware:
@@ -106,6 +154,11 @@ class StreamHopMiddleware:
             until the client has taken some (backpressure).
         stall_timeout_s: **seconds** one write to the client may take; a client that accepts
             nothing for that long is dropped and the app's handler cancelled (reason ``stall``).
+        stop_grace_s: **seconds** an app that is waiting on ``receive()`` when it is told of a
+            disconnect (``http.disconnect``) gets to stop by itself before its task is
+            cancelled. Frameworks that run the view in a child task (Django, Quart) stop within
+            milliseconds; an app that does nothing is cancelled after this. An app that is not
+            waiting on ``receive()`` is cancelled at once.
         mode: ``"coalesce"`` (merge) or ``"passthrough"`` (forward events one by one).
         format: the stream format (``openai-chat``, ``openai-responses``, ``anthropic``, ``sse``)
             or ``"auto"`` to detect it from the first event with data.
@@ -131,6 +184,7 @@ class StreamHopMiddleware:
         max_event_bytes: int = 1024 * 1024,
         max_pending_bytes: int = 1024 * 1024,
         stall_timeout_s: float = 30.0,
+        stop_grace_s: float = 1.0,
         mode: str = "coalesce",
         format: str = "auto",
         registry: CollectorRegistry | None = None,
@@ -143,6 +197,7 @@ class StreamHopMiddleware:
         self.max_event_bytes = _positive_int("max_event_bytes", max_event_bytes)
         self.max_pending_bytes = _positive_int("max_pending_bytes", max_pending_bytes)
         self.stall_timeout_s = _number("stall_timeout_s", stall_timeout_s, minimum=None)
+        self.stop_grace_s = _number("stop_grace_s", stop_grace_s, minimum=None)
         if mode not in MODES:
             raise OptionError("mode", f"expected one of {list(MODES)}, got {mode!r}")
         self.mode = mode
@@ -190,41 +245,37 @@ class StreamHopMiddleware:
 
 
 class _Responder:
-    """One HTTP request through the middleware: the app's task, the disconnect watcher, and (for
-    an SSE response) the stream pump.
+    """One HTTP request through the middleware: the app's task, the receive relay, and (for an
+    SSE response) the stream pump.
 
-    The app gets :meth:`receive` and :meth:`send`; the server's own are ``_receive`` and
-    ``_send``. Times are ``time.monotonic()`` seconds.
+    The app gets :meth:`receive` (the relay's) and :meth:`send`; the server's own are the
+    relay's reader and ``_send``. Times are ``time.monotonic()`` seconds.
     """
 
     __slots__ = (
-        "_arrived",
-        "_body_peek",
         "_cancel_detected_at",
         "_cancel_latency",
         "_cancel_reason",
         "_complete",
-        "_disconnected",
         "_ended",
         "_error_kind",
         "_flush_interval",
+        "_grace",
         "_in_send",
-        "_inbox",
         "_mw",
         "_observed",
         "_passthrough",
+        "_phase",
         "_pump",
-        "_receive",
-        "_receive_error",
         "_received_at",
+        "_relay",
         "_scope",
         "_send",
         "_send_lock",
-        "_stop_pending",
-        "_stopping",
-        "_taken",
+        "_stop_why",
         "_task",
         "_writer_error",
+        "receive",
     )
 
     def __init__(
@@ -238,31 +289,35 @@ class _Responder:
     ) -> None:
         self._mw = mw
         self._scope = scope
-        self._receive = receive
         self._send = send
         self._flush_interval = flush_interval
         self._passthrough = passthrough
         self._received_at = time.monotonic()
-        self._inbox: deque[Message] = deque()
-        self._arrived = asyncio.Event()
-        self._taken = asyncio.Event()
-        self._disconnected = False
-        self._receive_error: BaseException | None = None
-        self._body_peek: bytearray | None = bytearray() if mw.models else None
+        peek_bytes = MODEL_PEEK_BYTES if mw.models else 0
+        self._relay = relay = ReceiveRelay(receive, self._on_disconnect, peek_bytes=peek_bytes)
+        self.receive: Receive = relay.receive
+        """The app's ``receive`` (see :meth:`.ReceiveRelay.receive`)."""
         self._task: asyncio.Task[None] | None = None
         self._pump: StreamPump | None = None
         self._send_lock = asyncio.Lock()
         self._observed: StreamMetrics | None = None
         self._complete = False  # the final body message has gone (or is going) downstream
         self._ended = False  # an SSE stream took its last body (final, or ended with an error)
-        self._stopping = False  # the middleware decided to stop the app (see _stop)
-        self._stop_pending = False  # ... and waits for the app to leave send() to tell it
+        self._phase = _Phase.RUNNING
+        self._stop_why = ""  # the reason ClientDisconnectedError gives
+        self._grace: asyncio.TimerHandle | None = None  # the last-resort cancellation
         self._in_send = 0  # the app's calls suspended inside our send()
         self._cancel_reason: str | None = None
         self._cancel_detected_at: float | None = None
         self._cancel_latency: float | None = None
         self._writer_error: BaseException | None = None
         self._error_kind: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<_Responder {self._phase.value} complete={self._complete} in_send={self._in_send} "
+            f"{self._relay!r}>"
+        )
 
     # ---- the request's life
 
@@ -271,12 +326,12 @@ class _Responder:
 
         Raises:
             Whatever the app raised (after ending a started SSE stream with an error event),
-            except what the middleware caused itself by cancelling it. ``CancelledError`` when
-            the server cancelled this request (the app's task is cancelled and awaited first).
+            except what the middleware caused itself by stopping it. ``CancelledError`` when
+            the server cancelled this request (the app is stopped and awaited first).
         """
         loop = asyncio.get_running_loop()
         self._task = task = loop.create_task(self._call_app(), name="streamhop-app")
-        watcher = loop.create_task(self._watch(), name="streamhop-disconnect-watcher")
+        watcher = loop.create_task(self._relay.watch(), name="streamhop-receive-relay")
         try:
             try:
                 await asyncio.wait((task,))
@@ -290,6 +345,9 @@ class _Responder:
             finally:
                 if self._cancel_detected_at is not None:
                     self._cancel_latency = time.monotonic() - self._cancel_detected_at
+                if self._grace is not None:
+                    self._grace.cancel()
+                    self._grace = None
             await self._outcome(task)
         finally:
             watcher.cancel()
@@ -303,9 +361,9 @@ class _Responder:
     async def _outcome(self, task: asyncio.Task[None]) -> None:
         """Act on how the app's task ended (it is done)."""
         error = None if task.cancelled() else task.exception()
-        if self._stopping:
+        if self._phase is not _Phase.RUNNING:
             # We stopped it: the cancellation and the errors it caused are ours to swallow.
-            if error is None or error is self._writer_error:
+            if error is None or error is self._writer_error or _caused_by_stop(error):
                 return
             raise error
         if task.cancelled():
@@ -320,55 +378,117 @@ class _Responder:
             # The app returned without its final body: deliver what is held, then leave the
             # response unfinished, as the server would see it without the middleware.
             self._ended = True
-            try:
-                await pump.finish()
-            except Exception:
-                logger.debug("flush after an unfinished response failed", exc_info=True)
+            await self._finish(pump)
 
-    def _stop(self, reason: str | None) -> None:
-        """Stop the app: close the pump and cancel the app's task, as soon as it is not suspended
-        inside our ``send()`` (see :meth:`_deliver_stop`).
+    def _on_disconnect(self) -> None:
+        """The server said ``http.disconnect``."""
+        if self._complete:  # uvicorn says so once the response is complete: nothing to stop
+            self._relay.disconnect()
+        else:
+            self._stop("client_disconnect")
+
+    def _stop(self, reason: str | None, why: str | None = None) -> None:
+        """Stop the app: close the pump, then tell the app as soon as it is not suspended inside
+        our ``send()`` (see :meth:`_deliver_stop`).
 
         Args:
             reason: the cancellation reason for the metrics (first one wins); ``None`` when the
                 middleware ended the stream itself (an event too large).
+            why: the reason :class:`ClientDisconnectedError` gives (default: ``reason``).
         """
         if reason is not None and self._cancel_reason is None:
             self._cancel_reason = reason
             self._cancel_detected_at = time.monotonic()
         if self._pump is not None:
             self._pump.close()
-        if self._stopping:
+        if self._phase is _Phase.RUNNING:
+            self._stop_why = why or reason or "stopped"
+            if self._in_send and reason != "shutdown":
+                # Told when the app leaves send(). Not on shutdown: the server is going away,
+                # and a send() to a slow client that is still connected may not return soon.
+                self._phase = _Phase.PENDING
+                return
+        elif not (self._phase is _Phase.PENDING and reason == "shutdown"):
             return
-        self._stopping = True
-        if self._in_send and reason != "shutdown":
-            # Delivered when the app leaves send(). Not on shutdown: the server is going away,
-            # and a send() to a slow client that is still connected may not return soon.
-            self._stop_pending = True
-        else:
-            self._deliver_stop()
+        self._deliver_stop()
 
     def _deliver_stop(self) -> None:
-        """The app's ``receive()`` answers ``http.disconnect`` from now on, and its task is
-        cancelled: the cancellation lands at its next await.
+        """Tell the app: its ``receive()`` answers ``http.disconnect`` from now on, and its task
+        is cancelled at once if nothing in it waits on ``receive()``, else after
+        ``stop_grace_s`` unless it has stopped by itself by then.
 
-        Called only while the app is not suspended inside ``send()``: a streaming generator
-        (Starlette's ``StreamingResponse`` body) is then suspended at an await of its own, so
-        the cancellation runs its ``finally``/``async with`` and closes its upstream. Cancelled
-        inside ``send()``, it would stay suspended at its ``yield``, never closed until garbage
-        collection.
+        Called only while the app is not suspended inside ``send()`` (but on shutdown): a
+        streaming generator (Starlette's ``StreamingResponse`` body) is then suspended at an
+        await of its own, so the cancellation runs its ``finally``/``async with`` and closes its
+        upstream. Cancelled inside ``send()``, it would stay suspended at its ``yield``, never
+        closed until garbage collection.
         """
-        self._stop_pending = False
-        self._disconnected = True
-        self._arrived.set()
+        self._phase = _Phase.TOLD
+        relay = self._relay
+        listening = relay.waiting > 0  # read before disconnect(): the waiters have not run yet
+        relay.disconnect()
+        task = self._task
+        if task is None or task.done():
+            return
+        if listening:
+            # The app listens for the disconnect (Django and Quart wait on the view's child task
+            # and a receive() task; cancelling the outer task would orphan the view): let it
+            # stop by itself, and cancel it only if it has not by the end of the grace.
+            self._grace = asyncio.get_running_loop().call_later(
+                self._mw.stop_grace_s, self._cancel_app
+            )
+        else:
+            task.cancel()
+
+    def _cancel_app(self) -> None:
+        """The last resort: the app did not stop within ``stop_grace_s`` of being told."""
+        self._grace = None
         task = self._task
         if task is not None and not task.done():
+            logger.warning(
+                "the app did not stop within stop_grace_s=%g s of http.disconnect; cancelling it",
+                self._mw.stop_grace_s,
+            )
             task.cancel()
 
     def _left_send(self) -> None:
         self._in_send -= 1
-        if self._stop_pending and not self._in_send:
+        if self._phase is _Phase.PENDING and not self._in_send:
             self._deliver_stop()
+
+    def _after_stop(self) -> None:
+        """A ``send()`` once the middleware stopped the response: raise, or drop the message.
+
+        Raises:
+            ClientDisconnectedError: the app has heard ``http.disconnect`` from ``receive()``,
+                or its task is over (the caller is a task it left behind, e.g. a Django or
+                Quart view that its framework never cancelled).
+        """
+        if self._phase is not _Phase.TOLD:
+            return  # the app cannot know yet: it is told when it leaves send()
+        task = self._task
+        if self._relay.heard or task is None or task.done():
+            raise ClientDisconnectedError(self._stop_why)
+        # Not yet heard: the cancellation is on its way and must land at the app's next await
+        # (inside its generator), not in here; the message is dropped.
+
+    async def _finish(self, pump: StreamPump, tail: Sequence[SSEEvent] = ()) -> bool:
+        """Write what is held, then ``tail``; False when the writer failed or was stopped.
+
+        Raises:
+            CancelledError: only when the calling task itself is being cancelled.
+        """
+        try:
+            await pump.finish(tail)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            return False  # the writer was stopped (the client left): no more can be written
+        except Exception:
+            logger.debug("the final writes of the stream failed", exc_info=True)
+            return False
+        return True
 
     async def _end_with_error(self, error: BaseException) -> None:
         """The app raised: end a started SSE stream with a terminal error event."""
@@ -381,79 +501,34 @@ class _Responder:
             "the app raised %s mid-stream; ending the SSE response with an error event",
             type(error).__name__,
         )
+        if not await self._finish(
+            pump, [self._error_event("internal_error", _INTERNAL_ERROR_MESSAGE)]
+        ):
+            return  # the client is gone: the app's own exception is what goes on
+        self._complete = True
         try:
-            await pump.finish([self._error_event("internal_error", _INTERNAL_ERROR_MESSAGE)])
-            self._complete = True
-            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send(dict(_FINAL_BODY))
         except Exception:
             logger.debug("could not end the stream after an app error", exc_info=True)
-
-    # ---- receive: one reader of the server, the app fed through a one-message inbox
-
-    async def _watch(self) -> None:
-        """Read the server's ``receive`` for the app; on ``http.disconnect`` before the response
-        is complete, cancel the app."""
-        inbox = self._inbox
-        try:
-            while True:
-                message = await self._receive()
-                if message["type"] == "http.disconnect":
-                    if self._complete:  # uvicorn says so once the response is complete
-                        self._disconnected = True
-                        self._arrived.set()
-                    else:
-                        self._stop("client_disconnect")
-                    return
-                peek = self._body_peek
-                if peek is not None:
-                    self._peek(peek, message)
-                inbox.append(message)
-                self._arrived.set()
-                if message.get("more_body", False):
-                    # Read ahead of the app by one message only: the body is never buffered.
-                    while inbox:
-                        self._taken.clear()
-                        await self._taken.wait()
-        except Exception as exc:  # the server's receive failed: the app's receive raises it
-            self._receive_error = exc
-            self._arrived.set()
-
-    def _peek(self, peek: bytearray, message: Message) -> None:
-        chunk = message.get("body", b"")
-        if len(peek) + len(chunk) > MODEL_PEEK_BYTES:
-            self._body_peek = None
-        else:
-            peek += chunk
-
-    async def receive(self) -> Message:
-        """The app's ``receive``: its ``http.request`` messages in order, then
-        ``http.disconnect`` once the client is gone (or the response is complete)."""
-        inbox = self._inbox
-        while True:
-            if inbox:
-                message = inbox.popleft()
-                self._taken.set()
-                return message
-            if self._disconnected:
-                return dict(_DISCONNECT)
-            if self._receive_error is not None:
-                raise self._receive_error
-            self._arrived.clear()
-            await self._arrived.wait()
 
     # ---- send
 
     async def send(self, message: Message) -> None:
         """The app's ``send``: SSE body chunks go through the pump, the rest through as is.
 
-        SSE body chunks sent after the client left (or after the middleware ended the stream)
-        are dropped: the app's task is being cancelled, and the cancellation must land at the
-        app's next await, not in here (see :meth:`_deliver_stop`).
+        Once the middleware has stopped the response (client gone, stalled, shutdown, or an
+        event too large), messages are never passed on: they are dropped until the app can
+        have heard of it, then refused with :class:`ClientDisconnectedError`.
 
         Raises:
+            ClientDisconnectedError: the response is over and the app was told
+                (``http.disconnect`` from ``receive()``).
             Whatever the server's ``send`` raises, for messages passed through; the writer's
             error (client gone or stalled) from the final body of an SSE response.
         """
+        if self._phase is not _Phase.RUNNING:
+            self._after_stop()
+            return
         pump = self._pump
         kind = message["type"]
         if pump is None or kind != "http.response.body":
@@ -468,7 +543,7 @@ class _Responder:
             finally:
                 self._left_send()
             return
-        if self._ended or self._stopping or pump.writer.done():
+        if self._ended or pump.writer.done():
             return
         body = message.get("body", b"")
         if body:
@@ -484,7 +559,7 @@ class _Responder:
                     await self._end_early(pump, "event_too_large", str(exc))
                 finally:
                     self._left_send()
-                self._stop(None)  # the app's upstream is closed as on a disconnect
+                self._stop(None, "event_too_large")  # its upstream is closed as on a disconnect
                 return
             if (coalescer.events_in == before and body[0] == 0x3A) or pump.over_limit:
                 self._in_send += 1
@@ -505,31 +580,31 @@ class _Responder:
             message_text = "the app's SSE response ended in the middle of an event"
             logger.warning("%s", message_text)
             tail.append(self._error_event("upstream_truncated", message_text))
-        await pump.finish(tail)
+        if not await self._finish(pump, tail):
+            if self._writer_error is not None:
+                raise self._writer_error
+            self._after_stop()
+            return
         self._complete = True
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._send(dict(_FINAL_BODY))
 
     async def _start(self, message: Message) -> None:
         """``http.response.start``: begin re-chunking an SSE response, else pass it through."""
         raw = message.get("headers") or []
         if not isinstance(raw, list):  # any iterable is allowed; read it only once
             raw = message["headers"] = list(raw)
-        headers = Headers(raw=raw)
-        media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-        encoding = headers.get("content-encoding", "identity").strip().lower()
+        content_type = _header(raw, b"content-type") or b""
+        media_type = content_type.partition(b";")[0].strip().lower()
+        encoding = (_header(raw, b"content-encoding") or b"identity").strip().lower()
         if (
-            media_type != "text/event-stream"
+            media_type != b"text/event-stream"
             or self._scope["method"] == "HEAD"
-            or encoding not in ("identity", "")
+            or encoding not in (b"identity", b"")
         ):
             await self._send(message)
             return
         mw = self._mw
-        out = MutableHeaders(raw=[(bytes(k), bytes(v)) for k, v in raw])
-        del out["content-length"]
-        out.setdefault("cache-control", "no-cache")
-        out["x-accel-buffering"] = "no"
-        await self._send({**message, "headers": out.raw})
+        await self._send({**message, "headers": _sse_headers(raw)})
         self._observed = observed = StreamMetrics(mw.metrics, self._route(), self._model())
         observed.active.inc()
         coalescer = Coalescer(
@@ -575,12 +650,10 @@ class _Responder:
     async def _end_early(self, pump: StreamPump, code: str, text: str) -> None:
         """Write what is held and a terminal error event, then the final body."""
         self._ended = True
-        try:
-            await pump.finish([self._error_event(code, text)])
-        except Exception:
-            return  # the writer failed: the client is gone, cancellation follows
+        if not await self._finish(pump, [self._error_event(code, text)]):
+            return  # the writer failed: the client is gone, the stop follows
         self._complete = True
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._send(dict(_FINAL_BODY))
 
     def _error_event(self, code: str, text: str) -> SSEEvent:
         pump = self._pump
@@ -597,7 +670,7 @@ class _Responder:
         return path if isinstance(path, str) and path else DEFAULT_ROUTE_LABEL
 
     def _model(self) -> str:
-        peek = self._body_peek
+        peek = self._relay.peek
         if not peek or peek[:1] != b"{":
             return OTHER_MODEL
         try:
@@ -685,7 +758,8 @@ def _controls(raw: Iterable[tuple[bytes, bytes]]) -> tuple[float | None, str | N
     """
     flush: float | None = None
     mode: str | None = None
-    for name, value in raw:
+    for key, value in raw:
+        name = key.lower()
         if not name.startswith(_CONTROL_PREFIX):
             continue
         if name == _FLUSH_HEADER:
@@ -708,6 +782,48 @@ def _controls(raw: Iterable[tuple[bytes, bytes]]) -> tuple[float | None, str | N
                 )
             mode = text
     return flush, mode
+
+
+def _header(raw: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the first header called ``name`` (lowercase), in any case, or ``None``.
+
+    ASGI asks for lowercase header names, but HTTP field names are case-insensitive
+    (RFC 9110 §5.1) and Django sends ``Content-Type``.
+    """
+    for key, value in raw:
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
+def _sse_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers of a re-chunked SSE response: the app's, in its order and case, without
+    ``content-length`` (the body changes) and with ``cache-control: no-cache`` unless the app set
+    one, and ``x-accel-buffering: no`` (nginx must not buffer). Names compared in any case."""
+    out: list[tuple[bytes, bytes]] = []
+    cache_control = False
+    for key, value in raw:
+        name = key.lower()
+        if name in (b"content-length", b"x-accel-buffering"):
+            continue
+        if name == b"cache-control":
+            cache_control = True
+        out.append((bytes(key), bytes(value)))
+    if not cache_control:
+        out.append((b"cache-control", b"no-cache"))
+    out.append((b"x-accel-buffering", b"no"))
+    return out
+
+
+def _caused_by_stop(error: BaseException) -> bool:
+    """True when ``error`` is a :class:`ClientDisconnectedError` the middleware raised into the
+    app, an exception raised while handling one (Starlette's ``ClientDisconnect``), or a group of
+    only such exceptions."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(_caused_by_stop(e) for e in error.exceptions)
+    return any(
+        isinstance(e, ClientDisconnectedError) for e in (error, error.__cause__, error.__context__)
+    )
 
 
 def _comment_only(body: bytes) -> bool:

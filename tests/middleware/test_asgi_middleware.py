@@ -9,8 +9,11 @@ Re-chunking is checked on content (the final message the official SDKs accumulat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import random
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -20,9 +23,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CollectorRegistry
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamhop.middleware import SSEEvent, StreamHopMiddleware, encode_events
+from streamhop.middleware.asgi_middleware import ClientDisconnectedError
 
 from .accumulate import accumulate, anthropic_delta, chat_chunk, client_events
 from .conftest import FIXTURE_FORMATS, LONG_TEXT_FIXTURES, fixture_bytes, fixture_events
@@ -352,6 +357,51 @@ async def test_head_of_an_sse_route_passes_through() -> None:
 async def test_compressed_sse_passes_through() -> None:
     headers = [(b"content-type", b"text/event-stream"), (b"content-encoding", b"gzip")]
     await _plain_exchange([sse_start(headers), body(b"\x1f\x8b\x08"), dict(FINAL)])
+
+
+# ---- header names in any case (RFC 9110 §5.1; Django sends "Content-Type")
+
+
+async def test_capitalised_sse_headers_are_recognised() -> None:
+    upstream = fixture_events(CHAT_FIXTURE)
+    headers = [
+        (b"Content-Type", b"Text/Event-Stream; charset=utf-8"),
+        (b"Content-Length", b"12345"),
+        (b"Cache-Control", b"no-store"),
+        (b"X-Accel-Buffering", b"yes"),
+        (b"X-App", b"kept"),
+    ]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(sse_start(headers))
+        for event in upstream:
+            await send(body(encode_events([event])))
+            await asyncio.sleep(0.001)
+        await send(dict(FINAL))
+
+    server = Server()
+    await run(app, server, registry=CollectorRegistry())
+    assert server.sent[0]["headers"] == [
+        (b"Content-Type", b"Text/Event-Stream; charset=utf-8"),
+        (b"Cache-Control", b"no-store"),  # the app's own, not a second one
+        (b"X-App", b"kept"),
+        (b"x-accel-buffering", b"no"),
+    ]
+    assert accumulate("openai-chat", server.events) == accumulate("openai-chat", upstream)
+    assert len(server.bodies) <= len(upstream) // 2, (len(server.bodies), len(upstream))
+
+
+async def test_capitalised_content_encoding_passes_through() -> None:
+    headers = [(b"content-type", b"text/event-stream"), (b"Content-Encoding", b"GZIP")]
+    await _plain_exchange([sse_start(headers), body(b"\x1f\x8b\x08"), dict(FINAL)])
+
+
+async def test_capitalised_control_header_is_read() -> None:
+    upstream = fixture_events(CHAT_FIXTURE)
+    server = Server()
+    scope = http_scope(headers=[(b"X-Streamhop-Mode", b"passthrough")])
+    await run(events_app(upstream), server, scope, registry=CollectorRegistry())
+    assert server.events == upstream
 
 
 @pytest.mark.parametrize("scope_type", ["websocket", "lifespan"])
@@ -717,6 +767,161 @@ async def test_disconnect_while_the_server_send_waits_closes_a_plain_stream_gene
             await stream.aclose()  # type: ignore[attr-defined]
 
 
+# ---- frameworks that run the view in a child task (Django, Quart): told the ASGI way
+
+
+def child_task_app(
+    cleaned_up: list[str], errors: list[BaseException], *, listen: bool, pause_s: float = 0.01
+) -> ASGIApp:
+    """An app laid out like Django's and Quart's ASGI handlers: the view streams from a child
+    task (closing its generator when ``send`` fails, as both do), a second child listens for
+    ``http.disconnect`` (when ``listen``), and the app waits on them with ``asyncio.wait`` and
+    cancels the view once the listener returns. Cancelling the app's task does not reach the
+    children: ``asyncio.wait`` does not cancel what it waits on."""
+
+    async def upstream() -> AsyncIterator[bytes]:
+        try:
+            for i in range(100_000):
+                yield encode_events([chat_chunk({"content": f" {i}"})])
+                await asyncio.sleep(pause_s)  # the provider's next token
+        finally:
+            cleaned_up.append("upstream closed")
+
+    async def view(send: Send) -> None:
+        await send(sse_start())
+        try:
+            async with contextlib.aclosing(upstream()) as chunks:
+                async for chunk in chunks:
+                    await send(body(chunk))
+        except OSError as exc:
+            errors.append(exc)
+            return
+        await send(dict(FINAL))
+
+    async def listen_for_disconnect(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive)
+        tasks = [asyncio.create_task(view(send))]
+        if listen:
+            tasks.append(asyncio.create_task(listen_for_disconnect(receive)))
+        _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return app
+
+
+async def test_a_view_in_a_child_task_hears_the_disconnect_and_its_framework_stops_it() -> None:
+    """Django and Quart: told through ``receive()``, the framework cancels the view itself,
+    within milliseconds; cancelling the app's task (the old way) would orphan the view."""
+    registry = CollectorRegistry()
+    cleaned_up: list[str] = []
+    errors: list[BaseException] = []
+    app = child_task_app(cleaned_up, errors, listen=True)
+    server = Server()
+    # A grace far longer than the bound below: the app must stop by itself, not be cancelled.
+    task = asyncio.create_task(run(app, server, registry=registry, stop_grace_s=60.0))
+    await wait_until(lambda: len(server.bodies) >= 2)
+    server.disconnect.set()
+    await wait_until(lambda: bool(cleaned_up), timeout_s=2.0)
+    async with asyncio.timeout(2.0):
+        await task
+    assert cleaned_up == ["upstream closed"]
+    assert errors == []  # cancelled by its framework, before it sent again
+    labels = {"route": "asgi", "model": "other"}
+    assert (
+        sample(registry, "streamhop_cancellations_total", **labels, reason="client_disconnect") == 1
+    )
+    assert sample(registry, "streamhop_streams_active", route="asgi") == 0
+
+
+async def test_a_view_its_framework_leaves_running_gets_an_oserror_from_send() -> None:
+    """A framework that never listens: its task is cancelled at once, the view in its child
+    task runs on, and its next ``send()`` raises an ``OSError`` (as the ASGI spec asks of
+    servers) instead of returning silently, so it closes its generator."""
+    cleaned_up: list[str] = []
+    errors: list[BaseException] = []
+    app = child_task_app(cleaned_up, errors, listen=False)
+    server = Server()
+    task = asyncio.create_task(run(app, server, registry=CollectorRegistry()))
+    await wait_until(lambda: len(server.bodies) >= 2)
+    server.disconnect.set()
+    await wait_until(lambda: bool(cleaned_up), timeout_s=2.0)
+    await task
+    assert cleaned_up == ["upstream closed"]
+    (error,) = errors
+    assert isinstance(error, ClientDisconnectedError) and isinstance(error, OSError)
+    assert error.reason == "client_disconnect"
+
+
+async def test_receive_answers_disconnect_to_a_pending_and_every_later_call() -> None:
+    """The raw ASGI contract after a disconnect: ``receive()`` says ``http.disconnect`` (the
+    call already waiting, and every later one), then ``send()`` raises ``OSError``."""
+    heard: list[str] = []
+    refused: list[BaseException] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive)
+        await send(sse_start())
+        await send(body(encode_events([chat_chunk({"content": "Hi"})])))
+        heard.append((await receive())["type"])  # waiting when the client leaves
+        heard.append((await receive())["type"])
+        heard.append((await receive())["type"])
+        try:
+            await send(body(encode_events([chat_chunk({"content": " there"})])))
+        except OSError as exc:
+            refused.append(exc)
+            raise
+
+    server = Server()
+    task = asyncio.create_task(run(app, server, registry=CollectorRegistry()))
+    await wait_until(lambda: len(server.bodies) == 1)
+    server.disconnect.set()
+    await task  # the OSError the app re-raised is the disconnect, not an app failure
+    assert heard == ["http.disconnect"] * 3
+    (error,) = refused
+    assert isinstance(error, ClientDisconnectedError)
+    assert len(server.bodies) == 1
+
+
+async def test_an_app_that_hears_the_disconnect_and_does_nothing_is_cancelled_after_grace() -> None:
+    """The last resort: the app is listening (so it gets its chance), but does not stop."""
+    heard: list[str] = []
+    stopped: list[float] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive)
+        await send(sse_start())
+
+        async def listen() -> None:
+            heard.append((await receive())["type"])
+
+        listener = asyncio.create_task(listen())
+        await asyncio.sleep(0)  # the listener runs up to its receive()
+        await send(body(encode_events([chat_chunk({"content": "Hi"})])))
+        try:
+            await asyncio.Event().wait()  # its upstream, forever
+        finally:
+            stopped.append(time.monotonic())
+            await listener
+
+    server = Server()
+    task = asyncio.create_task(run(app, server, registry=CollectorRegistry(), stop_grace_s=0.2))
+    await wait_until(lambda: len(server.events) == 1)
+    told_at = time.monotonic()
+    server.disconnect.set()
+    async with asyncio.timeout(5):
+        await task
+    assert heard == ["http.disconnect"]
+    (stopped_at,) = stopped
+    assert stopped_at - told_at >= 0.15  # not before the grace ran out
+
+
 # ---- backpressure and stalls
 
 
@@ -809,6 +1014,35 @@ async def test_app_exception_mid_stream_ends_with_an_error_event_then_is_reraise
     )
 
 
+async def test_app_error_while_the_client_leaves_is_reraised_not_a_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """sse-starlette gives up on a slow client (``send_timeout``) and raises; the middleware
+    is writing the error event when the client leaves: the server must see the app's
+    exception, not a ``CancelledError`` from the middleware's stopped writer."""
+    app = FastAPI()
+
+    @app.get("/events")
+    async def events() -> EventSourceResponse:
+        async def gen() -> AsyncIterator[dict[str, str]]:
+            for i in range(100_000):
+                yield {"data": f"{i:0100d}"}
+
+        return EventSourceResponse(gen(), send_timeout=0.05)
+
+    app.add_middleware(
+        StreamHopMiddleware, registry=CollectorRegistry(), format="sse", max_pending_bytes=1000
+    )
+    server = Server(gate=asyncio.Event())  # a client that reads nothing
+    task = asyncio.create_task(app(http_scope("GET", "/events"), server.receive, server.send))
+    with caplog.at_level(logging.WARNING, logger="streamhop.middleware.asgi_middleware"):
+        await wait_until(lambda: any("mid-stream" in r.getMessage() for r in caplog.records))
+    server.disconnect.set()  # ... and now it leaves, while the error event waits to be written
+    with pytest.raises(SendTimeoutError):
+        async with asyncio.timeout(5):
+            await task
+
+
 async def test_app_exception_before_the_response_is_reraised_untouched() -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise LookupError("no such model")
@@ -870,6 +1104,8 @@ async def test_stream_ending_inside_an_event_gets_a_truncation_error() -> None:
         ("max_pending_bytes", 1.5),
         ("stall_timeout_s", 0),
         ("stall_timeout_s", float("inf")),
+        ("stop_grace_s", 0),
+        ("stop_grace_s", -1.0),
         ("mode", "fast"),
         ("format", "openai"),
         ("registry", object()),
@@ -894,6 +1130,7 @@ def test_defaults() -> None:
     assert (mw.flush_interval_ms, mw.max_flush_bytes, mw.max_event_bytes) == (20.0, 16384, 1 << 20)
     assert (mw.max_pending_bytes, mw.stall_timeout_s, mw.mode) == (1 << 20, 30.0, "coalesce")
     assert (mw.format, mw.models, mw.route_label) == ("auto", frozenset(), None)
+    assert mw.stop_grace_s == 1.0
 
 
 def test_instances_share_one_registry() -> None:
