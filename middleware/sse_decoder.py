@@ -8,7 +8,10 @@ ignored. Shaped like h11: :meth:`SSEDecoder.receive_data` takes bytes (``b""`` m
 
 Bytes are decoded only once a line is complete. Line terminators are ASCII and never occur inside
 a multi-byte UTF-8 sequence, so a code point split across reads is never decoded early and no
-U+FFFD is produced by framing.
+U+FFFD is produced by framing. Invalid UTF-8 is not replaced either: it is decoded with the
+``surrogateescape`` error handler (PEP 383), so the encoder writes the very bytes that came (a
+browser then replaces them itself, as it would without a proxy). Such data is never valid JSON
+(orjson refuses lone surrogates), so the event is forwarded verbatim, never merged.
 
 Deliberate divergences from the spec, each because streamhop is a proxy, not a browser:
 
@@ -213,15 +216,15 @@ class SSEDecoder:
                 self._lines(block + b"\n\n")
                 continue
             if block.startswith(b"data: ") and b"\n" not in block:
-                ready.append(SSEEvent(block[6:].decode("utf-8", "replace"), None, None, None, size))
+                ready.append(SSEEvent(block[6:].decode("utf-8", "surrogateescape"), None, None, None, size))
                 continue
             if block.startswith(b"event: "):
                 nl = block.find(b"\n")
                 if nl > 0 and block.startswith(b"data: ", nl + 1) and block.find(b"\n", nl + 1) < 0:
                     ready.append(
                         SSEEvent(
-                            block[nl + 7 :].decode("utf-8", "replace"),
-                            block[7:nl].decode("utf-8", "replace"),
+                            block[nl + 7 :].decode("utf-8", "surrogateescape"),
+                            block[7:nl].decode("utf-8", "surrogateescape"),
                             None,
                             None,
                             size,
@@ -284,9 +287,9 @@ class SSEDecoder:
             SSEEvent(
                 data=None
                 if data is None
-                else (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace"),
-                event=None if event is None else event.decode("utf-8", "replace"),
-                id=None if ident is None else ident.decode("utf-8", "replace"),
+                else (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "surrogateescape"),
+                event=None if event is None else event.decode("utf-8", "surrogateescape"),
+                id=None if ident is None else ident.decode("utf-8", "surrogateescape"),
                 retry=self._retry,
                 wire_size=size,
             )

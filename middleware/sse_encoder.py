@@ -60,10 +60,12 @@ def encode_event(event: SSEEvent) -> str:
 def encode_events(events: Iterable[SSEEvent]) -> bytes:
     """Encode several events into one UTF-8 body chunk (one downstream write).
 
+    Surrogate escapes (invalid UTF-8 the decoder kept, PEP 383) become their original bytes.
+
     Raises:
         ValueError: as :func:`encode_event`.
     """
-    return "".join([encode_event(e) for e in events]).encode("utf-8")
+    return "".join([encode_event(e) for e in events]).encode("utf-8", "surrogateescape")
 
 
 def _check_line(field: str, value: str) -> None:

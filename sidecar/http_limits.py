@@ -38,6 +38,9 @@ class _HeadLimitExceeded(Exception):
     """Raised from a parser callback to stop parsing; answered with 431."""
 
 
+LINGER_S = 2.0
+"""Seconds a refused connection is kept half-closed, dropping input, before it is closed."""
+
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -51,9 +54,12 @@ def limited_httptools_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             super().__init__(*args, **kwargs)
             self._head_bytes = 0
             self._head_fields = 0
+            self._head_size = 0
             self._in_head = True
             self._head_timer: asyncio.TimerHandle | None = None
             self._over_limit = False
+            self._discarding = False
+            self._linger: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -61,9 +67,19 @@ def limited_httptools_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._linger is not None:
+                self._linger.cancel()
             super().connection_lost(exc)
 
+        def eof_received(self) -> None:
+            if self._discarding:
+                self.transport.close()
+                return
+            super().eof_received()
+
         def data_received(self, data: bytes) -> None:
+            if self._discarding:
+                return  # lingering close: read and drop what the refused client still sends
             if self._in_head:
                 if self._head_bytes > limits.max_header_bytes:
                     self._refuse(431, "request head is over max_header_bytes")
@@ -75,7 +91,7 @@ def limited_httptools_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
 
         def send_400_response(self, msg: str) -> None:
             if self._over_limit:
-                self._refuse(431, "too many header fields (max_headers)")
+                self._refuse(431, "request head over max_headers or max_header_bytes")
                 return
             super().send_400_response(msg)
 
@@ -83,10 +99,19 @@ def limited_httptools_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             super().on_message_begin()
             self._in_head = True
             self._head_fields = 0
+            self._head_size = 0
+
+        def on_url(self, url: bytes) -> None:
+            self._head_size += len(url)
+            if self._head_size > limits.max_header_bytes:
+                self._over_limit = True
+                raise _HeadLimitExceeded
+            super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._head_fields += 1
-            if self._head_fields > limits.max_headers:
+            self._head_size += len(name) + len(value) + 4
+            if self._head_fields > limits.max_headers or self._head_size > limits.max_header_bytes:
                 self._over_limit = True
                 raise _HeadLimitExceeded
             super().on_header(name, value)
@@ -131,8 +156,14 @@ def limited_httptools_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                 % (status, _REASONS[status], len(body), body)
             )
-            self.transport.close()
             self._in_head = False
             self._disarm()
+            # Lingering close (as nginx's lingering_close): closing with unread bytes in the
+            # receive buffer would reset the connection and could destroy the answer before
+            # the client reads it. Half-close, drop what still comes, close at EOF or later.
+            self._discarding = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._linger = self.loop.call_later(LINGER_S, self.transport.close)
 
     return LimitedHttpToolsProtocol

@@ -143,7 +143,14 @@ def event_frame(event: SSEEvent) -> str:
         parsed = orjson.loads(data) if data is not None else None
     except orjson.JSONDecodeError:
         parsed = data
-    return orjson.dumps({"type": "event", "event": event.event, "data": parsed}).decode()
+        if data is not None and not data.isascii():
+            # Invalid UTF-8 kept by the decoder (surrogate escapes): a JSON text frame must be
+            # valid Unicode, so here, and only here, it becomes U+FFFD as a browser would show.
+            parsed = data.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    name = event.event
+    if name is not None and not name.isascii():
+        name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return orjson.dumps({"type": "event", "event": name, "data": parsed}).decode()
 
 
 def done_frame(reason: str) -> str:

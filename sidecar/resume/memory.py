@@ -64,7 +64,7 @@ class _Writer:
         self._seq = seq
         if not log.full:
             for event in stamped:
-                data = encode_event(event).encode()
+                data = encode_event(event).encode("utf-8", "surrogateescape")
                 log.events.append(data)
                 log.size += len(data)
             if log.size > self._store.max_stream_bytes:

@@ -78,7 +78,7 @@ class _Writer:
         if not (self._dead or self._full):
             pending = self._pending
             for i, event in enumerate(stamped, self._seq + 1):
-                data = encode_event(event).encode()
+                data = encode_event(event).encode("utf-8", "surrogateescape")
                 self._size += len(data)
                 if self._size > self._store.max_stream_bytes:
                     self._full = True
