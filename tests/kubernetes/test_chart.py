@@ -412,3 +412,40 @@ def test_streamhop_serve_starts_from_the_all_on_config_after_the_init_container(
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k2")
     monkeypatch.setenv("STREAMHOP_RESUME_BINDING_KEY", "a-long-random-string")
     assert_serves(serve_rendered(written, tmp_path))
+
+
+# --- the chart's README --------------------------------------------------------------------------
+
+OPAQUE = {
+    "strategy",
+    "podSecurityContext",
+    "securityContext",
+    "resources",
+    "autoscaling.behavior",
+    "probes.startup",
+    "probes.readiness",
+    "probes.liveness",
+    "config.routes",
+}
+"""Values documented as one object rather than key by key."""
+
+
+def value_paths(values: Any, prefix: str = "") -> Iterator[str]:
+    if (
+        isinstance(values, dict)
+        and values
+        and prefix not in OPAQUE
+        and not prefix.endswith("labels")
+    ):
+        for key, value in values.items():
+            yield from value_paths(value, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix
+
+
+def test_readme_lists_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([^`]+)` \|", readme, flags=re.M))
+    paths = set(value_paths(yaml.safe_load((CHART / "values.yaml").read_text())))
+    assert paths - documented == set()
+    assert documented - paths == set()
