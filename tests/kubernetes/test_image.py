@@ -222,6 +222,9 @@ def test_the_image_builds_runs_as_non_root_and_drains_on_sigterm(
         if run.poll() is None:
             run.kill()
             run.wait()
+        for pipe in (run.stdout, run.stderr):
+            if pipe is not None:
+                pipe.close()
     # Read-only root: the process wrote nothing outside /tmp (buildah's own files aside).
     own = {"etc/hosts", "etc/resolv.conf", "etc/hostname", "run/.containerenv"}
     newer = time.time()
