@@ -32,8 +32,8 @@ FROM ${BASE}
 ARG UID=10001
 # A default config for `docker run`: listen on every interface, one route. The Helm chart mounts
 # its own over /etc/streamhop.
-RUN groupadd --system --gid "${UID}" streamhop \
- && useradd --system --no-log-init --uid "${UID}" --gid "${UID}" --home-dir /nonexistent \
+RUN groupadd --gid "${UID}" streamhop \
+ && useradd --no-log-init --uid "${UID}" --gid "${UID}" --home-dir /nonexistent \
       --no-create-home --shell /usr/sbin/nologin streamhop \
  && mkdir -p /etc/streamhop \
  && printf '%s\n' \
