@@ -22,6 +22,7 @@ from typing import Final
 
 from .events import SSEEvent
 from .formats import MALFORMED, Format, Kind, MergeGroup, detect_format, get_format
+from .formats.base import Content
 from .formats.usage import usage_of
 
 DEFAULT_FLUSH_INTERVAL: Final = 0.020
@@ -57,6 +58,7 @@ class Coalescer:
         "events_in",
         "events_out",
         "first_content_at",
+        "first_tool_args_at",
         "malformed",
         "pending_bytes",
         "terminal_seen",
@@ -95,6 +97,8 @@ class Coalescer:
         """True once a content event (text, reasoning, tool-call data) was pushed."""
         self.first_content_at: float | None = None
         """``now`` of the first content event, in the caller's clock (seconds)."""
+        self.first_tool_args_at: float | None = None
+        """``now`` of the first non-empty tool-call argument fragment (seconds)."""
         self.terminal_seen = False
         """True once the format's terminal event (``[DONE]``, ``message_stop``,
         ``response.completed``, an error event) was pushed."""
@@ -130,10 +134,14 @@ class Coalescer:
         if parsed is MALFORMED:
             self.malformed += 1
         flush = kind is Kind.FLUSH or self._passthrough
-        if content and not self.content_seen:
-            self.content_seen = True
-            self.first_content_at = now
-            flush = True
+        if content:
+            if not self.content_seen:
+                self.content_seen = True
+                self.first_content_at = now
+                flush = True
+            if content == Content.TOOL_ARGS and self.first_tool_args_at is None:
+                self.first_tool_args_at = now
+                flush = True
         if kind is Kind.FLUSH:
             if fmt.is_terminal(event):
                 self.terminal_seen = True

@@ -78,6 +78,14 @@ class Metrics:
             buckets=TTFT_BUCKETS,
             registry=r,
         )
+        self.tool_args = Histogram(
+            "streamhop_time_to_first_tool_argument_seconds",
+            "Request received by streamhop to the first tool-call argument byte handed to the "
+            "client (streams that call a tool).",
+            rm,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
         self.inter_chunk = Histogram(
             "streamhop_inter_chunk_seconds",
             "Gap between consecutive downstream writes of one stream.",
@@ -239,6 +247,9 @@ class StreamMetrics:
 
     def upstream_ttft(self, seconds: float) -> None:
         self.metrics.upstream_ttft.labels(self.route, self.model).observe(seconds)
+
+    def time_to_first_tool_argument(self, seconds: float) -> None:
+        self.metrics.tool_args.labels(self.route, self.model).observe(seconds)
 
     def duration(self, seconds: float) -> None:
         self.metrics.duration.labels(self.route, self.model).observe(seconds)

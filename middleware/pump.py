@@ -124,6 +124,8 @@ class StreamPump:
         """``time.monotonic()`` when the first write completed."""
         self.first_content_write_at: float | None = None
         """``time.monotonic()`` when the write holding the first content event began."""
+        self.first_tool_args_write_at: float | None = None
+        """``time.monotonic()`` when the write holding the first tool-argument fragment began."""
         self.writer = self._loop.create_task(self._write_loop(), name="streamhop-writer")
         """The writer task: done when the stream is fully written, or failed."""
 
@@ -311,6 +313,8 @@ class StreamPump:
             observer.flush_overhead(start - begin)
         if self.first_content_write_at is None and self.coalescer.content_seen:
             self.first_content_write_at = start
+        if self.first_tool_args_write_at is None and self.coalescer.first_tool_args_at is not None:
+            self.first_tool_args_write_at = start
         self._writing_since = start
         if self._watchdog is None:
             self._watchdog = self._loop.call_later(self._stall, self._check_stall)

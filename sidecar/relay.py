@@ -214,6 +214,7 @@ def collect(record: StreamRecord, pump: StreamPump | None) -> None:
     record.bytes_in = pump.bytes_in
     record.bytes_out = pump.bytes_out
     record.first_content_sent_at = pump.first_content_write_at
+    record.first_tool_args_sent_at = pump.first_tool_args_write_at
     record.upstream_first_content_at = coalescer.first_content_at
     record.usage_input_tokens = coalescer.usage_input_tokens
     record.usage_output_tokens = coalescer.usage_output_tokens

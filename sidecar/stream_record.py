@@ -37,6 +37,7 @@ class StreamRecord:
     upstream_headers_at: float | None = None
     upstream_first_content_at: float | None = None
     first_content_sent_at: float | None = None
+    first_tool_args_sent_at: float | None = None
     finished_at: float | None = None
     events_in: int = 0
     events_out: int = 0
@@ -59,6 +60,8 @@ def observe_end(observed: StreamMetrics, record: StreamRecord) -> None:
         observed.request_overhead(record.upstream_request_at - record.received_at)
     if record.first_content_sent_at is not None:
         observed.ttft(record.first_content_sent_at - record.received_at)
+    if record.first_tool_args_sent_at is not None:
+        observed.time_to_first_tool_argument(record.first_tool_args_sent_at - record.received_at)
     if record.upstream_first_content_at is not None and record.upstream_request_at is not None:
         observed.upstream_ttft(record.upstream_first_content_at - record.upstream_request_at)
     if record.finished_at is not None:

@@ -17,13 +17,18 @@ from __future__ import annotations
 from typing import Final, cast
 
 from ..events import SSEEvent
-from .base import Kind, json_type, parse_object
+from .base import Content, Kind, json_type, parse_object
 from .field_group import FieldGroup, FieldParsed
 
 _DELTA_FIELDS: Final = {
     "text_delta": "text",
     "input_json_delta": "partial_json",
     "thinking_delta": "thinking",
+}
+_CONTENT: Final = {
+    "text": Content.TEXT,
+    "partial_json": Content.TOOL_ARGS,
+    "thinking": Content.TEXT,
 }
 _TOP_SKIP: Final = frozenset(("delta",))
 
@@ -39,7 +44,7 @@ class AnthropicFormat:
         kind = event.event or json_type(event)
         return kind in ("message_stop", "error")
 
-    def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
+    def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """See :meth:`streamhop.middleware.formats.base.Format.classify`."""
         obj = parse_object(event)
         if type(obj) is not dict:
@@ -55,7 +60,9 @@ class AnthropicFormat:
         text = delta.get(field)
         if type(text) is not str:
             return Kind.FLUSH, False, None
-        return Kind.DELTA, bool(text), (obj, field, text)
+        if not text:
+            return Kind.DELTA, Content.NONE, (obj, field, text)
+        return Kind.DELTA, _CONTENT[field], (obj, field, text)
 
     def open_group(self, event: SSEEvent, parsed: object) -> FieldGroup:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""

@@ -31,6 +31,17 @@ class Kind(IntEnum):
     FLUSH = 2
 
 
+class Content(IntEnum):
+    """What an event carries for time-to-first-token: the second item of ``classify``'s result
+    (any true value is content; plain ``bool`` is accepted too)."""
+
+    NONE = 0
+    TEXT = 1
+    """Text, reasoning, refusal (or any content whose kind is not told apart)."""
+    TOOL_ARGS = 2
+    """A non-empty tool-call argument fragment (its first one is timed on its own)."""
+
+
 class MergeGroup(Protocol):
     """Consecutive deltas merged into one event.
 
@@ -52,12 +63,14 @@ class Format(Protocol):
 
     name: str
 
-    def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
+    def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """Classify one event.
 
         Returns:
-            ``(kind, is_content, parsed)``: ``is_content`` is true when the event carries text,
-            reasoning or tool-call arguments (counts for TTFT); ``parsed`` is the decoded JSON
+            ``(kind, is_content, parsed)``: ``is_content`` is true when the event carries
+            non-empty text, reasoning or tool-call arguments (counts for TTFT; a tool call's
+            id and name with empty arguments do not), :attr:`Content.TOOL_ARGS` for arguments;
+            ``parsed`` is the decoded JSON
             for a ``DELTA`` (handed back to :meth:`open_group` / :meth:`MergeGroup.add`), else
             ``None``. Malformed JSON is never an exception: such an event is ``FLUSH`` with
             ``parsed`` set to :data:`MALFORMED` so it is forwarded verbatim and counted.

@@ -28,7 +28,7 @@ from typing import Any, Final, cast
 import orjson
 
 from ..events import SSEEvent
-from .base import Kind, parse_object
+from .base import Content, Kind, parse_object
 from .field_group import same_except
 
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "reasoning", "refusal")
@@ -62,7 +62,7 @@ class OpenAIChatFormat:
         obj = parse_object(event)
         return type(obj) is dict and obj.get("error") is not None and "choices" not in obj
 
-    def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
+    def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """See :meth:`streamhop.middleware.formats.base.Format.classify`."""
         if event.data == "[DONE]":
             return Kind.FLUSH, False, None
@@ -74,7 +74,7 @@ class OpenAIChatFormat:
             return Kind.FLUSH, _has_content(choices), None
         slots: list[Slot] = []
         strings: list[str] = []
-        content = False
+        content: Content | bool = False
         unknown = False
         for pos, choice in enumerate(choices):
             if type(choice) is not dict or choice.get("finish_reason") is not None:
@@ -90,7 +90,7 @@ class OpenAIChatFormat:
                     if type(value) is not str:
                         return Kind.FLUSH, False, None
                     if value:
-                        content = True
+                        content = Content.TEXT
                         slots.append((pos, key))
                         strings.append(value)
                 elif key == "tool_calls":
@@ -100,9 +100,11 @@ class OpenAIChatFormat:
                         args = _continued_arguments(call)
                         if args is None:
                             # A new tool call (id/name) or a shape we do not know: a boundary.
-                            return Kind.FLUSH, True, None
+                            # Content only if it already carries argument text (an id, a name
+                            # and `arguments: ""` are not: the first argument byte is TTFT).
+                            return Kind.FLUSH, _has_content(choices), None
                         if args:
-                            content = True
+                            content = content or Content.TOOL_ARGS
                         slots.append((pos, tpos))
                         strings.append(args)
                 elif key == "role":
@@ -138,21 +140,29 @@ def _continued_arguments(call: object) -> str | None:
     return args if type(args) is str else None
 
 
-def _has_content(choices: object) -> bool:
-    """True when any choice of a boundary chunk carries text or tool-call data."""
+def _has_content(choices: object) -> Content:
+    """What a boundary chunk carries: :attr:`Content.TEXT` for non-empty text in any choice,
+    else :attr:`Content.TOOL_ARGS` for a non-empty tool-call ``arguments`` fragment, else
+    :attr:`Content.NONE` (a tool call's id and name alone are not content)."""
     if type(choices) is not list:
-        return False
+        return Content.NONE
+    found = Content.NONE
     for choice in choices:
         delta = choice.get("delta") if type(choice) is dict else None
         if type(delta) is not dict:
             continue
-        if delta.get("tool_calls"):
-            return True
         for field in _TEXT_FIELDS:
             text = delta.get(field)
             if type(text) is str and text:
-                return True
-    return False
+                return Content.TEXT
+        calls = delta.get("tool_calls")
+        if type(calls) is list:
+            for call in calls:
+                function = call.get("function") if type(call) is dict else None
+                args = function.get("arguments") if type(function) is dict else None
+                if type(args) is str and args:
+                    found = Content.TOOL_ARGS
+    return found
 
 
 _CALL_SKIP: Final = frozenset(("function",))

@@ -17,20 +17,20 @@ from __future__ import annotations
 from typing import Final, cast
 
 from ..events import SSEEvent
-from .base import Kind, json_type, parse_object
+from .base import Content, Kind, json_type, parse_object
 from .field_group import FieldGroup, FieldParsed
 
-# delta event type -> whether its text counts as content for TTFT
+# delta event type -> what its (non-empty) text counts as for TTFT
 _DELTA_TYPES: Final = {
-    "response.output_text.delta": True,
-    "response.refusal.delta": True,
-    "response.reasoning_text.delta": True,
-    "response.reasoning_summary_text.delta": True,
-    "response.function_call_arguments.delta": True,
-    "response.custom_tool_call_input.delta": True,
-    "response.mcp_call_arguments.delta": True,
-    "response.code_interpreter_call_code.delta": True,
-    "response.audio.transcript.delta": False,
+    "response.output_text.delta": Content.TEXT,
+    "response.refusal.delta": Content.TEXT,
+    "response.reasoning_text.delta": Content.TEXT,
+    "response.reasoning_summary_text.delta": Content.TEXT,
+    "response.function_call_arguments.delta": Content.TOOL_ARGS,
+    "response.custom_tool_call_input.delta": Content.TOOL_ARGS,
+    "response.mcp_call_arguments.delta": Content.TOOL_ARGS,
+    "response.code_interpreter_call_code.delta": Content.TOOL_ARGS,
+    "response.audio.transcript.delta": Content.NONE,
 }
 _SKIP: Final = frozenset(("delta", "sequence_number", "logprobs", "obfuscation"))
 _LAST_WINS: Final = ("sequence_number",)
@@ -52,7 +52,7 @@ class OpenAIResponsesFormat:
         kind = event.event or json_type(event)
         return kind in _TERMINAL
 
-    def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
+    def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """See :meth:`streamhop.middleware.formats.base.Format.classify`."""
         obj = parse_object(event)
         if type(obj) is not dict:
@@ -63,7 +63,7 @@ class OpenAIResponsesFormat:
         text = obj.get("delta")
         if type(text) is not str:
             return Kind.FLUSH, False, None
-        return Kind.DELTA, content and bool(text), (obj, "delta", text)
+        return Kind.DELTA, content if text else Content.NONE, (obj, "delta", text)
 
     def open_group(self, event: SSEEvent, parsed: object) -> FieldGroup:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""

@@ -7,7 +7,7 @@ it came; the first event goes out at once like a first token.
 from __future__ import annotations
 
 from ..events import SSEEvent
-from .base import Kind, MergeGroup
+from .base import Content, Kind, MergeGroup
 
 
 class PlainSSEFormat:
@@ -16,7 +16,7 @@ class PlainSSEFormat:
     name = "sse"
     has_terminal = False
 
-    def classify(self, event: SSEEvent) -> tuple[Kind, bool, object]:
+    def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """Every event with data is ``HOLD`` and counts as content; blocks without data flush."""
         if event.data is None:
             return Kind.FLUSH, False, None

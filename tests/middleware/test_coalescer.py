@@ -89,9 +89,20 @@ def test_nothing_held() -> None:
             chat_chunk({"content": "Hi"}),
         ),
         (
+            # A tool call's announcement (id, name, arguments "") is not content: the first
+            # argument byte is, and it is not held a window behind the announcement.
+            "openai-chat",
+            [
+                chat_chunk({"role": "assistant", "content": None}),
+                chat_chunk({"tool_calls": [tool_start(0, "lookup")]}),
+                chat_chunk({"tool_calls": [tool_args(0, "")]}),
+            ],
+            chat_chunk({"tool_calls": [tool_args(0, '{"q')]}),
+        ),
+        (
             "openai-chat",
             [chat_chunk({"role": "assistant", "content": None})],
-            chat_chunk({"tool_calls": [tool_start(0, "lookup")]}),
+            chat_chunk({"tool_calls": [tool_start(0, "lookup", '{"q":')]}),
         ),
         (
             "openai-chat",
@@ -125,7 +136,14 @@ def test_nothing_held() -> None:
             responses_event({"type": "response.output_text.delta", "delta": "The"}),
         ),
     ],
-    ids=["chat-text", "chat-tool-call", "chat-reasoning", "anthropic-json", "responses-text"],
+    ids=[
+        "chat-text",
+        "chat-tool-args",
+        "chat-tool-call-with-args",
+        "chat-reasoning",
+        "anthropic-json",
+        "responses-text",
+    ],
 )
 def test_first_content_event_is_due_at_once(
     format_name: str, before: list[SSEEvent], first: SSEEvent
@@ -533,3 +551,21 @@ async def test_pump_slow_but_progressing_writes_are_not_a_stall() -> None:
         await asyncio.sleep(0.03)
     await asyncio.wait_for(pump.finish(), timeout=10)
     assert b"".join(written) == b"".join(b"data: %d\n\n" % i for i in range(8))
+
+
+def test_first_tool_argument_fragment_is_due_at_once_and_timed() -> None:
+    """Text first, then a tool call: the first argument byte is not held a window either."""
+    coalescer = Coalescer(format="openai-chat", flush_interval=10.0)
+    coalescer.push(chat_chunk({"role": "assistant", "content": "Let me look"}), 0.0)
+    coalescer.take()
+    coalescer.push(chat_chunk({"tool_calls": [tool_start(0, "lookup")]}), 0.1)
+    coalescer.take()
+    coalescer.push(chat_chunk({"tool_calls": [tool_args(0, "")]}), 0.2)
+    assert coalescer.first_tool_args_at is None
+    assert not coalescer.due(0.2)
+    coalescer.push(chat_chunk({"tool_calls": [tool_args(0, '{"q')]}), 0.3)
+    assert coalescer.first_tool_args_at == 0.3
+    assert coalescer.due(0.3)
+    coalescer.take()
+    coalescer.push(chat_chunk({"tool_calls": [tool_args(0, '": 1}')]}), 0.4)
+    assert not coalescer.due(0.4)  # later fragments wait for the window as usual

@@ -16,6 +16,7 @@ from streamhop.middleware import (
     get_format,
 )
 from streamhop.middleware.formats import MALFORMED, Kind
+from streamhop.middleware.formats.base import Content
 
 from .accumulate import (
     accumulate,
@@ -49,7 +50,7 @@ def loads(event: SSEEvent) -> Any:
 
 def classify(format_name: str, event: SSEEvent) -> tuple[Kind, bool]:
     kind, content, _ = get_format(format_name).classify(event)
-    return kind, content
+    return kind, bool(content)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,9 +122,17 @@ def test_detection_waits_for_an_event_with_data() -> None:
 CHAT_CASES: list[tuple[str, SSEEvent, Kind, bool]] = [
     ("role chunk", chat_chunk({"role": "assistant", "content": ""}), Kind.FLUSH, False),
     ("role chunk with text", chat_chunk({"role": "assistant", "content": "Hi"}), Kind.FLUSH, True),
+    # An announcement (id/name, arguments "") is a boundary but not content: the first
+    # argument byte is the tool call's first token (issue: tool arguments never held).
     (
         "tool-call start",
         chat_chunk({"tool_calls": [tool_start(0, "get_weather")]}),
+        Kind.FLUSH,
+        False,
+    ),
+    (
+        "tool-call start with arguments",
+        chat_chunk({"tool_calls": [tool_start(0, "get_weather", '{"city"')]}),
         Kind.FLUSH,
         True,
     ),
@@ -131,13 +140,13 @@ CHAT_CASES: list[tuple[str, SSEEvent, Kind, bool]] = [
         "tool-call start without name",
         chat_chunk({"tool_calls": [{"index": 1, "id": "call_9", "function": {"arguments": ""}}]}),
         Kind.FLUSH,
-        True,
+        False,
     ),
     (
         "tool-call name without id",
         chat_chunk({"tool_calls": [{"index": 1, "function": {"name": "f", "arguments": ""}}]}),
         Kind.FLUSH,
-        True,
+        False,
     ),
     ("finish_reason", chat_chunk({}, "stop"), Kind.FLUSH, False),
     ("finish_reason with text", chat_chunk({"content": "."}, "length"), Kind.FLUSH, True),
@@ -764,3 +773,25 @@ def test_plain_sse_events_are_batched_never_rewritten() -> None:
     assert not coalescer.due(deadline - 1e-6)
     assert coalescer.due(deadline)
     assert coalescer.take() == events[1:]
+
+
+@pytest.mark.parametrize(
+    ("format_name", "event"),
+    [
+        ("openai-chat", chat_chunk({"tool_calls": [tool_args(0, '{"q')]})),
+        ("openai-chat", chat_chunk({"tool_calls": [tool_start(0, "f", '{"q')]})),
+        ("anthropic", anthropic_delta(0, "input_json_delta", '{"q')),
+        (
+            "openai-responses",
+            responses_event(
+                {"type": "response.function_call_arguments.delta", "delta": '{"q', "item_id": "f"}
+            ),
+        ),
+    ],
+    ids=["chat-args", "chat-start-with-args", "anthropic", "responses"],
+)
+def test_tool_argument_bytes_are_told_apart_from_text(format_name: str, event: SSEEvent) -> None:
+    """Every format reports a non-empty argument fragment as ``Content.TOOL_ARGS``, so the
+    time to the first tool-argument byte is measured the same way everywhere."""
+    _, content, _ = get_format(format_name).classify(event)
+    assert content == Content.TOOL_ARGS

@@ -83,6 +83,16 @@ def provider_app(rec: Recorder) -> web.Application:
             await resp.write(b": ping\n\n")
             await _until_closed(request)
             return resp
+        elif kind == "tool-args-then-hang":
+            call = {"index": 0, "id": "call_1", "type": "function"}
+            await resp.write(
+                _chunk({"tool_calls": [{**call, "function": {"name": "f", "arguments": ""}}]})
+            )
+            await resp.write(
+                _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"q'}}]})
+            )
+            await _until_closed(request)
+            return resp
         elif kind == "invalid-utf8":
             await resp.write(b"data: caf\xe9 \xff\xfe ok\n\n" + b'data: {"x": "\xc3"}\n\n')
         await resp.write_eof()
@@ -91,6 +101,17 @@ def provider_app(rec: Recorder) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+def _chunk(delta: dict[str, Any]) -> bytes:
+    body = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 async def _until_closed(request: web.Request) -> None:
@@ -618,3 +639,27 @@ def test_non_ascii_request_headers_reach_the_provider_unchanged(side: StreamhopP
         b"GET /x/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Note: caf\xe9\r\nConnection: close\r\n\r\n",
     )
     assert _status(latin1) == 400  # cannot be forwarded unchanged: said, not corrupted
+
+
+# --- what a client sees first -----------------------------------------------------------------
+
+
+def test_first_tool_argument_bytes_are_not_held_a_window(side: StreamhopProcess) -> None:
+    """A tool call's announcement is not the stream's first content: the first argument
+    fragment goes out at once even with a 60 s window (it used to wait for the window)."""
+
+    async def scenario() -> list[str]:
+        headers = {"X-Streamhop-Flush-Interval-Ms": "60000"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(side.url + "/x/sse/tool-args-then-hang", json={}, headers=headers) as resp,
+        ):
+            seen = ""
+            async with asyncio.timeout(20):  # a bound far below the window
+                while '{\\"q' not in seen:
+                    seen += (await resp.content.readany()).decode()
+            return [e[1] for e in _events(seen.encode())]
+
+    events = asyncio.run(scenario())
+    args = orjson.loads(events[-1])["choices"][0]["delta"]["tool_calls"][0]["function"]
+    assert args["arguments"] == '{"q'
