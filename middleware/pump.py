@@ -285,7 +285,15 @@ class StreamPump:
 
     async def _send_bytes(self, data: bytes) -> None:
         """Write a comment (keep-alive): not an event, so no hook, no event accounting."""
-        start = time.monotonic()
+        await self._timed_write(data, time.monotonic())
+        self.bytes_out += len(data)
+
+    async def _timed_write(self, data: bytes, start: float) -> None:
+        """One downstream write under the stall watchdog; sets ``_last_write`` when done.
+
+        Raises:
+            ClientStallError: the write did not complete within ``stall_timeout``.
+        """
         self._writing_since = start
         if self._watchdog is None:
             self._watchdog = self._loop.call_later(self._stall, self._check_stall)
@@ -294,13 +302,12 @@ class StreamPump:
         except asyncio.CancelledError:
             if self._stalled:
                 raise ClientStallError(
-                    f"client accepted no bytes for {self._stall:g} s (a keep-alive pending)"
+                    f"client accepted no bytes for {self._stall:g} s ({len(data)} bytes pending)"
                 ) from None
             raise
         finally:
             self._writing_since = None
         self._last_write = time.monotonic()
-        self.bytes_out += len(data)
 
     async def _send(self, events: list[SSEEvent], begin: float) -> None:
         """Encode and write ``events``; ``begin`` is when their merge (``take``) started."""
@@ -315,21 +322,8 @@ class StreamPump:
             self.first_content_write_at = start
         if self.first_tool_args_write_at is None and self.coalescer.first_tool_args_at is not None:
             self.first_tool_args_write_at = start
-        self._writing_since = start
-        if self._watchdog is None:
-            self._watchdog = self._loop.call_later(self._stall, self._check_stall)
-        try:
-            await self._write(data)
-        except asyncio.CancelledError:
-            if self._stalled:
-                raise ClientStallError(
-                    f"client accepted no bytes for {self._stall:g} s ({len(data)} bytes pending)"
-                ) from None
-            raise
-        finally:
-            self._writing_since = None
-        end = time.monotonic()
-        self._last_write = end
+        await self._timed_write(data, start)
+        end = self._last_write
         if self.first_write_at is None:
             self.first_write_at = end
         self.writes += 1
