@@ -331,7 +331,7 @@ def _resume(t: Mapping[str, Any], env: Mapping[str, str]) -> ResumeConfig:
     enabled = t.get("enabled", d.enabled)
     if not isinstance(enabled, bool):
         raise ConfigError("resume.enabled", f"expected true or false, got {enabled!r}")
-    redis_url = _str(t, "resume", "redis_url", d.redis_url)
+    redis_url = _interpolate("resume.redis_url", _str(t, "resume", "redis_url", d.redis_url), env)
     if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
             "resume.redis_url",

@@ -88,3 +88,8 @@ def test_redact_url() -> None:
     assert redact_url("http://u:p@h:1/x") == "http://***@h:1/x"
     assert redact_url("failed: redis://:pw@r:6379/0 down") == "failed: redis://***@r:6379/0 down"
     assert redact_url("http://h/x") == "http://h/x"
+
+
+def test_redis_url_takes_env_interpolation() -> None:
+    config = config_from_dict({"resume": {"redis_url": "redis://:${PW}@r:6379/0"}}, {"PW": "p4ss"})
+    assert config.resume.redis_url == "redis://:p4ss@r:6379/0"
