@@ -31,11 +31,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from .coalescer import Coalescer
-from .errors import EventTooLargeError, StreamHopError
-from .events import SSEEvent
-from .sse_decoder import SSEDecoder
-from .sse_encoder import encode_events
+from streamhop.middleware.errors import EventTooLargeError, StreamHopError
+from streamhop.middleware.rechunk.coalescer import Coalescer
+from streamhop.middleware.sse.decoder import SSEDecoder
+from streamhop.middleware.sse.encoder import encode_events
+from streamhop.middleware.sse.events import SSEEvent
 
 Write = Callable[[bytes], Awaitable[None]]
 OnEvents = Callable[[list[SSEEvent]], list[SSEEvent]]

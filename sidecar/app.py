@@ -16,14 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from streamhop.middleware.metrics import Metrics
-
-from .config import Config
-from .proxy import Proxy, SidecarState
-from .resume import build_store
-from .stream_record import StreamRecord
-from .tracing import Tracing
-from .upstream import UpstreamPool
+from streamhop.middleware.observe.metrics import Metrics
+from streamhop.sidecar.config import Config
+from streamhop.sidecar.http.proxy import Proxy, SidecarState
+from streamhop.sidecar.observe.record import StreamRecord
+from streamhop.sidecar.observe.tracing import Tracing
+from streamhop.sidecar.resume import build_store
+from streamhop.sidecar.upstream.pool import UpstreamPool
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from streamhop.middleware.errors import ConfigError
-
-from .config import (
+from streamhop.sidecar.config import (
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_LISTEN,
     Config,
@@ -54,13 +53,13 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="run a fast fake LLM provider")
     if command == "simulate":
-        from .simulate import cli as simulate_cli
+        from streamhop.sidecar.simulate import cli as simulate_cli
 
         simulate_cli.add_arguments(simulate)
 
     demo = sub.add_parser("demo", help="show streamhop's effect on a simulated fast provider")
     if command == "demo":
-        from . import demo as demo_mod
+        from streamhop.sidecar import demo as demo_mod
 
         demo_mod.add_arguments(demo)
     return parser
@@ -104,14 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"streamhop serve: {exc}", file=sys.stderr)
             return 2
-        from .server import serve
+        from streamhop.sidecar.server import serve
 
         return _run(serve(config))
     if args.command == "simulate":
-        from .simulate import cli as simulate_cli
+        from streamhop.sidecar.simulate import cli as simulate_cli
 
         return simulate_cli.run(args)
-    from . import demo as demo_mod
+    from streamhop.sidecar import demo as demo_mod
 
     return demo_mod.run(args)
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from streamhop.middleware.errors import ConfigError
-from streamhop.middleware.formats import FORMAT_NAMES
+from streamhop.middleware.rechunk.formats import FORMAT_NAMES
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8787"
 DEFAULT_ADMIN_LISTEN: Final = "127.0.0.1:9464"

@@ -18,14 +18,13 @@ import orjson
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from streamhop.middleware.metrics import Metrics
-
-from .app import build_admin_app, build_proxy_app
-from .config import Config, parse_hostport
-from .http_limits import HeadLimits, limited_httptools_protocol
-from .proxy import SidecarState
-from .stream_record import StreamRecord
-from .tracing import Tracing
+from streamhop.middleware.observe.metrics import Metrics
+from streamhop.sidecar.admission.limits import HeadLimits, limited_httptools_protocol
+from streamhop.sidecar.app import build_admin_app, build_proxy_app
+from streamhop.sidecar.config import Config, parse_hostport
+from streamhop.sidecar.http.proxy import SidecarState
+from streamhop.sidecar.observe.record import StreamRecord
+from streamhop.sidecar.observe.tracing import Tracing
 
 logger = logging.getLogger("streamhop")
 stream_logger = logging.getLogger("streamhop.streams")

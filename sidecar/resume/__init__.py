@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import ResumeConfig
-from .store import (
+from streamhop.sidecar.config import ResumeConfig
+from streamhop.sidecar.resume.store import (
     LogReader,
     LogWriter,
     ResumeError,
@@ -33,9 +33,9 @@ __all__ = [
 def build_store(config: ResumeConfig, on_error: Callable[[str], None]) -> ResumeStore:
     """The store ``config.store`` names (call inside the running event loop)."""
     if config.store == "redis":
-        from .redis_store import RedisStore
+        from streamhop.sidecar.resume.redis_store import RedisStore
 
         return RedisStore(config.redis_url, config.window_s, config.max_stream_bytes, on_error)
-    from .memory import MemoryStore
+    from streamhop.sidecar.resume.memory import MemoryStore
 
     return MemoryStore(config.window_s, config.max_streams, config.max_stream_bytes, on_error)

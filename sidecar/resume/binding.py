@@ -20,7 +20,7 @@ import hmac
 import secrets
 from collections.abc import Iterable
 
-from ..config import ResumeConfig
+from streamhop.sidecar.config import ResumeConfig
 
 
 class ResumeBinding:

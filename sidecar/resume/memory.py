@@ -13,10 +13,9 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from streamhop.middleware.events import SSEEvent
-from streamhop.middleware.sse_encoder import encode_event
-
-from .store import Headers, ResumeLogFullError, StreamNotFoundError
+from streamhop.middleware.sse.encoder import encode_event
+from streamhop.middleware.sse.events import SSEEvent
+from streamhop.sidecar.resume.store import Headers, ResumeLogFullError, StreamNotFoundError
 
 logger = logging.getLogger(__name__)
 

@@ -32,10 +32,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from streamhop.middleware.events import SSEEvent
-from streamhop.middleware.sse_encoder import encode_event
-
-from .store import Headers, ResumeError, ResumeLogFullError, StreamNotFoundError
+from streamhop.middleware.sse.encoder import encode_event
+from streamhop.middleware.sse.events import SSEEvent
+from streamhop.sidecar.resume.store import (
+    Headers,
+    ResumeError,
+    ResumeLogFullError,
+    StreamNotFoundError,
+)
 
 logger = logging.getLogger(__name__)
 

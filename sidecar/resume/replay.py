@@ -15,11 +15,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from streamhop.middleware.formats import error_event
-from streamhop.middleware.sse_encoder import encode_events
-
-from ..asgi import Send, json_error
-from .store import (
+from streamhop.middleware.rechunk.formats import error_event
+from streamhop.middleware.sse.encoder import encode_events
+from streamhop.sidecar.http.asgi import Send, json_error
+from streamhop.sidecar.resume.store import (
     ResumeError,
     ResumeLogFullError,
     ResumeStore,

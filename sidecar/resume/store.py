@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Final, Protocol
 
 from streamhop.middleware.errors import StreamHopError
-from streamhop.middleware.events import SSEEvent
+from streamhop.middleware.sse.events import SSEEvent
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -12,7 +12,7 @@ Public interface: :class:`SimulatorConfig`, :func:`make_app`, and in :mod:`.cli`
 
 from __future__ import annotations
 
-from .app import make_app
-from .config import SimulatorConfig
+from streamhop.sidecar.simulate.app import make_app
+from streamhop.sidecar.simulate.config import SimulatorConfig
 
 __all__ = ["SimulatorConfig", "make_app"]

@@ -27,15 +27,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import anthropic, openai_chat, openai_responses
-from .config import SimulatorConfig
-from .errors import BadRequestError, ClientClosedError, SimulatorConfigError
-from .pacing import connection_closed, sleep_until
-from .pump import answer_delay_s, pump
-from .replay import load_replay
-from .request import Generation, SimRequest, parse_request
-from .streams import StreamLog
-from .tools import ToolSpec
+from streamhop.sidecar.simulate import anthropic, openai_chat, openai_responses
+from streamhop.sidecar.simulate.config import SimulatorConfig
+from streamhop.sidecar.simulate.errors import (
+    BadRequestError,
+    ClientClosedError,
+    SimulatorConfigError,
+)
+from streamhop.sidecar.simulate.pacing import connection_closed, sleep_until
+from streamhop.sidecar.simulate.pump import answer_delay_s, pump
+from streamhop.sidecar.simulate.replay import load_replay
+from streamhop.sidecar.simulate.request import Generation, SimRequest, parse_request
+from streamhop.sidecar.simulate.streams import StreamLog
+from streamhop.sidecar.simulate.tools import ToolSpec
 
 MODELS = ("streamhop-sim-1", "streamhop-sim-mini")
 

@@ -20,9 +20,9 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from .app import make_app
-from .config import SimulatorConfig
-from .errors import SimulatorConfigError
+from streamhop.sidecar.simulate.app import make_app
+from streamhop.sidecar.simulate.config import SimulatorConfig
+from streamhop.sidecar.simulate.errors import SimulatorConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8788"
 READY_LINE = "streamhop simulate listening on http://{host}:{port}"

@@ -13,7 +13,7 @@ import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import SimulatorConfigError
+from streamhop.sidecar.simulate.errors import SimulatorConfigError
 
 #: Request headers that override one field for one request; values are decimal numbers.
 OVERRIDE_HEADERS: Mapping[str, str] = {

@@ -23,9 +23,9 @@ from typing import Any
 
 import orjson
 
-from .request import Event, SimRequest, first_tool
-from .text import answer_text, event_count, event_texts, iter_tokens
-from .tools import ToolCall, ToolSpec, make_tool_call
+from streamhop.sidecar.simulate.request import Event, SimRequest, first_tool
+from streamhop.sidecar.simulate.text import answer_text, event_count, event_texts, iter_tokens
+from streamhop.sidecar.simulate.tools import ToolCall, ToolSpec, make_tool_call
 
 PATH = "/v1/responses"
 LIMIT_KEYS = ("max_output_tokens",)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .errors import ClientClosedError
+from streamhop.sidecar.simulate.errors import ClientClosedError
 
 #: Longest sleep between two checks of the connection, in seconds.
 POLL_S = 0.01

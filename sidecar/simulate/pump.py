@@ -17,11 +17,11 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 
-from .config import SimulatorConfig
-from .errors import ClientClosedError
-from .request import Event
-from .streams import StreamRecord
-from .writer import SplitWriter
+from streamhop.sidecar.simulate.config import SimulatorConfig
+from streamhop.sidecar.simulate.errors import ClientClosedError
+from streamhop.sidecar.simulate.request import Event
+from streamhop.sidecar.simulate.streams import StreamRecord
+from streamhop.sidecar.simulate.writer import SplitWriter
 
 # In burst mode nothing else awaits while the socket accepts data, so the pump yields to the loop
 # every this many content events: other streams and the stream log stay served.

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from .config import SimulatorConfig
-from .errors import BadRequestError
-from .text import prompt_bytes, prompt_tokens, seeded_digest, text_seed
-from .tools import ToolSpec
+from streamhop.sidecar.simulate.config import SimulatorConfig
+from streamhop.sidecar.simulate.errors import BadRequestError
+from streamhop.sidecar.simulate.text import prompt_bytes, prompt_tokens, seeded_digest, text_seed
+from streamhop.sidecar.simulate.tools import ToolSpec
 
 DEFAULT_MODEL = "streamhop-sim-1"
 

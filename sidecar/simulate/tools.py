@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .text import seeded_digest
+from streamhop.sidecar.simulate.text import seeded_digest
 
 _STRINGS: tuple[str, ...] = (
     "Zürich, 東京 👩\u200d💻",

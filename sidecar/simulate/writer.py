@@ -19,8 +19,8 @@ import re
 
 from aiohttp import web
 
-from .errors import ClientClosedError
-from .pacing import connection_closed, sleep_until
+from streamhop.sidecar.simulate.errors import ClientClosedError
+from streamhop.sidecar.simulate.pacing import connection_closed, sleep_until
 
 # A UTF-8 lead byte of a multi-byte sequence (0xC2-0xF4); cutting after it splits a code point.
 _LEAD_BYTE = re.compile(rb"[\xc2-\xf4]")

@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import socket
 import subprocess
 import sys
-import tomllib
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import helm_python as helm
 import httpx
 import pytest
+import redis
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
+from streamhop.middleware.errors import ConfigError
+from streamhop.sidecar.config import load_config
 from tests.kubernetes.chart import (
     ALL_ON,
     CHART,
@@ -225,10 +231,13 @@ def test_gateway_ports_probes_and_grace_agree_with_the_rendered_config(
     assert config["server"]["admin_listen"] == f"0.0.0.0:{ports['admin']}"
     for probe, path in ADMIN_PATHS.items():
         assert container[probe]["httpGet"] == {"path": path, "port": ports["admin"]}, probe
-    # The config file the process reads is the one the chart rendered (or its Redis copy).
+    # The config file the process reads is the one the chart rendered, from the ConfigMap.
     config_path = container["args"][container["args"].index("--config") + 1]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert mounts[str(Path(config_path).parent)] in {v["name"] for v in pod["volumes"]}
+    config_volume = next(
+        v for v in pod["volumes"] if v["name"] == mounts[str(Path(config_path).parent)]
+    )
+    assert config_volume["configMap"]["name"] == rendered.config_map()["metadata"]["name"]
     # SIGTERM comes after the preStop pause; the drain must end before the kill.
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod["terminationGracePeriodSeconds"] > pre_stop + config["server"]["drain_timeout_s"]
@@ -309,6 +318,32 @@ def test_a_config_change_rolls_the_pods_and_nothing_else_does() -> None:
     assert checksum({"config": {"server": {"drain_timeout_s": 60}}}) != base
 
 
+SECRETS: Mapping[str, Mapping[str, str]] = {
+    "llm-provider-keys": {"CEREBRAS_API_KEY": "k1"},
+    "anthropic": {"api-key": "k2"},
+    "streamhop-resume": {"binding-key": "a-long-random-string"},
+    "streamhop-redis": {"redis-url": 'redis://:p"a\\ss@redis.example:6379/0'},
+}
+"""The cluster's Secrets that ALL_ON (and ``_redis_values``) name: Secret -> key -> value."""
+
+
+def process_env(
+    container: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]] = SECRETS
+) -> dict[str, str]:
+    """The environment the kubelet gives ``container`` from ``secrets``: every key of an
+    ``envFrom`` Secret, then the ``env`` entries (which win over ``envFrom``)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(secrets[source["secretRef"]["name"]])
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = secrets[ref["name"]][ref["key"]]
+    return env
+
+
 def test_provider_keys_and_resume_secrets_reach_the_process_as_env() -> None:
     rendered = render(ALL_ON)
     pod = rendered.one("Deployment")["spec"]["template"]["spec"]
@@ -318,14 +353,69 @@ def test_provider_keys_and_resume_secrets_reach_the_process_as_env() -> None:
     assert env["ANTHROPIC_API_KEY"] == {"name": "anthropic", "key": "api-key"}
     assert env["STREAMHOP_RESUME_BINDING_KEY"] == {"name": "streamhop-resume", "key": "binding-key"}
     assert rendered.config["resume"]["binding_key"] == "${STREAMHOP_RESUME_BINDING_KEY}"
-    # The Redis URL never sits in the ConfigMap: an init container writes it into a copy.
-    assert "STREAMHOP_REDIS_URL" not in env
-    init = pod["initContainers"][0]
-    assert init["env"][0]["valueFrom"]["secretKeyRef"] == {
-        "name": "streamhop-redis",
-        "key": "redis-url",
-    }
-    assert container["args"][-1] == "/run/streamhop/streamhop.toml"
+    # The Redis URL (with its password) never sits in the ConfigMap: streamhop expands the
+    # reference from the container's environment, which the Secret fills.
+    assert env["STREAMHOP_REDIS_URL"] == {"name": "streamhop-redis", "key": "redis-url"}
+    assert rendered.config["resume"]["redis_url"] == "${STREAMHOP_REDIS_URL}"
+    # Nothing else runs in the pod, and it mounts only the ConfigMap and /tmp.
+    assert "initContainers" not in pod and len(pod["containers"]) == 1
+    assert {v["name"] for v in pod["volumes"]} == {"streamhop-config", "streamhop-tmp"}
+
+
+def test_a_redis_url_without_a_secret_stays_in_the_config_and_adds_no_env() -> None:
+    rendered = render(
+        {
+            "config": {
+                "resume": {"enabled": True, "store": "redis", "redis_url": "redis://redis:6379/0"}
+            },
+            "secrets": {"resumeBindingKey": {"existingSecret": "streamhop-resume"}},
+        }
+    )
+    container = streamhop_container(rendered.one("Deployment")["spec"]["template"]["spec"])
+    assert rendered.config["resume"]["redis_url"] == "redis://redis:6379/0"
+    assert "STREAMHOP_REDIS_URL" not in {e["name"] for e in container["env"]}
+    # Resume off: a Secret named for Redis is neither referenced nor required.
+    off = render({"secrets": {"redisUrl": {"existingSecret": "streamhop-redis"}}})
+    assert "redis_url" not in off.config["resume"]
+    assert "STREAMHOP_REDIS_URL" not in off.files["streamhop/templates/deployment.yaml"]
+
+
+def test_the_sidecar_gets_the_redis_url_from_its_secret_native_and_plain(tmp_path: Path) -> None:
+    for native in (True, False):
+        values = {"streamhop": deep_merge({"sidecar": {"native": native}}, _redis_values())}
+        rendered = render_example(tmp_path / str(native), values)
+        pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+        container = streamhop_container(pod)
+        assert rendered.config["resume"]["redis_url"] == "${STREAMHOP_REDIS_URL}"
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+        assert refs["STREAMHOP_REDIS_URL"] == {"name": "streamhop-redis", "key": "redis-url"}
+        assert refs["STREAMHOP_RESUME_BINDING_KEY"] == {
+            "name": "streamhop-resume",
+            "key": "binding-key",
+        }
+        # The sidecar is the pod's only streamhop container, and needs only its two volumes.
+        init = [c["name"] for c in pod.get("initContainers", [])]
+        assert init == (["streamhop"] if native else [])
+        assert [c["name"] for c in pod["containers"]] == (
+            ["chat"] if native else ["chat", "streamhop"]
+        )
+        assert {v["name"] for v in pod["volumes"]} == {"streamhop-config", "streamhop-tmp"}
+
+
+def test_the_rendered_config_takes_the_redis_url_from_the_env(tmp_path: Path) -> None:
+    """streamhop's own loader on the ConfigMap's file with the container's environment: the
+    password (with TOML-special characters) arrives verbatim, and only from the environment."""
+    rendered = render(ALL_ON)
+    url = SECRETS["streamhop-redis"]["redis-url"]
+    assert 'p"a' not in "".join(rendered.files.values())
+    path = tmp_path / "streamhop.toml"
+    path.write_text(rendered.toml_text)
+    env = process_env(streamhop_container(rendered.one("Deployment")["spec"]["template"]["spec"]))
+    assert env["STREAMHOP_REDIS_URL"] == url
+    assert load_config(path, env).resume.redis_url == url
+    del env["STREAMHOP_REDIS_URL"]
+    with pytest.raises(ConfigError, match=r"resume\.redis_url.*STREAMHOP_REDIS_URL"):
+        load_config(path, env)
 
 
 def test_notes_tell_the_base_url() -> None:
@@ -385,33 +475,95 @@ def test_streamhop_serve_starts_from_the_rendered_config(
     assert_serves(serve_rendered(render(values).toml_text, tmp_path))
 
 
+@pytest.fixture
+def redis_with_password() -> Iterator[tuple[int, str]]:
+    """A private ``redis-server`` (no persistence) on a free loopback port that refuses clients
+    without its password (set with CONFIG SET, so no shell or config quoting is involved)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not on PATH (apt-get install redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        password = 'p"a\\ss w#rd/@:'
+        with redis.Redis(port=port) as admin:
+            admin.config_set("requirepass", password)
+        yield port, password
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def resume_errors(admin_url: str) -> float:
+    text = httpx.get(admin_url + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("streamhop_resume_errors_total{")
+    )
+
+
 @pytest.mark.integration
-def test_streamhop_serve_starts_from_the_all_on_config_after_the_init_container(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_streamhop_serve_from_the_all_on_config_logs_streams_to_the_redis_of_its_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_with_password: tuple[int, str]
 ) -> None:
-    """Run the init container's own command on the ConfigMap's file (with a password holding
-    TOML-special characters), then start streamhop on its output with the Secrets' env."""
-    rendered = render(ALL_ON)
-    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
-    command = pod["initContainers"][0]["command"]
-    source, target = tmp_path / "etc", tmp_path / "run"
-    source.mkdir()
-    target.mkdir()
-    (source / "streamhop.toml").write_text(rendered.toml_text)
-    script = (
-        command[2].replace("/etc/streamhop", str(source)).replace("/run/streamhop", str(target))
-    )
-    url = 'redis://:p"a\\ss@127.0.0.1:1/0'
-    subprocess.run(
-        [sys.executable, "-c", script], check=True, timeout=30, env={"STREAMHOP_REDIS_URL": url}
-    )
-    written = (target / "streamhop.toml").read_text()
-    assert tomllib.loads(written)["resume"]["redis_url"] == url
-    # What envFrom / secretKeyRef give the container.
-    monkeypatch.setenv("CEREBRAS_API_KEY", "k1")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "k2")
-    monkeypatch.setenv("STREAMHOP_RESUME_BINDING_KEY", "a-long-random-string")
-    assert_serves(serve_rendered(written, tmp_path))
+    """The gateway's ConfigMap and the container's environment as the kubelet builds it from
+    the Secrets, against a real ``redis-server`` that requires a password: a stream through
+    streamhop lands in that Redis, so the URL from the Secret (password included) is used."""
+    port, password = redis_with_password
+    url = f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
+    simulator = start_streamhop("simulate", "--listen", "127.0.0.1:0")
+    try:
+        routes = [dict(r) for r in ALL_ON["config"]["routes"]]
+        routes[0]["upstream"] = simulator.url  # the /cerebras route
+        # No OTLP collector here: tracing off, so the exporter's retries cannot slow the stop.
+        config = {"routes": routes, "tracing": {"otlp_endpoint": ""}}
+        rendered = render(deep_merge(ALL_ON, {"config": config}))
+        assert rendered.config["resume"]["redis_url"] == "${STREAMHOP_REDIS_URL}"
+        container = streamhop_container(rendered.one("Deployment")["spec"]["template"]["spec"])
+        secrets = {**SECRETS, "streamhop-redis": {"redis-url": url}}
+        for name, value in process_env(container, secrets).items():
+            monkeypatch.setenv(name, value)
+        proc = serve_rendered(rendered.toml_text, tmp_path)
+        try:
+            assert proc.admin_url is not None
+            body = {
+                "model": "sim",
+                "stream": True,
+                "max_tokens": 20,
+                "messages": [{"role": "user", "content": "to redis"}],
+            }
+            response = httpx.post(proc.url + "/cerebras/v1/chat/completions", json=body, timeout=30)
+            assert response.status_code == 200 and b"data: [DONE]" in response.content
+            assert b"\nid: " in response.content or response.content.startswith(b"id: ")
+            with redis.Redis(port=port, password=password) as client:
+                deadline = time.monotonic() + 10
+                while not client.keys("streamhop:resume:*"):
+                    assert time.monotonic() < deadline, "no resume log reached Redis"
+                    time.sleep(0.05)
+            assert resume_errors(proc.admin_url) == 0
+            # The password is what let streamhop in.
+            with redis.Redis(port=port) as anonymous, pytest.raises(redis.AuthenticationError):
+                anonymous.ping()
+        finally:
+            assert proc.stop() == 0, proc.stderr
+    finally:
+        simulator.stop()
 
 
 # --- the chart's README --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamhop.middleware import SSEEvent, StreamHopMiddleware, encode_events
-from streamhop.middleware.asgi_middleware import ClientDisconnectedError
+from streamhop.middleware.asgi.middleware import ClientDisconnectedError
 
 from .accumulate import accumulate, anthropic_delta, chat_chunk, client_events
 from .conftest import FIXTURE_FORMATS, LONG_TEXT_FIXTURES, fixture_bytes, fixture_events
@@ -1037,7 +1037,7 @@ async def test_app_error_while_the_client_leaves_is_reraised_not_a_cancellation(
     )
     server = Server(gate=asyncio.Event())  # a client that reads nothing
     task = asyncio.create_task(app(http_scope("GET", "/events"), server.receive, server.send))
-    with caplog.at_level(logging.WARNING, logger="streamhop.middleware.asgi_middleware"):
+    with caplog.at_level(logging.WARNING, logger="streamhop.middleware.asgi.middleware"):
         await wait_until(lambda: any("mid-stream" in r.getMessage() for r in caplog.records))
     server.disconnect.set()  # ... and now it leaves, while the error event waits to be written
     with pytest.raises(SendTimeoutError):

@@ -504,7 +504,7 @@ async def test_pump_keeps_events_completed_before_an_oversized_one() -> None:
     still written to the client."""
     from streamhop.middleware.errors import EventTooLargeError
     from streamhop.middleware.pump import StreamPump
-    from streamhop.middleware.sse_decoder import SSEDecoder
+    from streamhop.middleware.sse.decoder import SSEDecoder
 
     written: list[bytes] = []
 
@@ -522,7 +522,7 @@ async def test_pump_fails_with_client_stall_when_a_write_never_completes() -> No
     import asyncio
 
     from streamhop.middleware.pump import ClientStallError, StreamPump
-    from streamhop.middleware.sse_decoder import SSEDecoder
+    from streamhop.middleware.sse.decoder import SSEDecoder
 
     async def never(data: bytes) -> None:
         await asyncio.Event().wait()
@@ -537,7 +537,7 @@ async def test_pump_slow_but_progressing_writes_are_not_a_stall() -> None:
     import asyncio
 
     from streamhop.middleware.pump import StreamPump
-    from streamhop.middleware.sse_decoder import SSEDecoder
+    from streamhop.middleware.sse.decoder import SSEDecoder
 
     written: list[bytes] = []
 

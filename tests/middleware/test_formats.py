@@ -15,8 +15,8 @@ from streamhop.middleware import (
     detect_format,
     get_format,
 )
-from streamhop.middleware.formats import MALFORMED, Kind
-from streamhop.middleware.formats.base import Content
+from streamhop.middleware.rechunk.formats import MALFORMED, Kind
+from streamhop.middleware.rechunk.formats.base import Content
 
 from .accumulate import (
     accumulate,

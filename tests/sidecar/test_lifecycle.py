@@ -193,7 +193,8 @@ def test_stalled_client_is_dropped_and_upstream_cancelled(
     sock.connect((host, int(port)))
     try:
         sock.sendall(
-            b"POST /burst/200000000 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"POST /burst/200000000 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n"
             b"x-request-id: " + rid.encode() + b"\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )

@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from streamhop.middleware.metrics import (
+from streamhop.middleware.observe.metrics import (
     CADENCE_BUCKETS,
     CANCEL_REASONS,
     DURATION_BUCKETS,

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from streamhop.middleware.errors import ConfigError
-from streamhop.middleware.events import SSEEvent
+from streamhop.middleware.sse.events import SSEEvent
 from streamhop.sidecar.config import config_from_dict
 from streamhop.sidecar.resume import ResumeLogFullError, StreamNotFoundError
 from streamhop.sidecar.resume.memory import MemoryStore
@@ -265,7 +265,10 @@ def test_redis_resume_on_another_replica_while_generating(
     tmp_path: Path,
     dedicated: list[StreamhopProcess],
 ) -> None:
-    resume = f'enabled = true\nstore = "redis"\nbinding_key = "test-binding-key"\nredis_url = "{redis_url}"\nwindow_s = 60'
+    resume = (
+        'enabled = true\nstore = "redis"\nbinding_key = "k"\n'
+        f'redis_url = "{redis_url}"\nwindow_s = 60'
+    )
     a = _serve(tmp_path, simulator.url, resume, on_disconnect="detach")
     dedicated.append(a)
     b = _serve(tmp_path, simulator.url, resume)
@@ -287,7 +290,10 @@ def test_redis_down_streams_still_work_error_logged_once_and_counted(
     simulator: StreamhopProcess, tmp_path: Path, dedicated: list[StreamhopProcess]
 ) -> None:
     port = _free_port()  # nothing listens there
-    resume = f'enabled = true\nstore = "redis"\nbinding_key = "test-binding-key"\nredis_url = "redis://127.0.0.1:{port}/0"'
+    resume = (
+        'enabled = true\nstore = "redis"\nbinding_key = "k"\n'
+        f'redis_url = "redis://127.0.0.1:{port}/0"'
+    )
     side = _serve(tmp_path, simulator.url, resume)
     dedicated.append(side)
     assert side.admin_url is not None
@@ -312,7 +318,9 @@ def test_config_detach_needs_resume_and_resume_is_accepted() -> None:
     route = {"prefix": "/", "upstream": "http://127.0.0.1:1", "on_disconnect": "detach"}
     with pytest.raises(ConfigError, match=r"routes\[0\]\.on_disconnect"):
         config_from_dict({"routes": [route]})
-    config = config_from_dict({"routes": [route], "resume": {"enabled": True, "store": "redis", "binding_key": "k"}})
+    config = config_from_dict(
+        {"routes": [route], "resume": {"enabled": True, "store": "redis", "binding_key": "k"}}
+    )
     assert config.resume.enabled and config.routes[0].on_disconnect == "detach"
     with pytest.raises(ConfigError, match=r"resume\.redis_url"):
         config_from_dict({"routes": [], "resume": {"redis_url": "http://x"}})
@@ -357,7 +365,10 @@ def test_redis_log_over_its_byte_cap_is_closed_stream_goes_on(
     tmp_path: Path,
     dedicated: list[StreamhopProcess],
 ) -> None:
-    resume = f'enabled = true\nstore = "redis"\nbinding_key = "test-binding-key"\nredis_url = "{redis_url}"\nmax_stream_bytes = 1024'
+    resume = (
+        'enabled = true\nstore = "redis"\nbinding_key = "k"\n'
+        f'redis_url = "{redis_url}"\nmax_stream_bytes = 1024'
+    )
     side = _serve(tmp_path, simulator.url, resume)
     dedicated.append(side)
     assert side.admin_url is not None

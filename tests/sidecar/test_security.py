@@ -605,8 +605,8 @@ def test_timeout_header_cannot_extend_the_routes_timeout(side: StreamhopProcess)
 
 
 def test_timeout_header_shortens_but_never_extends_unit() -> None:
+    from streamhop.sidecar.admission.headers import Controls, effective_timeout
     from streamhop.sidecar.config import RouteConfig
-    from streamhop.sidecar.headers import Controls, effective_timeout
 
     route = RouteConfig(prefix="/", upstream="http://x", timeout_s=1.5)
     assert effective_timeout(route, Controls(timeout_ms=100_000)) == 1.5

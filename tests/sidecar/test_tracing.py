@@ -18,11 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
-from streamhop.middleware.metrics import Metrics
+from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.app import build_proxy_app
 from streamhop.sidecar.config import config_from_dict
-from streamhop.sidecar.proxy import SidecarState
-from streamhop.sidecar.tracing import Tracing
+from streamhop.sidecar.http.proxy import SidecarState
+from streamhop.sidecar.observe.tracing import Tracing
 from tests.support import BackgroundAiohttp, StreamhopProcess
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -19,11 +19,11 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from streamhop.middleware.metrics import Metrics
+from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.config import config_from_dict
-from streamhop.sidecar.proxy import Proxy, SidecarState
-from streamhop.sidecar.stream_record import StreamRecord
-from streamhop.sidecar.upstream import UpstreamPool
+from streamhop.sidecar.http.proxy import Proxy, SidecarState
+from streamhop.sidecar.observe.record import StreamRecord
+from streamhop.sidecar.upstream.pool import UpstreamPool
 from tests.sidecar.test_faults import _metric
 from tests.support import StreamhopProcess
 

@@ -1,0 +1,2 @@
+"""Measurements of streams: Prometheus metric families and per-stream bound metrics
+(:mod:`.metrics`)."""

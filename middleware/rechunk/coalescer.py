@@ -1,0 +1,221 @@
+"""The coalescer: holds mergeable deltas and says when to write, with an injected clock.
+
+Sans-IO: the caller passes ``now`` (seconds on any monotonic clock) to :meth:`Coalescer.push`
+and asks :meth:`Coalescer.due` / :attr:`Coalescer.deadline` when to call :meth:`Coalescer.take`.
+
+Flush rules (DESIGN.md, "The stream engine"):
+
+* the first *content* event of a stream (text, reasoning or tool-call data) is due at once, so
+  re-chunking never adds to time to first token;
+* held events are due ``flush_interval`` seconds after the first of them was held;
+* they are due at once when their wire size reaches ``max_flush_bytes``;
+* a boundary event (see :mod:`.formats.base`) is due at once together with everything before it;
+* at the end of the stream the caller takes whatever is held.
+
+Deltas merge only with the delta directly before them, so order is kept exactly, and a client
+that accumulates the output gets the same final message as from the input.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from streamhop.middleware.rechunk.formats import (
+    MALFORMED,
+    Format,
+    Kind,
+    MergeGroup,
+    detect_format,
+    get_format,
+)
+from streamhop.middleware.rechunk.formats.base import Content
+from streamhop.middleware.rechunk.formats.usage import usage_of
+from streamhop.middleware.sse.events import SSEEvent
+
+DEFAULT_FLUSH_INTERVAL: Final = 0.020
+DEFAULT_MAX_FLUSH_BYTES: Final = 16 * 1024
+
+
+class Coalescer:
+    """Re-chunks one stream of SSE events.
+
+    Args:
+        format: a format name (``openai-chat``, ``openai-responses``, ``anthropic``, ``sse``) or
+            ``auto`` to detect it from the first event with data.
+        flush_interval: the window in **seconds** from the first held event to its write.
+            ``0`` writes every event as soon as it is pushed (still merging under backpressure).
+        max_flush_bytes: held wire bytes (as received) at which a write is due at once.
+        passthrough: forward events one by one, never merging (``X-Streamhop-Mode: passthrough``).
+
+    Raises:
+        KeyError: unknown ``format``.
+        ValueError: negative ``flush_interval`` or non-positive ``max_flush_bytes``.
+    """
+
+    __slots__ = (
+        "_flush_now",
+        "_format",
+        "_held_since",
+        "_interval",
+        "_items",
+        "_last_group",
+        "_max_bytes",
+        "_passthrough",
+        "content_seen",
+        "events_in",
+        "events_out",
+        "first_content_at",
+        "first_tool_args_at",
+        "malformed",
+        "pending_bytes",
+        "terminal_seen",
+        "usage_input_tokens",
+        "usage_output_tokens",
+    )
+
+    def __init__(
+        self,
+        format: str = "auto",
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_flush_bytes: int = DEFAULT_MAX_FLUSH_BYTES,
+        passthrough: bool = False,
+    ) -> None:
+        if flush_interval < 0:
+            raise ValueError(f"flush_interval must be >= 0 seconds, got {flush_interval}")
+        if max_flush_bytes <= 0:
+            raise ValueError(f"max_flush_bytes must be > 0, got {max_flush_bytes}")
+        self._format: Format | None = None if format == "auto" else get_format(format)
+        self._interval = flush_interval
+        self._max_bytes = max_flush_bytes
+        self._passthrough = passthrough
+        self._items: list[SSEEvent | MergeGroup] = []
+        self._last_group: MergeGroup | None = None
+        self._held_since: float | None = None
+        self._flush_now = False
+        self.pending_bytes = 0
+        """Wire bytes (as received) of the events held now."""
+        self.events_in = 0
+        """Events pushed so far."""
+        self.events_out = 0
+        """Events returned by :meth:`take` so far."""
+        self.malformed = 0
+        """Events whose data should have been JSON and was not (forwarded verbatim)."""
+        self.content_seen = False
+        """True once a content event (text, reasoning, tool-call data) was pushed."""
+        self.first_content_at: float | None = None
+        """``now`` of the first content event, in the caller's clock (seconds)."""
+        self.first_tool_args_at: float | None = None
+        """``now`` of the first non-empty tool-call argument fragment (seconds)."""
+        self.terminal_seen = False
+        """True once the format's terminal event (``[DONE]``, ``message_stop``,
+        ``response.completed``, an error event) was pushed."""
+        self.usage_input_tokens: int | None = None
+        """Input (prompt) tokens the stream reported, if it did."""
+        self.usage_output_tokens: int | None = None
+        """Output (completion) tokens the stream reported, if it did (last report wins)."""
+
+    @property
+    def incomplete(self) -> bool:
+        """True when the stream so far lacks its format's terminal event: at a clean upstream
+        close this means the answer was cut short (plain ``sse`` is never incomplete; a stream
+        with no event at all is, once its format is known from the route)."""
+        fmt = self._format
+        return fmt is not None and fmt.has_terminal and not self.terminal_seen
+
+    @property
+    def format_name(self) -> str | None:
+        """The stream's format, or ``None`` while ``auto`` has not seen an event with data."""
+        return None if self._format is None else self._format.name
+
+    def push(self, event: SSEEvent, now: float) -> None:
+        """Take one upstream event at time ``now`` (seconds)."""
+        self.events_in += 1
+        fmt = self._format
+        if fmt is None:
+            fmt = detect_format(event)
+            if fmt is None:
+                self._hold(event, now, flush=True)
+                return
+            self._format = fmt
+        kind, content, parsed = fmt.classify(event)
+        if parsed is MALFORMED:
+            self.malformed += 1
+        flush = kind is Kind.FLUSH or self._passthrough
+        if content:
+            if not self.content_seen:
+                self.content_seen = True
+                self.first_content_at = now
+                flush = True
+            if content == Content.TOOL_ARGS and self.first_tool_args_at is None:
+                self.first_tool_args_at = now
+                flush = True
+        if kind is Kind.FLUSH:
+            if fmt.is_terminal(event):
+                self.terminal_seen = True
+            usage = usage_of(fmt.name, event)
+            if usage is not None:
+                if usage[0] is not None:
+                    self.usage_input_tokens = usage[0]
+                if usage[1] is not None:
+                    self.usage_output_tokens = usage[1]
+        if kind is Kind.DELTA and not self._passthrough:
+            group = self._last_group
+            if group is None or not group.add(event, parsed):
+                group = fmt.open_group(event, parsed)
+                self._items.append(group)
+                self._last_group = group
+            self.pending_bytes += event.wire_size
+            if self._held_since is None:
+                self._held_since = now
+            if flush or self.pending_bytes >= self._max_bytes:
+                self._flush_now = True
+            return
+        self._hold(event, now, flush)
+
+    def _hold(self, event: SSEEvent, now: float, flush: bool) -> None:
+        self._items.append(event)
+        self._last_group = None
+        self.pending_bytes += event.wire_size
+        if self._held_since is None:
+            self._held_since = now
+        if flush or self.pending_bytes >= self._max_bytes:
+            self._flush_now = True
+
+    @property
+    def deadline(self) -> float | None:
+        """When the held events are due, in the caller's clock (seconds); ``None`` if none held.
+
+        A deadline at or before the time of the last push means "due now".
+        """
+        since = self._held_since
+        if since is None:
+            return None
+        if self._flush_now:
+            return since
+        return since + self._interval
+
+    def due(self, now: float) -> bool:
+        """True when held events should be written at ``now`` (seconds)."""
+        since = self._held_since
+        if since is None:
+            return False
+        # Compare with the deadline itself, as :attr:`deadline` computes it: ``now - since``
+        # can round below the interval at ``now == deadline`` (0.06 - 0.01 < 0.05).
+        return self._flush_now or now >= since + self._interval
+
+    def take(self) -> list[SSEEvent]:
+        """Return every held event, merged, in order, and hold nothing.
+
+        Call it when :meth:`due`, and once at the end of the stream.
+        """
+        items = self._items
+        if not items:
+            return []
+        out = [item if type(item) is SSEEvent else item.render() for item in items]  # type: ignore[union-attr]
+        self._items = []
+        self._last_group = None
+        self._held_since = None
+        self._flush_now = False
+        self.pending_bytes = 0
+        self.events_out += len(out)
+        return out

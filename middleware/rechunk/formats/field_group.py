@@ -1,0 +1,134 @@
+"""A merge group for events whose only growing part is one JSON string field.
+
+Anthropic ``content_block_delta`` (``delta.text`` / ``delta.partial_json`` / ``delta.thinking``)
+and OpenAI Responses ``response.*.delta`` (``delta``) events have this shape: consecutive events
+merge when everything but that string (and fields named as per-event, such as
+``sequence_number``) is equal, and the merged event carries the concatenated string.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import orjson
+
+from streamhop.middleware.sse.events import SSEEvent
+
+FieldParsed = tuple[dict[str, Any], str, str]
+"""``(obj, field, text)``: the parsed event, the merged field's name, and its text."""
+
+
+def same_except(a: dict[str, Any], b: dict[str, Any], skip: frozenset[str]) -> bool:
+    """True when ``a`` and ``b`` have the same keys and equal values outside ``skip``."""
+    if a.keys() != b.keys():
+        return False
+    for key, value in a.items():
+        if key not in skip and b[key] != value:
+            return False
+    return True
+
+
+class FieldGroup:
+    """Consecutive events merged by concatenating one string field.
+
+    Args:
+        event: the first event.
+        obj: its parsed JSON object.
+        container: key of the nested object holding the field (``"delta"`` for Anthropic), or
+            ``None`` when the field is at the top level.
+        field: the string field to concatenate.
+        text: the first event's value of that field.
+        skip: top-level keys that may differ between merged events; the merged event keeps the
+            *last* event's value for ``last_wins`` keys and the first's for the others.
+        last_wins: keys whose last value is kept (``sequence_number``).
+        concat: top-level keys holding lists concatenated in order (``logprobs``).
+    """
+
+    __slots__ = (
+        "concat",
+        "concat_parts",
+        "container",
+        "container_skip",
+        "count",
+        "field",
+        "first",
+        "last_id",
+        "last_values",
+        "obj",
+        "pieces",
+        "skip",
+        "wire_size",
+    )
+
+    def __init__(
+        self,
+        event: SSEEvent,
+        obj: dict[str, Any],
+        container: str | None,
+        field: str,
+        text: str,
+        skip: frozenset[str],
+        last_wins: tuple[str, ...] = (),
+        concat: tuple[str, ...] = (),
+    ) -> None:
+        self.first = event
+        self.obj = obj
+        self.container = container
+        self.field = field
+        self.container_skip = frozenset((field,))
+        self.skip = skip
+        self.pieces = [text]
+        self.count = 1
+        self.wire_size = event.wire_size
+        self.last_id = event.id
+        self.last_values: dict[str, Any] = {k: obj[k] for k in last_wins if k in obj}
+        self.concat = concat
+        self.concat_parts: list[list[Any]] = [[obj.get(k)] for k in concat]
+
+    def add(self, event: SSEEvent, parsed: object) -> bool:
+        """Merge ``event`` if compatible. Returns False, changing nothing, when it is not.
+
+        Args:
+            event: the event.
+            parsed: ``(obj, field, text)`` as the format's ``classify`` returned it.
+        """
+        obj, _, text = cast(FieldParsed, parsed)
+        base = self.obj
+        if event.event != self.first.event or not same_except(obj, base, self.skip):
+            return False
+        container = self.container
+        if container is not None and not same_except(
+            obj[container], base[container], self.container_skip
+        ):
+            return False
+        self.pieces.append(text)
+        for key in self.last_values:
+            self.last_values[key] = obj[key]
+        for parts, key in zip(self.concat_parts, self.concat, strict=True):
+            parts.append(obj.get(key))
+        self.count += 1
+        self.wire_size += event.wire_size
+        if event.id is not None:
+            self.last_id = event.id
+        return True
+
+    def render(self) -> SSEEvent:
+        """The merged event (the first event unchanged when nothing was merged into it)."""
+        if self.count == 1:
+            return self.first
+        merged = dict(self.obj)
+        text = "".join(self.pieces)
+        if self.container is None:
+            merged[self.field] = text
+        else:
+            merged[self.container] = {**merged[self.container], self.field: text}
+        merged.update(self.last_values)
+        for key, parts in zip(self.concat, self.concat_parts, strict=True):
+            if key in merged and any(parts):
+                merged[key] = [item for part in parts if part for item in part]
+        return SSEEvent(
+            data=orjson.dumps(merged).decode(),
+            event=self.first.event,
+            id=self.last_id,
+            wire_size=self.wire_size,
+        )

@@ -1,0 +1,93 @@
+"""What streamhop knows about one proxied request, filled in as it goes and logged at the end."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import orjson
+
+from streamhop.middleware.observe.metrics import StreamMetrics
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    """Per-request facts. Times are ``time.monotonic()`` seconds; durations are seconds.
+
+    ``stream_id`` is the public id (``X-Streamhop-Stream-Id``, resume); it is never logged at
+    INFO or put in traces. ``request_id`` is a separate random id for logs and spans.
+
+    ``cancel_reason`` is one of ``client_disconnect``, ``timeout``, ``stall``, ``interrupt``,
+    ``shutdown`` when streamhop closed the upstream early, else ``None``.
+    """
+
+    stream_id: str
+    route: str
+    method: str
+    path: str
+    received_at: float
+    request_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    model: str | None = None
+    streaming_request: bool = False
+    status: int | None = None
+    format: str | None = None
+    sse: bool = False
+    upstream_request_at: float | None = None
+    upstream_connected_at: float | None = None
+    upstream_headers_at: float | None = None
+    upstream_first_content_at: float | None = None
+    first_content_sent_at: float | None = None
+    first_tool_args_sent_at: float | None = None
+    finished_at: float | None = None
+    events_in: int = 0
+    events_out: int = 0
+    writes: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    malformed_events: int = 0
+    cancel_reason: str | None = None
+    cancel_detected_at: float | None = None
+    cancel_latency_s: float | None = None
+    error: str | None = None
+    usage_input_tokens: int | None = None
+    usage_output_tokens: int | None = None
+
+
+def observe_end(observed: StreamMetrics, record: StreamRecord) -> None:
+    """Record a finished request's per-stream metrics."""
+    observed.flush()
+    if record.upstream_request_at is not None:
+        observed.request_overhead(record.upstream_request_at - record.received_at)
+    if record.first_content_sent_at is not None:
+        observed.ttft(record.first_content_sent_at - record.received_at)
+    if record.first_tool_args_sent_at is not None:
+        observed.time_to_first_tool_argument(record.first_tool_args_sent_at - record.received_at)
+    if record.upstream_first_content_at is not None and record.upstream_request_at is not None:
+        observed.upstream_ttft(record.upstream_first_content_at - record.upstream_request_at)
+    if record.finished_at is not None:
+        observed.duration(record.finished_at - record.received_at)
+    if record.cancel_reason is not None:
+        observed.cancelled(record.cancel_reason, record.cancel_latency_s)
+    if record.error is not None:
+        observed.upstream_error(record.error)
+    if record.malformed_events:
+        observed.upstream_error("malformed_event", record.malformed_events)
+    if not record.sse:
+        # Non-SSE bodies are copied without a pump: count their bytes here.
+        observed.bytes_up.inc(record.bytes_in)
+        observed.bytes_down.inc(record.bytes_out)
+
+
+def inspect_request(record: StreamRecord, body: bytes) -> None:
+    """Note the request's ``model`` and ``stream`` flag when the body is a JSON object."""
+    if not body or body[:1] != b"{":
+        return
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(obj, dict):
+        model = obj.get("model")
+        if isinstance(model, str):
+            record.model = model
+        record.streaming_request = obj.get("stream") is True

@@ -1,0 +1,2 @@
+"""The provider side: pooled requests (:mod:`.pool`) and relaying an SSE body through the
+engine's pump (:mod:`.relay`)."""
