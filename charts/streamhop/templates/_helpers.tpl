@@ -1,8 +1,8 @@
 {{/*
 Named templates of the streamhop chart.
 
-The sidecar templates (streamhop.sidecar, streamhop.sidecarInit, streamhop.sidecarVolumes,
-streamhop.configChecksum) are meant to be included from YOUR chart, with streamhop as a
+The sidecar templates (streamhop.sidecar, streamhop.sidecarVolumes, streamhop.configChecksum)
+are meant to be included from YOUR chart, with streamhop as a
 dependency. They read only .Values and .Release, so call them with a small context:
 
   {{- $streamhop := dict "Values" .Values.streamhop "Release" .Release }}
@@ -112,6 +112,9 @@ are left out (streamhop's default applies), and so are empty strings.
 {{- end -}}
 {{- end }}
 
+{{/* The Redis URL comes from secrets.redisUrl: the ConfigMap holds redis_url =
+"${STREAMHOP_REDIS_URL}" and the container gets STREAMHOP_REDIS_URL from the Secret (streamhop
+expands ${NAME} in redis_url), so the password is never in the ConfigMap. */}}
 {{- define "streamhop.redisFromSecret" -}}
 {{- if and .Values.config.resume.enabled (eq .Values.config.resume.store "redis") .Values.secrets.redisUrl.existingSecret }}true{{ end }}
 {{- end }}
@@ -184,11 +187,6 @@ binding_key = {{ toJson $c.resume.binding_key }}
 {{- include "streamhop.configToml" . | sha256sum }}
 {{- end }}
 
-{{/* Where the running process reads its config: the ConfigMap, or the copy with the Redis URL filled in. */}}
-{{- define "streamhop.configPath" -}}
-{{- if include "streamhop.redisFromSecret" . }}/run/streamhop/streamhop.toml{{ else }}/etc/streamhop/streamhop.toml{{ end }}
-{{- end }}
-
 {{/* ------------------------------------------------------------------------------------------
 Containers
 ------------------------------------------------------------------------------------------ */}}
@@ -213,6 +211,13 @@ Containers
       name: {{ .existingSecret | quote }}
       key: {{ .key | quote }}
 {{- end }}
+{{- end }}
+{{- if include "streamhop.redisFromSecret" . }}
+- name: STREAMHOP_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.redisUrl.existingSecret | quote }}
+      key: {{ .Values.secrets.redisUrl.key | quote }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
@@ -242,7 +247,7 @@ Containers
   {{- if and $sidecar $.Values.sidecar.native }}
   restartPolicy: Always
   {{- end }}
-  args: ["serve", "--config", {{ include "streamhop.configPath" $ | quote }}]
+  args: ["serve", "--config", "/etc/streamhop/streamhop.toml"]
   ports:
     {{- if not $sidecar }}
     - name: proxy
@@ -304,46 +309,6 @@ Containers
       readOnly: true
     - name: streamhop-tmp
       mountPath: /tmp
-    {{- if include "streamhop.redisFromSecret" $ }}
-    - name: streamhop-run
-      mountPath: /run/streamhop
-      readOnly: true
-    {{- end }}
-{{- end }}
-
-{{/* The init container that writes the Redis URL from its Secret into a copy of the config
-(streamhop reads ${NAME} only in route headers and the binding key). Rendered only with
-secrets.redisUrl.existingSecret; the JSON escaping of the value is a valid TOML basic string. */}}
-{{- define "streamhop.configInitContainer" -}}
-{{- if include "streamhop.redisFromSecret" . }}
-- name: {{ ternary (printf "%s-config" .Values.sidecar.containerName) "streamhop-config" (eq .Values.mode "sidecar") }}
-  image: {{ include "streamhop.image" . | quote }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
-  command:
-    - /opt/streamhop/bin/python
-    - -c
-    - >-
-      import json, os, pathlib;
-      text = pathlib.Path("/etc/streamhop/streamhop.toml").read_text();
-      url = json.dumps(os.environ["STREAMHOP_REDIS_URL"])[1:-1];
-      pathlib.Path("/run/streamhop/streamhop.toml").write_text(text.replace("${STREAMHOP_REDIS_URL}", url))
-  env:
-    - name: STREAMHOP_REDIS_URL
-      valueFrom:
-        secretKeyRef:
-          name: {{ .Values.secrets.redisUrl.existingSecret | quote }}
-          key: {{ .Values.secrets.redisUrl.key | quote }}
-  resources:
-    {{- toYaml .Values.resources | nindent 4 }}
-  securityContext:
-    {{- include "streamhop.containerSecurityContext" . | nindent 4 }}
-  volumeMounts:
-    - name: streamhop-config
-      mountPath: /etc/streamhop
-      readOnly: true
-    - name: streamhop-run
-      mountPath: /run/streamhop
-{{- end }}
 {{- end }}
 
 {{- define "streamhop.volumes" -}}
@@ -354,12 +319,6 @@ secrets.redisUrl.existingSecret; the JSON escaping of the value is a valid TOML 
   emptyDir:
     medium: Memory
     sizeLimit: 16Mi
-{{- if include "streamhop.redisFromSecret" . }}
-- name: streamhop-run
-  emptyDir:
-    medium: Memory
-    sizeLimit: 1Mi
-{{- end }}
 {{- end }}
 
 {{/* ------------------------------------------------------------------------------------------
@@ -368,20 +327,9 @@ Sidecar mode: include these from your own pod template (see the comment at the t
 
 {{/* The streamhop sidecar, for initContainers when sidecar.native (Kubernetes >= 1.29: it
 starts before your app, its startup probe holds your app back until it listens, and it stops
-after your app), else for containers. With the Redis URL from a Secret it is preceded by the
-config init container, so with sidecar.native=false also include streamhop.sidecarInit. */}}
+after your app), else for containers. */}}
 {{- define "streamhop.sidecar" -}}
-{{- if .Values.sidecar.native }}
-{{- include "streamhop.configInitContainer" . }}
-{{- end }}
 {{ include "streamhop.container" (dict "ctx" . "sidecar" true) }}
-{{- end }}
-
-{{/* initContainers entries needed in front of a plain (non-native) sidecar; empty otherwise. */}}
-{{- define "streamhop.sidecarInit" -}}
-{{- if not .Values.sidecar.native }}
-{{- include "streamhop.configInitContainer" . }}
-{{- end }}
 {{- end }}
 
 {{/* The volumes the sidecar mounts. */}}
