@@ -69,6 +69,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamhop.middleware.asgi.receive import ReceiveRelay
+from streamhop.middleware.controls import MODES, ControlHeaderError, parse_controls
 from streamhop.middleware.errors import ConfigError, EventTooLargeError, StreamHopError
 from streamhop.middleware.observe.metrics import OTHER_MODEL, Metrics, StreamMetrics
 from streamhop.middleware.pump import ClientStallError, StreamPump
@@ -81,13 +82,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROUTE_LABEL: Final = "asgi"
 """The ``route`` label when neither ``route_label`` nor a framework route template is known."""
-MODES: Final = ("coalesce", "passthrough")
 MODEL_PEEK_BYTES: Final = 64 * 1024
 """Request body bytes kept to read the ``model`` field (only with a ``models`` allow-list)."""
 
-_CONTROL_PREFIX: Final = b"x-streamhop-"
-_FLUSH_HEADER: Final = b"x-streamhop-flush-interval-ms"
-_MODE_HEADER: Final = b"x-streamhop-mode"
 _FINAL_BODY: Final[Message] = {"type": "http.response.body", "body": b"", "more_body": False}
 _INTERNAL_ERROR_MESSAGE: Final = "the server failed while streaming the response"
 
@@ -119,10 +116,6 @@ class ClientDisconnectedError(StreamHopError, OSError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"the response is over ({reason}): the app's send() can take no more")
         self.reason = reason
-
-
-class _ControlHeaderError(StreamHopError):
-    """An ``X-Streamhop-*`` request header with an unusable value (answered with 400)."""
 
 
 class _Phase(enum.Enum):
@@ -228,8 +221,8 @@ class StreamHopMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            flush_ms, mode = _controls(scope["headers"])
-        except _ControlHeaderError as exc:
+            controls = parse_controls(scope["headers"])
+        except ControlHeaderError as exc:
             body = error_body(self.error_format, "bad_control_header", str(exc))
             headers = [
                 (b"content-type", b"application/json"),
@@ -238,9 +231,10 @@ class StreamHopMiddleware:
             await send({"type": "http.response.start", "status": 400, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
+        flush_ms = controls.flush_interval_ms
         if flush_ms is None:
             flush_ms = self.flush_interval_ms
-        passthrough = (mode or self.mode) == "passthrough"
+        passthrough = (controls.mode or self.mode) == "passthrough"
         await _Responder(self, scope, receive, send, flush_ms / 1000.0, passthrough).run()
 
 
@@ -747,41 +741,6 @@ def _positive_int(key: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise OptionError(key, f"expected an integer > 0, got {value!r}")
     return value
-
-
-def _controls(raw: Iterable[tuple[bytes, bytes]]) -> tuple[float | None, str | None]:
-    """The request's ``X-Streamhop-Flush-Interval-Ms`` (ms) and ``X-Streamhop-Mode``, as the
-    sidecar reads them.
-
-    Raises:
-        _ControlHeaderError: a value the sidecar would also refuse.
-    """
-    flush: float | None = None
-    mode: str | None = None
-    for key, value in raw:
-        name = key.lower()
-        if not name.startswith(_CONTROL_PREFIX):
-            continue
-        if name == _FLUSH_HEADER:
-            text = value.decode("latin-1").strip()
-            try:
-                flush = float(text)
-            except ValueError:
-                raise _ControlHeaderError(
-                    f"X-Streamhop-Flush-Interval-Ms must be a number of milliseconds, got {text!r}"
-                ) from None
-            if not flush >= 0 or flush == math.inf:
-                raise _ControlHeaderError(
-                    f"X-Streamhop-Flush-Interval-Ms must be a finite number >= 0, got {text!r}"
-                )
-        elif name == _MODE_HEADER:
-            text = value.decode("latin-1").strip()
-            if text not in MODES:
-                raise _ControlHeaderError(
-                    f"X-Streamhop-Mode must be 'coalesce' or 'passthrough', got {text!r}"
-                )
-            mode = text
-    return flush, mode
 
 
 def _header(raw: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

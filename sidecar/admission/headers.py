@@ -1,4 +1,5 @@
-"""Which headers cross the proxy, and the ``X-Streamhop-*`` control headers.
+"""Which headers cross the proxy (the ``X-Streamhop-*`` control headers are read by
+:mod:`streamhop.middleware.controls` and never forwarded).
 
 Hop-by-hop headers are dropped in both directions, as RFC 9110 §7.6.1 requires of a proxy:
 ``Connection`` and every header it names, ``Proxy-Connection``, ``Keep-Alive``, ``TE``,
@@ -10,11 +11,10 @@ to streamhop and are never forwarded.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Final
 
+from streamhop.middleware.controls import Controls, is_control, parse_controls
 from streamhop.middleware.errors import StreamHopError
-from streamhop.sidecar.config import RouteConfig
 
 HOP_BY_HOP: Final = frozenset(
     (
@@ -28,26 +28,10 @@ HOP_BY_HOP: Final = frozenset(
     )
 )
 _REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length"}
-CONTROL_PREFIX: Final = b"x-streamhop-"
-MAX_TIMEOUT_MS: Final = 86_400_000
-"""Largest ``X-Streamhop-Timeout-Ms`` accepted (one day)."""
-
-
-class ControlHeaderError(StreamHopError):
-    """An ``X-Streamhop-*`` header has a value streamhop cannot use (answered with 400)."""
 
 
 class HeaderValueError(StreamHopError):
     """A request header value streamhop cannot forward byte for byte (answered with 400)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Controls:
-    """Per-request overrides from ``X-Streamhop-*`` headers (``None``: use the config)."""
-
-    flush_interval_ms: float | None = None
-    mode: str | None = None
-    timeout_ms: float | None = None
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -79,27 +63,8 @@ def upstream_request_headers(
     """
     drop = _REQUEST_DROP | _connection_tokens(raw)
     forward: list[tuple[str, str]] = []
-    flush = mode = timeout = None
     for name, value in raw:
-        if name in drop:
-            continue
-        if name.startswith(CONTROL_PREFIX):
-            key = name[len(CONTROL_PREFIX) :]
-            text = value.decode("latin-1").strip()
-            if key == b"flush-interval-ms":
-                flush = _non_negative("X-Streamhop-Flush-Interval-Ms", text)
-            elif key == b"mode":
-                if text not in ("coalesce", "passthrough"):
-                    raise ControlHeaderError(
-                        f"X-Streamhop-Mode must be 'coalesce' or 'passthrough', got {text!r}"
-                    )
-                mode = text
-            elif key == b"timeout-ms":
-                timeout = _non_negative("X-Streamhop-Timeout-Ms", text)
-                if timeout == 0 or timeout > MAX_TIMEOUT_MS:
-                    raise ControlHeaderError(
-                        f"X-Streamhop-Timeout-Ms must be > 0 and <= {MAX_TIMEOUT_MS}, got {text!r}"
-                    )
+        if name in drop or is_control(name):
             continue
         if value.isascii():
             forward.append((name.decode("latin-1"), value.decode("ascii")))
@@ -111,7 +76,7 @@ def upstream_request_headers(
                 f"the value of header {name.decode('latin-1')!r} is not UTF-8; streamhop "
                 "forwards header values byte for byte and cannot forward these bytes"
             ) from None
-    return forward, Controls(flush_interval_ms=flush, mode=mode, timeout_ms=timeout)
+    return forward, parse_controls(raw)
 
 
 def response_headers(
@@ -136,18 +101,6 @@ def response_headers(
     return out
 
 
-def _non_negative(header: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ControlHeaderError(
-            f"{header} must be a number of milliseconds, got {text!r}"
-        ) from None
-    if not value >= 0 or value == float("inf"):
-        raise ControlHeaderError(f"{header} must be a finite number >= 0, got {text!r}")
-    return value
-
-
 def merge_route_headers(
     forward: list[tuple[str, str]], route_headers: Mapping[str, str]
 ) -> list[tuple[str, str]]:
@@ -158,14 +111,3 @@ def merge_route_headers(
     merged = [(n, v) for n, v in forward if n.lower() not in override]
     merged.extend(route_headers.items())
     return merged
-
-
-def effective_timeout(route: RouteConfig, controls: Controls) -> float | None:
-    """Seconds the request may take: the route's ``timeout_s``, shortened (never extended) by
-    ``X-Streamhop-Timeout-Ms``; ``None`` for no deadline."""
-    if controls.timeout_ms is None:
-        return route.timeout_s
-    requested = controls.timeout_ms / 1000.0
-    if route.timeout_s is None:
-        return requested
-    return min(route.timeout_s, requested)

@@ -31,11 +31,12 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from streamhop.middleware.controls import Controls
 from streamhop.middleware.observe.metrics import StreamMetrics
 from streamhop.middleware.pump import ClientStallError, StreamPump
 from streamhop.middleware.rechunk.formats import error_event, format_for_path
 from streamhop.middleware.sse.events import SSEEvent
-from streamhop.sidecar.admission.headers import Controls, response_headers
+from streamhop.sidecar.admission.headers import response_headers
 from streamhop.sidecar.config import Config, RouteConfig
 from streamhop.sidecar.http.asgi import Scope, Send, json_error
 from streamhop.sidecar.observe.record import StreamRecord

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from streamhop.middleware.controls import ControlHeaderError
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.middleware.rechunk.formats import format_for_path
 from streamhop.sidecar.admission.guard import (
@@ -37,9 +38,7 @@ from streamhop.sidecar.admission.guard import (
     preflight_headers,
 )
 from streamhop.sidecar.admission.headers import (
-    ControlHeaderError,
     HeaderValueError,
-    effective_timeout,
     merge_route_headers,
     upstream_request_headers,
 )
@@ -179,7 +178,7 @@ class Proxy:
         )
         inspect_request(record, body)
         observed = self.metrics.stream(route.prefix, record.model)
-        timeout_s = effective_timeout(route, controls)
+        timeout_s = controls.deadline_s(route.timeout_s)
         headers = merge_route_headers(forward, route.headers)
         traced = None
         if self.tracing is not None:

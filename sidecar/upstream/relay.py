@@ -15,12 +15,12 @@ from typing import Any, Final
 
 import aiohttp
 
+from streamhop.middleware.controls import Controls
 from streamhop.middleware.errors import EventTooLargeError
 from streamhop.middleware.observe.metrics import StreamMetrics
 from streamhop.middleware.pump import StreamPump, Write
 from streamhop.middleware.rechunk.coalescer import Coalescer
 from streamhop.middleware.sse.decoder import SSEDecoder
-from streamhop.sidecar.admission.headers import Controls
 from streamhop.sidecar.config import Config, RouteConfig
 from streamhop.sidecar.observe.record import StreamRecord
 

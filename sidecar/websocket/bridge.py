@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Final
 
 import orjson
 
+from streamhop.middleware.controls import ControlHeaderError, Controls
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.admission.guard import (
     PathError,
@@ -46,10 +47,7 @@ from streamhop.sidecar.admission.guard import (
     normalise_path,
 )
 from streamhop.sidecar.admission.headers import (
-    ControlHeaderError,
-    Controls,
     HeaderValueError,
-    effective_timeout,
     merge_route_headers,
     upstream_request_headers,
 )
@@ -291,7 +289,7 @@ class _Session:
         elif self.task is not None and not self.task.done():
             # It is sending its own done: let it finish first.
             await asyncio.wait((self.task,), timeout=CUTOVER_WAIT_S)
-        self._start(route, message, extra, _merge_controls(self.controls, controls))
+        self._start(route, message, extra, controls.over(self.controls))
         return True
 
     def _start(
@@ -318,7 +316,7 @@ class _Session:
             record.model = model
         record.streaming_request = True
         observed = bridge.metrics.stream(route.prefix, record.model)
-        timeout_s = effective_timeout(route, controls)
+        timeout_s = controls.deadline_s(route.timeout_s)
         headers = _combine(self.forward, extra)
         headers = merge_route_headers(headers, route.headers)
         headers.append(("content-type", "application/json"))
@@ -377,14 +375,3 @@ def _combine(
     out = [(n, v) for n, v in handshake if n not in override and n not in _DROP_ALWAYS]
     out.extend((n, v) for n, v in message if n.lower() not in _DROP_ALWAYS)
     return out
-
-
-def _merge_controls(handshake: Controls, message: Controls) -> Controls:
-    """The message's ``X-Streamhop-*`` values win over the handshake's."""
-    return Controls(
-        flush_interval_ms=message.flush_interval_ms
-        if message.flush_interval_ms is not None
-        else handshake.flush_interval_ms,
-        mode=message.mode if message.mode is not None else handshake.mode,
-        timeout_ms=message.timeout_ms if message.timeout_ms is not None else handshake.timeout_ms,
-    )

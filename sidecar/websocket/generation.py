@@ -33,10 +33,10 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from streamhop.middleware.controls import Controls
 from streamhop.middleware.observe.metrics import StreamMetrics
 from streamhop.middleware.pump import ClientStallError, StreamPump
 from streamhop.middleware.sse.decoder import SSEDecoder
-from streamhop.sidecar.admission.headers import Controls
 from streamhop.sidecar.config import Config, RouteConfig
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.upstream.pool import UpstreamError, UpstreamPool, UpstreamTiming

@@ -604,16 +604,6 @@ def test_timeout_header_cannot_extend_the_routes_timeout(side: StreamhopProcess)
         assert _status(answer) == 400, value
 
 
-def test_timeout_header_shortens_but_never_extends_unit() -> None:
-    from streamhop.sidecar.admission.headers import Controls, effective_timeout
-    from streamhop.sidecar.config import RouteConfig
-
-    route = RouteConfig(prefix="/", upstream="http://x", timeout_s=1.5)
-    assert effective_timeout(route, Controls(timeout_ms=100_000)) == 1.5
-    assert effective_timeout(route, Controls(timeout_ms=200)) == 0.2
-    assert effective_timeout(RouteConfig(prefix="/", upstream="http://x"), Controls()) is None
-
-
 # --- 8. bytes pass untouched unless merged ----------------------------------------------------
 
 

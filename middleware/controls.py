@@ -1,0 +1,115 @@
+"""The ``X-Streamhop-*`` request headers: per-request instructions to streamhop, never forwarded.
+
+One parser for the sidecar and the middleware, so both accept and refuse the same values:
+
+* ``X-Streamhop-Flush-Interval-Ms``: the flush window in milliseconds (finite, ``>= 0``);
+* ``X-Streamhop-Mode``: ``coalesce`` or ``passthrough``;
+* ``X-Streamhop-Timeout-Ms``: a deadline in milliseconds (``0 <`` value ``<=``
+  :data:`MAX_TIMEOUT_MS`); it can only shorten a route's ``timeout_s``
+  (:meth:`Controls.deadline_s`). The middleware ignores it (the app owns its deadlines).
+
+Header names are matched in any case (RFC 9110 §5.1); other ``X-Streamhop-*`` names are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from streamhop.middleware.errors import StreamHopError
+
+PREFIX: Final = b"x-streamhop-"
+MODES: Final = ("coalesce", "passthrough")
+MAX_TIMEOUT_MS: Final = 86_400_000
+"""Largest ``X-Streamhop-Timeout-Ms`` accepted (one day)."""
+
+
+class ControlHeaderError(StreamHopError):
+    """An ``X-Streamhop-*`` header has a value streamhop cannot use (answered with 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """Per-request overrides (``None``: use the configured value).
+
+    Attributes:
+        flush_interval_ms: the flush window, milliseconds.
+        mode: ``coalesce`` or ``passthrough``.
+        timeout_ms: the requested deadline, milliseconds.
+    """
+
+    flush_interval_ms: float | None = None
+    mode: str | None = None
+    timeout_ms: float | None = None
+
+    def over(self, base: Controls) -> Controls:
+        """These values where set, ``base``'s elsewhere (a WebSocket message over its
+        handshake)."""
+        return Controls(
+            self.flush_interval_ms
+            if self.flush_interval_ms is not None
+            else base.flush_interval_ms,
+            self.mode if self.mode is not None else base.mode,
+            self.timeout_ms if self.timeout_ms is not None else base.timeout_ms,
+        )
+
+    def deadline_s(self, route_timeout_s: float | None) -> float | None:
+        """Seconds the request may take: ``route_timeout_s`` shortened, never extended, by
+        ``timeout_ms``; ``None`` for no deadline."""
+        if self.timeout_ms is None:
+            return route_timeout_s
+        requested = self.timeout_ms / 1000.0
+        return requested if route_timeout_s is None else min(route_timeout_s, requested)
+
+
+NO_CONTROLS: Final = Controls()
+
+
+def is_control(name: bytes) -> bool:
+    """True for an ``X-Streamhop-*`` header name (any case)."""
+    return name[:12].lower() == PREFIX
+
+
+def parse_controls(headers: Iterable[tuple[bytes, bytes]]) -> Controls:
+    """Read the control headers among ``headers`` (ASGI-style ``(name, value)`` bytes).
+
+    Raises:
+        ControlHeaderError: a control header with an invalid value, naming the header.
+    """
+    flush = mode = timeout = None
+    for name, value in headers:
+        if not is_control(name):
+            continue
+        key = name[12:].lower()
+        text = value.decode("latin-1").strip()
+        if key == b"flush-interval-ms":
+            flush = _milliseconds("X-Streamhop-Flush-Interval-Ms", text)
+        elif key == b"mode":
+            if text not in MODES:
+                raise ControlHeaderError(
+                    f"X-Streamhop-Mode must be 'coalesce' or 'passthrough', got {text!r}"
+                )
+            mode = text
+        elif key == b"timeout-ms":
+            timeout = _milliseconds("X-Streamhop-Timeout-Ms", text)
+            if timeout == 0 or timeout > MAX_TIMEOUT_MS:
+                raise ControlHeaderError(
+                    f"X-Streamhop-Timeout-Ms must be > 0 and <= {MAX_TIMEOUT_MS}, got {text!r}"
+                )
+    if flush is None and mode is None and timeout is None:
+        return NO_CONTROLS
+    return Controls(flush, mode, timeout)
+
+
+def _milliseconds(header: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ControlHeaderError(
+            f"{header} must be a number of milliseconds, got {text!r}"
+        ) from None
+    if not value >= 0 or value == math.inf:
+        raise ControlHeaderError(f"{header} must be a finite number >= 0, got {text!r}")
+    return value
