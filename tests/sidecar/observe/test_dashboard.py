@@ -23,7 +23,7 @@ import httpx2
 import promql_parser
 import pytest
 
-from tests.sidecar.test_metrics import (
+from tests.sidecar.observe.test_metrics import (
     ROUTE,
     SIM_HEADERS,
     Scrape,
@@ -34,7 +34,7 @@ from tests.sidecar.test_metrics import (
 )
 from tests.support import StreamhopProcess
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "charts/streamhop/dashboards/streamhop.json"
+DASHBOARD = Path(__file__).resolve().parents[3] / "charts/streamhop/dashboards/streamhop.json"
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 RATE_INTERVAL = datetime.timedelta(seconds=73)
 """What ``$__rate_interval`` becomes: an odd value, so a hard-coded range stands out."""
