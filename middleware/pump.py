@@ -1,8 +1,13 @@
 """The stream pump: upstream bytes → decoder → coalescer → one downstream write at a time.
 
-This is the IO edge shared by the sidecar and the middleware; it owns no socket. The caller
-feeds bytes as they arrive (:meth:`StreamPump.feed`) and hands in an async ``write`` that sends one
-body chunk to the client. Behaviour (DESIGN.md, "Stream lifecycle"):
+This is the IO edge shared by the sidecar and the middleware; it owns no socket. Shaped like
+h11's ``receive_data``/``next_event`` and uvicorn's ``FlowControl``: the caller builds it from
+:class:`PumpOptions`, awaits :meth:`StreamPump.feed` with bytes as they arrive (it waits for room
+itself), calls :meth:`StreamPump.feed_eof` at the end (it returns the :class:`Fault`, if any), then
+:meth:`StreamPump.finish`. It hands in an async ``write`` that sends one body chunk to the client,
+or ``write_events`` that sends events its own way (the WebSocket bridge makes frames from them).
+No caller touches the decoder or coalescer behind it; :attr:`StreamPump.stats` tells what
+happened. Behaviour (DESIGN.md, "Stream lifecycle"):
 
 * at most one ``write`` is in flight; while it is, deltas keep merging in the coalescer, so a slow
   client gets fewer, larger writes and memory grows with unsent text, not with event count;
@@ -29,15 +34,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Final, NamedTuple, Protocol, TypeVar
 
 from streamhop.middleware.errors import EventTooLargeError, StreamHopError
 from streamhop.middleware.rechunk.coalescer import Coalescer
+from streamhop.middleware.rechunk.formats import error_event
 from streamhop.middleware.sse.decoder import SSEDecoder
 from streamhop.middleware.sse.encoder import encode_events
 from streamhop.middleware.sse.events import SSEEvent
 
+_T = TypeVar("_T")
 Write = Callable[[bytes], Awaitable[None]]
+WriteEvents = Callable[[list[SSEEvent]], Awaitable[int]]
+"""Sends a batch of events its own way; returns the bytes it wrote (for accounting)."""
 OnEvents = Callable[[list[SSEEvent]], list[SSEEvent]]
 """A hook given each merged batch right before it is encoded; returns the events to write
 (e.g. the same events with ``id`` set, see ``SSEEvent._replace``)."""
@@ -57,21 +67,89 @@ class ClientStallError(StreamHopError, TimeoutError):
     """The client accepted no bytes for ``stall_timeout`` seconds."""
 
 
+class Fault(NamedTuple):
+    """Why a stream ended without its normal end: a short ``code`` (the error event's, see
+    docs/lifecycle.md) and a sentence for a person."""
+
+    code: str
+    message: str
+
+
+class StreamFault(StreamHopError):
+    """Raised by :meth:`StreamPump.feed` when the stream cannot go on (``event_too_large``)."""
+
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(fault.message)
+        self.fault = fault
+
+
+TERMINAL_EVENTS: Final = {
+    "openai-chat": "data: [DONE]",
+    "openai-responses": "response.completed",
+    "anthropic": "message_stop",
+}
+"""Formats whose complete streams end with a terminal event, and that event."""
+
+
+@dataclass(frozen=True, slots=True)
+class PumpOptions:
+    """How one stream is re-chunked and bounded.
+
+    Attributes:
+        format: ``auto`` or a format name (``openai-chat``, ``openai-responses``, ``anthropic``,
+            ``sse``).
+        flush_interval_s: the window from the first held delta to its write, seconds.
+        max_flush_bytes: held wire bytes at which a write is due at once.
+        passthrough: forward events one by one, never merging.
+        max_event_bytes: largest SSE event accepted (``event_too_large`` past it).
+        max_pending_bytes: held bytes above which :meth:`StreamPump.feed` waits for the writer.
+        stall_timeout_s: seconds one write may take before :class:`ClientStallError`.
+        keepalive_interval_s: seconds of silence before a ``: keep-alive`` comment; ``None``:
+            never.
+        forward_comments: forward upstream comment lines while nothing else is due.
+    """
+
+    format: str = "auto"
+    flush_interval_s: float = 0.020
+    max_flush_bytes: int = 16 * 1024
+    passthrough: bool = False
+    max_event_bytes: int = 1024 * 1024
+    max_pending_bytes: int = 1024 * 1024
+    stall_timeout_s: float = 30.0
+    keepalive_interval_s: float | None = None
+    forward_comments: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PumpStats:
+    """What one stream did (times are ``time.monotonic()`` seconds, ``None`` if not reached)."""
+
+    format: str | None
+    events_in: int
+    events_out: int
+    malformed: int
+    writes: int
+    bytes_in: int
+    bytes_out: int
+    upstream_first_content_at: float | None
+    first_content_write_at: float | None
+    first_tool_args_write_at: float | None
+    usage_input_tokens: int | None
+    usage_output_tokens: int | None
+
+
 class StreamPump:
     """Re-chunks one SSE stream and writes it downstream.
 
     Args:
         write: sends one body chunk to the client; raising fails the pump.
-        coalescer: the stream's coalescer (format, window, sizes).
-        decoder: the stream's decoder (event size bound).
-        max_pending_bytes: held wire bytes above which :meth:`wait_for_room` blocks.
-        stall_timeout: seconds one ``write`` may take before :class:`ClientStallError`.
+        options: format, window, sizes and bounds (:class:`PumpOptions`).
         observer: optional receiver of per-read and per-write measurements.
-        on_events: optional :data:`OnEvents` hook applied to each batch right before encoding
-            (the sidecar's resume log numbers and records events with it).
-        keepalive_interval: seconds of downstream silence after which a ``: keep-alive``
-            comment is written; ``None`` never writes one.
-        forward_comments: forward upstream comment lines while the stream is idle.
+        on_events: optional :data:`OnEvents` hook applied to each batch right before it is
+            written (the sidecar's resume log numbers and records events with it).
+        write_events: optional; when given, batches go to it instead of being encoded for
+            ``write`` (comments and keep-alives are then not written: that transport has its
+            own keep-alive).
 
     Must be created inside a running event loop.
     """
@@ -79,22 +157,25 @@ class StreamPump:
     def __init__(
         self,
         write: Write,
-        coalescer: Coalescer,
-        decoder: SSEDecoder,
+        options: PumpOptions = PumpOptions(),
         *,
-        max_pending_bytes: int = 1024 * 1024,
-        stall_timeout: float = 30.0,
         observer: PumpObserver | None = None,
         on_events: OnEvents | None = None,
-        keepalive_interval: float | None = None,
-        forward_comments: bool = False,
+        write_events: WriteEvents | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._write = write
-        self.coalescer = coalescer
-        self.decoder = decoder
-        self._max_pending = max_pending_bytes
-        self._stall = stall_timeout
+        self._write_events = write_events
+        self._options = options
+        self._coalescer = Coalescer(
+            format=options.format,
+            flush_interval=options.flush_interval_s,
+            max_flush_bytes=options.max_flush_bytes,
+            passthrough=options.passthrough,
+        )
+        self._decoder = SSEDecoder(options.max_event_bytes)
+        self._max_pending = options.max_pending_bytes
+        self._stall = options.stall_timeout_s
         self._observer = observer
         self.on_events = on_events
         """The :data:`OnEvents` hook (settable until the first event is fed)."""
@@ -107,49 +188,140 @@ class StreamPump:
         self._stalled = False
         self._closing = False
         self._tail: list[SSEEvent] = []
-        self._forward_comments = forward_comments
+        self._forward_comments = options.forward_comments and write_events is None
         self._idle_write: bytes | None = None  # a comment to write once nothing else is due
-        self._keepalive_interval = keepalive_interval
+        keepalive = options.keepalive_interval_s if write_events is None else None
+        self._keepalive_interval = keepalive
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_write = time.monotonic()
-        if keepalive_interval is not None:
-            self._keepalive = self._loop.call_later(keepalive_interval, self._on_keepalive)
+        if keepalive is not None:
+            self._keepalive = self._loop.call_later(keepalive, self._on_keepalive)
         self.writes = 0
-        """Downstream writes done."""
         self.bytes_in = 0
-        """Upstream body bytes fed."""
         self.bytes_out = 0
-        """Downstream body bytes written."""
         self.first_write_at: float | None = None
         """``time.monotonic()`` when the first write completed."""
         self.first_content_write_at: float | None = None
-        """``time.monotonic()`` when the write holding the first content event began."""
         self.first_tool_args_write_at: float | None = None
-        """``time.monotonic()`` when the write holding the first tool-argument fragment began."""
         self.writer = self._loop.create_task(self._write_loop(), name="streamhop-writer")
-        """The writer task: done when the stream is fully written, or failed."""
+        """The writer task: done when the stream is fully written, or failed (client gone:
+        the writer's exception; :class:`ClientStallError`). Add a done callback to react."""
 
-    def feed(self, data: bytes) -> None:
-        """Take upstream bytes (non-empty) and schedule writes.
+    def __repr__(self) -> str:
+        c = self._coalescer
+        state = (
+            "failed"
+            if self.writer.done() and not self.writer.cancelled() and self.writer.exception()
+            else "closing"
+            if self._closing
+            else "writing"
+            if self._writing_since is not None
+            else "idle"
+        )
+        return (
+            f"<StreamPump {state} format={c.format_name} in={c.events_in}ev/{self.bytes_in}B "
+            f"out={c.events_out}ev/{self.bytes_out}B writes={self.writes} "
+            f"held={c.pending_bytes}B>"
+        )
+
+    @property
+    def format_name(self) -> str | None:
+        """The stream's format, ``None`` while ``auto`` has seen no event with data."""
+        return self._coalescer.format_name
+
+    @property
+    def stats(self) -> PumpStats:
+        """A snapshot of the stream's counters and times."""
+        c = self._coalescer
+        return PumpStats(
+            format=c.format_name,
+            events_in=c.events_in,
+            events_out=c.events_out,
+            malformed=c.malformed,
+            writes=self.writes,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            upstream_first_content_at=c.first_content_at,
+            first_content_write_at=self.first_content_write_at,
+            first_tool_args_write_at=self.first_tool_args_write_at,
+            usage_input_tokens=c.usage_input_tokens,
+            usage_output_tokens=c.usage_output_tokens,
+        )
+
+    def error_events(self, fault: Fault, format_hint: str | None = None) -> list[SSEEvent]:
+        """The terminal error event for ``fault`` in the stream's format (``format_hint`` while
+        none is known); none for a plain ``sse`` stream, whose events streamhop never rewrites
+        or adds to."""
+        fmt = self._coalescer.format_name or format_hint
+        if fmt == "sse":
+            return []
+        return [error_event(fmt, fault.code, fault.message)]
+
+    async def feed(self, data: bytes) -> None:
+        """Take upstream bytes (non-empty), schedule writes, and wait while more than
+        ``max_pending_bytes`` are held (returns at once if the writer has stopped, so the
+        caller sees the failure on :attr:`writer`).
 
         Raises:
-            EventTooLargeError: an event exceeded the decoder's bound.
+            StreamFault: an event exceeded ``max_event_bytes`` (code ``event_too_large``).
         """
+        try:
+            self._feed(data)
+        except EventTooLargeError as exc:
+            raise StreamFault(Fault("event_too_large", str(exc))) from exc
+        if self._coalescer.pending_bytes > self._max_pending:
+            await self._wait_for_room()
+
+    def feed_eof(
+        self, *, expect_terminal: bool = False, format_hint: str | None = None
+    ) -> Fault | None:
+        """The upstream body ended cleanly; return why the stream is not complete, if it is not.
+
+        Args:
+            expect_terminal: check the format's terminal event (the sidecar, which relays a
+                provider; not the middleware, whose app may end its own stream as it likes).
+            format_hint: the format expected when no event came (auto-detection saw nothing).
+
+        Returns:
+            ``upstream_truncated`` when the body ended inside an event (its bytes are dropped as
+            a browser drops them); with ``expect_terminal``, ``upstream_incomplete`` when a
+            format with a terminal event (:data:`TERMINAL_EVENTS`) did not send it; else
+            ``None``.
+        """
+        self._decoder.receive_data(b"")
+        if self._decoder.truncated:
+            return Fault(
+                "upstream_truncated", "the upstream stream ended in the middle of an event"
+            )
+        if not expect_terminal:
+            return None
+        c = self._coalescer
+        fmt = c.format_name or format_hint
+        if c.incomplete or (c.format_name is None and fmt in TERMINAL_EVENTS):
+            return Fault(
+                "upstream_incomplete",
+                "the upstream closed the stream without its terminal event "
+                f"({TERMINAL_EVENTS.get(fmt or '', '?')}); the answer is incomplete",
+            )
+        return None
+
+    def _feed(self, data: bytes) -> None:
+        """Decode ``data`` and push its events (the synchronous part of :meth:`feed`)."""
         now = time.monotonic()
         self.bytes_in += len(data)
         try:
-            events = self.decoder.feed(data)
+            events = self._decoder.feed(data)
         except EventTooLargeError:
             # Events completed earlier in this same read are still owed to the client.
-            while type(event := self.decoder.next_event()) is SSEEvent:
-                self.coalescer.push(event, now)
+            while type(event := self._decoder.next_event()) is SSEEvent:
+                self._coalescer.push(event, now)
             raise
         if events:
-            coalescer = self.coalescer
+            coalescer = self._coalescer
             for event in events:
                 coalescer.push(event, now)
             self._schedule(now)
-        decoder = self.decoder
+        decoder = self._decoder
         if decoder.comment is not None:
             comment = decoder.comment
             decoder.comment = None
@@ -159,15 +331,8 @@ class StreamPump:
         if self._observer is not None:
             self._observer.upstream_read(len(events), len(data), time.monotonic() - now)
 
-    @property
-    def over_limit(self) -> bool:
-        """True when the reader should call :meth:`wait_for_room` before reading more."""
-        return self.coalescer.pending_bytes > self._max_pending
-
-    async def wait_for_room(self) -> None:
-        """Block while more than ``max_pending_bytes`` are held (returns at once if the writer
-        has stopped, so the reader can see the failure)."""
-        while self.coalescer.pending_bytes > self._max_pending and not self.writer.done():
+    async def _wait_for_room(self) -> None:
+        while self._coalescer.pending_bytes > self._max_pending and not self.writer.done():
             self._room.clear()
             self._wake.set()
             await self._room.wait()
@@ -198,7 +363,7 @@ class StreamPump:
             self.writer.cancel()
 
     def _schedule(self, now: float) -> None:
-        deadline = self.coalescer.deadline
+        deadline = self._coalescer.deadline
         if deadline is None:
             return
         if deadline <= now:
@@ -226,7 +391,7 @@ class StreamPump:
 
     def _idle(self) -> bool:
         """Nothing held, nothing being written."""
-        return self.coalescer.deadline is None and self._writing_since is None
+        return self._coalescer.deadline is None and self._writing_since is None
 
     def _on_keepalive(self) -> None:
         """One timer per ``keepalive_interval``: write a comment if the stream went quiet."""
@@ -244,7 +409,7 @@ class StreamPump:
         self._keepalive = self._loop.call_later(left, self._on_keepalive)
 
     async def _write_loop(self) -> None:
-        coalescer = self.coalescer
+        coalescer = self._coalescer
         try:
             while True:
                 await self._wake.wait()
@@ -285,48 +450,55 @@ class StreamPump:
 
     async def _send_bytes(self, data: bytes) -> None:
         """Write a comment (keep-alive): not an event, so no hook, no event accounting."""
-        await self._timed_write(data, time.monotonic())
+        await self._timed(self._write(data), time.monotonic(), f"{len(data)} bytes")
         self.bytes_out += len(data)
 
-    async def _timed_write(self, data: bytes, start: float) -> None:
-        """One downstream write under the stall watchdog; sets ``_last_write`` when done.
+    async def _timed(self, write: Awaitable[_T], start: float, pending: str) -> _T:
+        """Await one downstream write under the stall watchdog; sets ``_last_write`` when done.
 
         Raises:
-            ClientStallError: the write did not complete within ``stall_timeout``.
+            ClientStallError: the write did not complete within ``stall_timeout_s``.
         """
         self._writing_since = start
         if self._watchdog is None:
             self._watchdog = self._loop.call_later(self._stall, self._check_stall)
         try:
-            await self._write(data)
+            result = await write
         except asyncio.CancelledError:
             if self._stalled:
                 raise ClientStallError(
-                    f"client accepted no bytes for {self._stall:g} s ({len(data)} bytes pending)"
+                    f"client accepted no bytes for {self._stall:g} s ({pending} pending)"
                 ) from None
             raise
         finally:
             self._writing_since = None
         self._last_write = time.monotonic()
+        return result
 
     async def _send(self, events: list[SSEEvent], begin: float) -> None:
-        """Encode and write ``events``; ``begin`` is when their merge (``take``) started."""
+        """Write ``events`` (encoded for ``write``, or handed to ``write_events``); ``begin`` is
+        when their merge (``take``) started."""
         if self.on_events is not None:
             events = self.on_events(events)
-        data = encode_events(events)
         start = time.monotonic()
         observer = self._observer
         if observer is not None:
             observer.flush_overhead(start - begin)
-        if self.first_content_write_at is None and self.coalescer.content_seen:
+        coalescer = self._coalescer
+        if self.first_content_write_at is None and coalescer.content_seen:
             self.first_content_write_at = start
-        if self.first_tool_args_write_at is None and self.coalescer.first_tool_args_at is not None:
+        if self.first_tool_args_write_at is None and coalescer.first_tool_args_at is not None:
             self.first_tool_args_write_at = start
-        await self._timed_write(data, start)
+        if self._write_events is not None:
+            size = await self._timed(self._write_events(events), start, f"{len(events)} events")
+        else:
+            data = encode_events(events)
+            size = len(data)
+            await self._timed(self._write(data), start, f"{size} bytes")
         end = self._last_write
         if self.first_write_at is None:
             self.first_write_at = end
         self.writes += 1
-        self.bytes_out += len(data)
+        self.bytes_out += size
         if observer is not None:
-            observer.downstream_write(len(events), len(data), start, end)
+            observer.downstream_write(len(events), size, start, end)

@@ -18,10 +18,11 @@ from starlette.routing import Route, WebSocketRoute
 
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.config import Config
-from streamhop.sidecar.http.proxy import Proxy, SidecarState
+from streamhop.sidecar.http.proxy import Proxy
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
 from streamhop.sidecar.resume import build_store
+from streamhop.sidecar.upstream.driver import SidecarState
 from streamhop.sidecar.upstream.pool import UpstreamPool
 
 logger = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.admission.limits import HeadLimits, limited_httptools_protocol
 from streamhop.sidecar.app import build_admin_app, build_proxy_app
 from streamhop.sidecar.config import Config, parse_hostport
-from streamhop.sidecar.http.proxy import SidecarState
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
+from streamhop.sidecar.upstream.driver import SidecarState
 
 logger = logging.getLogger("streamhop")
 stream_logger = logging.getLogger("streamhop.streams")

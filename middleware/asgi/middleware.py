@@ -70,12 +70,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamhop.middleware.asgi.receive import ReceiveRelay
 from streamhop.middleware.controls import MODES, ControlHeaderError, parse_controls
-from streamhop.middleware.errors import ConfigError, EventTooLargeError, StreamHopError
+from streamhop.middleware.errors import ConfigError, StreamHopError
 from streamhop.middleware.observe.metrics import OTHER_MODEL, Metrics, StreamMetrics
-from streamhop.middleware.pump import ClientStallError, StreamPump
-from streamhop.middleware.rechunk.coalescer import Coalescer
-from streamhop.middleware.rechunk.formats import FORMAT_NAMES, error_body, error_event
-from streamhop.middleware.sse.decoder import SSEDecoder
+from streamhop.middleware.pump import (
+    ClientStallError,
+    Fault,
+    PumpOptions,
+    StreamFault,
+    StreamPump,
+)
+from streamhop.middleware.rechunk.formats import FORMAT_NAMES, error_body
 from streamhop.middleware.sse.events import SSEEvent
 
 logger = logging.getLogger(__name__)
@@ -496,7 +500,10 @@ class _Responder:
             type(error).__name__,
         )
         if not await self._finish(
-            pump, [self._error_event("internal_error", _INTERNAL_ERROR_MESSAGE)]
+            pump,
+            pump.error_events(
+                Fault("internal_error", _INTERNAL_ERROR_MESSAGE), self._mw.error_format
+            ),
         ):
             return  # the client is gone: the app's own exception is what goes on
         self._complete = True
@@ -541,39 +548,28 @@ class _Responder:
             return
         body = message.get("body", b"")
         if body:
-            coalescer = pump.coalescer
-            before = coalescer.events_in
+            self._in_send += 1
             try:
-                pump.feed(body)
-            except EventTooLargeError as exc:
+                await pump.feed(body)
+            except StreamFault as exc:
                 self._error_kind = "event_too_large"
                 logger.warning("the app sent an SSE event too large: %s", exc)
-                self._in_send += 1
                 try:
-                    await self._end_early(pump, "event_too_large", str(exc))
+                    await self._end_early(pump, exc.fault)
                 finally:
                     self._left_send()
                 self._stop(None, "event_too_large")  # its upstream is closed as on a disconnect
                 return
-            if (coalescer.events_in == before and body[0] == 0x3A) or pump.over_limit:
-                self._in_send += 1
-                try:
-                    if coalescer.events_in == before and body[0] == 0x3A:  # ":" a comment
-                        await self._keep_alive(pump, body)
-                    if pump.over_limit:
-                        await pump.wait_for_room()
-                finally:
-                    self._left_send()
+            self._left_send()
         if message.get("more_body", False):
             return
         self._ended = True
         tail: list[SSEEvent] = []
-        pump.decoder.receive_data(b"")
-        if pump.decoder.truncated:
+        fault = pump.feed_eof()
+        if fault is not None:
             self._error_kind = "truncated"
-            message_text = "the app's SSE response ended in the middle of an event"
-            logger.warning("%s", message_text)
-            tail.append(self._error_event("upstream_truncated", message_text))
+            logger.warning("the app's SSE response ended in the middle of an event")
+            tail = pump.error_events(fault, self._mw.error_format)
         if not await self._finish(pump, tail):
             if self._writer_error is not None:
                 raise self._writer_error
@@ -601,18 +597,19 @@ class _Responder:
         await self._send({**message, "headers": _sse_headers(raw)})
         self._observed = observed = StreamMetrics(mw.metrics, self._route(), self._model())
         observed.active.inc()
-        coalescer = Coalescer(
-            format=mw.format,
-            flush_interval=self._flush_interval,
-            max_flush_bytes=mw.max_flush_bytes,
-            passthrough=self._passthrough,
-        )
         self._pump = pump = StreamPump(
             self._write,
-            coalescer,
-            SSEDecoder(mw.max_event_bytes),
-            max_pending_bytes=mw.max_pending_bytes,
-            stall_timeout=mw.stall_timeout_s,
+            PumpOptions(
+                format=mw.format,
+                flush_interval_s=self._flush_interval,
+                max_flush_bytes=mw.max_flush_bytes,
+                passthrough=self._passthrough,
+                max_event_bytes=mw.max_event_bytes,
+                max_pending_bytes=mw.max_pending_bytes,
+                stall_timeout_s=mw.stall_timeout_s,
+                # The app's own comments (sse-starlette's ping) go out while the stream idles.
+                forward_comments=True,
+            ),
             observer=observed,
         )
         pump.writer.add_done_callback(self._writer_done)
@@ -632,27 +629,13 @@ class _Responder:
         self._writer_error = error
         self._stop("stall" if isinstance(error, ClientStallError) else "client_disconnect")
 
-    async def _keep_alive(self, pump: StreamPump, body: bytes) -> None:
-        """Forward a comment-only chunk (a keep-alive) when the stream is idle."""
-        if pump.coalescer.deadline is not None or self._send_lock.locked():
-            return  # data is flowing: the connection is not idle
-        if not _comment_only(body):
-            return
-        async with self._send_lock:
-            await self._send({"type": "http.response.body", "body": body, "more_body": True})
-
-    async def _end_early(self, pump: StreamPump, code: str, text: str) -> None:
+    async def _end_early(self, pump: StreamPump, fault: Fault) -> None:
         """Write what is held and a terminal error event, then the final body."""
         self._ended = True
-        if not await self._finish(pump, [self._error_event(code, text)]):
+        if not await self._finish(pump, pump.error_events(fault, self._mw.error_format)):
             return  # the writer failed: the client is gone, the stop follows
         self._complete = True
         await self._send(dict(_FINAL_BODY))
-
-    def _error_event(self, code: str, text: str) -> SSEEvent:
-        pump = self._pump
-        fmt = pump.coalescer.format_name if pump is not None else None
-        return error_event(fmt or self._mw.error_format, code, text)
 
     # ---- metrics and the stream log line
 
@@ -690,28 +673,30 @@ class _Responder:
         observed.flush()
         observed.active.dec()
         received = self._received_at
-        coalescer = pump.coalescer
-        if pump.first_content_write_at is not None:
-            observed.ttft(pump.first_content_write_at - received)
-        if coalescer.first_content_at is not None:
-            observed.upstream_ttft(coalescer.first_content_at - received)
+        stats = pump.stats
+        if stats.first_content_write_at is not None:
+            observed.ttft(stats.first_content_write_at - received)
+        if stats.first_tool_args_write_at is not None:
+            observed.time_to_first_tool_argument(stats.first_tool_args_write_at - received)
+        if stats.upstream_first_content_at is not None:
+            observed.upstream_ttft(stats.upstream_first_content_at - received)
         observed.duration(now - received)
         if self._error_kind is not None:
             observed.upstream_error(self._error_kind)
-        if coalescer.malformed:
-            observed.upstream_error("malformed_event", coalescer.malformed)
+        if stats.malformed:
+            observed.upstream_error("malformed_event", stats.malformed)
         logger.info(
             "stream end route=%s model=%s format=%s outcome=%s events_in=%d events_out=%d "
             "writes=%d bytes_in=%d bytes_out=%d duration_s=%.6f",
             observed.route,
             observed.model,
-            coalescer.format_name,
+            stats.format,
             reason or self._error_kind or ("complete" if self._complete else "unfinished"),
-            coalescer.events_in,
-            coalescer.events_out,
-            pump.writes,
-            pump.bytes_in,
-            pump.bytes_out,
+            stats.events_in,
+            stats.events_out,
+            stats.writes,
+            stats.bytes_in,
+            stats.bytes_out,
             now - received,
         )
 
@@ -783,14 +768,3 @@ def _caused_by_stop(error: BaseException) -> bool:
     return any(
         isinstance(e, ClientDisconnectedError) for e in (error, error.__cause__, error.__context__)
     )
-
-
-def _comment_only(body: bytes) -> bool:
-    """True when ``body`` is whole SSE comment lines followed by a blank line."""
-    text = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    if not text.endswith(b"\n\n"):
-        return False
-    for line in text[:-2].split(b"\n"):
-        if line[:1] != b":":
-            return False
-    return True

@@ -1,12 +1,13 @@
-"""The proxy endpoint: admits a request, runs its :class:`~.exchange.Exchange`, and watches the
-client.
+"""The proxy endpoint: admits a request, runs its stream
+(:class:`~streamhop.sidecar.upstream.driver.StreamDriver` with an
+:class:`~.exchange.HttpTransport`), and watches the client.
 
 Admission answers at once, without contacting the provider: ``404`` for a path no route
 matches, ``503`` with ``Retry-After`` while draining or at ``max_streams``, ``400`` for an invalid
 ``X-Streamhop-*`` header, ``413`` for a body over ``max_request_bytes``.
 
-Then the exchange runs in its own task while this one waits for ASGI ``http.disconnect``: when the
-client leaves first, the exchange is cancelled at once, which closes the upstream connection, and
+Then the driver runs in its own task while this one waits for ASGI ``http.disconnect``: when the
+client leaves first, the driver is cancelled at once, which closes the upstream connection, and
 the time from detection to close is recorded.
 
 With ``[resume]`` on, a request carrying ``Last-Event-ID`` is a resume: it is answered from the
@@ -20,10 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import time
 from collections.abc import Callable
-from typing import Protocol
 
 from streamhop.middleware.controls import ControlHeaderError
 from streamhop.middleware.observe.metrics import Metrics
@@ -37,11 +35,7 @@ from streamhop.sidecar.admission.guard import (
     normalise_path,
     preflight_headers,
 )
-from streamhop.sidecar.admission.headers import (
-    HeaderValueError,
-    merge_route_headers,
-    upstream_request_headers,
-)
+from streamhop.sidecar.admission.headers import HeaderValueError, upstream_request_headers
 from streamhop.sidecar.admission.routing import RouteTable, raw_path
 from streamhop.sidecar.config import Config, RouteConfig
 from streamhop.sidecar.http.asgi import (
@@ -53,47 +47,24 @@ from streamhop.sidecar.http.asgi import (
     wait_disconnect,
     with_headers,
 )
-from streamhop.sidecar.http.exchange import Exchange
-from streamhop.sidecar.observe.record import StreamRecord, inspect_request, observe_end
+from streamhop.sidecar.http.exchange import HttpTransport
+from streamhop.sidecar.observe.record import StreamRecord, request_facts
 from streamhop.sidecar.observe.tracing import Tracing
 from streamhop.sidecar.resume import ResumeStore
 from streamhop.sidecar.resume.binding import ResumeBinding
 from streamhop.sidecar.resume.replay import Replay, replay
+from streamhop.sidecar.upstream.driver import (
+    SidecarState,
+    StreamDriver,
+    StreamRequest,
+    open_stream,
+)
 from streamhop.sidecar.upstream.pool import UpstreamPool
 from streamhop.sidecar.websocket.bridge import WebSocketBridge
 
 logger = logging.getLogger(__name__)
 
-_TRACE_HEADERS = frozenset(("traceparent", "tracestate"))
-
-
-class Stoppable(Protocol):
-    """An open stream that shutdown can end: an :class:`Exchange` or a WebSocket generation."""
-
-    def stop(self, reason: str) -> None: ...
-
-
-class SidecarState:
-    """Process-wide state the endpoints share: readiness, draining, open streams."""
-
-    def __init__(self) -> None:
-        self.ready = False
-        self.draining = False
-        self.exchanges: set[Stoppable] = set()
-        self.receiving = 0
-        """Requests whose body is being read (they count toward ``max_streams`` too)."""
-
-    @property
-    def active(self) -> int:
-        """Requests in flight, those still sending their body included."""
-        return len(self.exchanges) + self.receiving
-
-    def stop_all(self, reason: str) -> int:
-        """End every open stream with a terminal error (``shutdown``); returns how many."""
-        exchanges = list(self.exchanges)
-        for exchange in exchanges:
-            exchange.stop(reason)
-        return len(exchanges)
+__all__ = ["Proxy", "SidecarState"]
 
 
 class Proxy:
@@ -169,79 +140,75 @@ class Proxy:
                     last_event_id = value.decode("utf-8", "replace")
                     await self._resume(receive, send, route, last_event_id, fmt_hint, scope)
                     return
-        record = StreamRecord(
-            stream_id=secrets.token_hex(8),
-            route=route.prefix,
+        model, streaming = request_facts(body)
+        opened = open_stream(
+            route=route,
             method=scope["method"],
             path=path.text,
-            received_at=time.monotonic(),
+            model=model,
+            streaming=streaming,
+            client_headers=scope["headers"],
+            forward=forward,
+            controls=controls,
+            metrics=self.metrics,
+            tracing=self.tracing,
+            registry=state,
+            on_finish=self.on_finish,
         )
-        inspect_request(record, body)
-        observed = self.metrics.stream(route.prefix, record.model)
-        timeout_s = controls.deadline_s(route.timeout_s)
-        headers = merge_route_headers(forward, route.headers)
-        traced = None
-        if self.tracing is not None:
-            traced = self.tracing.start(record, route, scope["headers"])
-            # The provider continues our upstream.request span, not the client's.
-            headers = [(n, v) for n, v in headers if n.lower() not in _TRACE_HEADERS]
-            headers.extend(traced.upstream_headers(record).items())
-        exchange = Exchange(
-            self.config,
-            self.pool,
-            route,
+        record = opened.record
+        transport = HttpTransport(
             scope,
             send,
-            self.table.upstream_url(route, path, scope.get("query_string", b"")),
-            headers,
-            controls,
-            body,
             record,
-            observed,
-            None if timeout_s is None else record.received_at + timeout_s,
+            fmt_hint,
             self.resume,
             None
             if self.resume is None
             else self.binding.log_key(route.prefix, record.stream_id, scope["headers"]),
         )
-        state.exchanges.add(exchange)
-        observed.active.inc()
+        driver = StreamDriver(
+            StreamRequest(
+                config=self.config,
+                pool=self.pool,
+                route=route,
+                method=scope["method"],
+                url=self.table.upstream_url(route, path, scope.get("query_string", b"")),
+                headers=opened.headers,
+                body=body,
+                controls=controls,
+                record=record,
+                observed=opened.observed,
+                deadline=opened.deadline,
+                format_hint=fmt_hint,
+            ),
+            transport,
+        )
+        opened.register(driver)
         loop = asyncio.get_running_loop()
-        work = loop.create_task(exchange.run())
+        work = loop.create_task(driver.run())
         watcher = loop.create_task(wait_disconnect(receive))
         try:
             await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if not work.done() and route.on_disconnect == "detach" and exchange.log is not None:
+            if not work.done() and route.on_disconnect == "detach" and transport.log is not None:
                 # The client left a resumable stream: let the generation run on into the log.
-                exchange.detach()
+                transport.detach()
                 await asyncio.wait((work,), timeout=self.config.resume.window_s)
             if not work.done():
-                # The client left first: cancel now; the exchange closes the upstream.
-                if record.cancel_reason is None:
-                    record.cancel_reason = "client_disconnect"
-                    record.cancel_detected_at = time.monotonic()
+                # The client left first: cancel now; the driver closes the upstream.
+                record.mark_cancel("client_disconnect")
                 work.cancel()
                 await asyncio.wait((work,))
             elif not work.cancelled() and (error := work.exception()) is not None:
                 raise error
         except asyncio.CancelledError:
             # uvicorn cancelled us (shutdown past its grace period): close upstream.
-            if record.cancel_reason is None:
-                record.cancel_reason = "shutdown"
-                record.cancel_detected_at = time.monotonic()
+            record.mark_cancel("shutdown")
             work.cancel()
             await asyncio.wait((work,))
             raise
         finally:
             watcher.cancel()
-            state.exchanges.discard(exchange)
-            observed.active.dec()
-            record.finished_at = time.monotonic()
-            observe_end(observed, record)
-            if traced is not None:
-                traced.finish(record)
-            if self.on_finish is not None:
-                self.on_finish(record)
+            opened.close()
 
     async def _admit(
         self, scope: Scope, send: Send
@@ -308,7 +275,7 @@ class Proxy:
         state.task = work = loop.create_task(
             replay(state, self.resume, send, last_event_id, log_key, fmt, stall_s)
         )
-        self.state.exchanges.add(state)
+        self.state.streams.add(state)
         watcher = loop.create_task(wait_disconnect(receive))
         try:
             await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -325,4 +292,4 @@ class Proxy:
             raise
         finally:
             watcher.cancel()
-            self.state.exchanges.discard(state)
+            self.state.streams.discard(state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass, field
 
 import orjson
@@ -52,6 +53,13 @@ class StreamRecord:
     usage_input_tokens: int | None = None
     usage_output_tokens: int | None = None
 
+    def mark_cancel(self, reason: str) -> None:
+        """Note why streamhop ends the stream early; the first reason wins (a disconnect seen
+        while a deadline fires stays a disconnect), and its time starts the cancel latency."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+            self.cancel_detected_at = time.monotonic()
+
 
 def observe_end(observed: StreamMetrics, record: StreamRecord) -> None:
     """Record a finished request's per-stream metrics."""
@@ -78,16 +86,15 @@ def observe_end(observed: StreamMetrics, record: StreamRecord) -> None:
         observed.bytes_down.inc(record.bytes_out)
 
 
-def inspect_request(record: StreamRecord, body: bytes) -> None:
-    """Note the request's ``model`` and ``stream`` flag when the body is a JSON object."""
+def request_facts(body: bytes) -> tuple[str | None, bool]:
+    """``(model, stream)`` from a request body that is a JSON object (else ``(None, False)``)."""
     if not body or body[:1] != b"{":
-        return
+        return None, False
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return
-    if isinstance(obj, dict):
-        model = obj.get("model")
-        if isinstance(model, str):
-            record.model = model
-        record.streaming_request = obj.get("stream") is True
+        return None, False
+    if not isinstance(obj, dict):
+        return None, False
+    model = obj.get("model")
+    return (model if isinstance(model, str) else None), obj.get("stream") is True

@@ -30,8 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -48,14 +46,14 @@ from streamhop.sidecar.admission.guard import (
 )
 from streamhop.sidecar.admission.headers import (
     HeaderValueError,
-    merge_route_headers,
     upstream_request_headers,
 )
 from streamhop.sidecar.admission.routing import RouteTable, raw_path
 from streamhop.sidecar.config import Config, RouteConfig
 from streamhop.sidecar.http.asgi import Receive, Scope, Send
-from streamhop.sidecar.observe.record import StreamRecord, observe_end
-from streamhop.sidecar.observe.tracing import RequestTrace, Tracing
+from streamhop.sidecar.observe.record import StreamRecord
+from streamhop.sidecar.observe.tracing import Tracing
+from streamhop.sidecar.upstream.driver import StreamRequest, open_stream
 from streamhop.sidecar.upstream.pool import UpstreamPool
 from streamhop.sidecar.websocket.generation import Generation
 from streamhop.sidecar.websocket.messages import (
@@ -68,7 +66,7 @@ from streamhop.sidecar.websocket.messages import (
 )
 
 if TYPE_CHECKING:
-    from streamhop.sidecar.http.proxy import SidecarState
+    from streamhop.sidecar.upstream.driver import SidecarState
 
 logger = logging.getLogger(__name__)
 
@@ -302,59 +300,53 @@ class _Session:
         bridge = self.bridge
         path = self.path
         assert path is not None
-        record = StreamRecord(
-            stream_id=secrets.token_hex(8),
-            route=route.prefix,
-            method="POST",
-            path=path.text,
-            received_at=time.monotonic(),
-        )
         body = dict(message.body)
         body["stream"] = True
         model = body.get("model")
-        if isinstance(model, str):
-            record.model = model
-        record.streaming_request = True
-        observed = bridge.metrics.stream(route.prefix, record.model)
-        timeout_s = controls.deadline_s(route.timeout_s)
         headers = _combine(self.forward, extra)
-        headers = merge_route_headers(headers, route.headers)
         headers.append(("content-type", "application/json"))
-        traced: RequestTrace | None = None
-        if bridge.tracing is not None:
-            raw = list(self.scope["headers"]) + [(n.encode(), v.encode("utf-8")) for n, v in extra]
-            traced = bridge.tracing.start(record, route, raw)
-            headers = [(n, v) for n, v in headers if n.lower() not in _TRACE_HEADERS]
-            headers.extend(traced.upstream_headers(record).items())
-        url = bridge.table.upstream_url(route, path, self.scope.get("query_string", b""))
-        gen = Generation(
-            bridge.config,
-            bridge.pool,
-            route,
-            self.send_frames,
-            url,
-            headers,
-            controls,
-            orjson.dumps(body),
-            record,
-            observed,
-            None if timeout_s is None else record.received_at + timeout_s,
+        opened = open_stream(
+            route=route,
+            method="POST",
+            path=path.text,
+            model=model if isinstance(model, str) else None,
+            streaming=True,
+            client_headers=[
+                *self.scope["headers"],
+                *((n.encode(), v.encode("utf-8")) for n, v in extra),
+            ],
+            forward=headers,
+            controls=controls,
+            metrics=bridge.metrics,
+            tracing=bridge.tracing,
+            registry=bridge.state,
+            on_finish=bridge.on_finish,
         )
-        bridge.state.exchanges.add(gen)
-        observed.active.inc()
+        record = opened.record
+        gen = Generation(
+            StreamRequest(
+                config=bridge.config,
+                pool=bridge.pool,
+                route=route,
+                method="POST",
+                url=bridge.table.upstream_url(route, path, self.scope.get("query_string", b"")),
+                headers=opened.headers,
+                body=orjson.dumps(body),
+                controls=controls,
+                record=record,
+                observed=opened.observed,
+                deadline=opened.deadline,
+                format_hint=None if route.format == "auto" else route.format,
+            ),
+            self.send_frames,
+        )
+        opened.register(gen)
 
         def finished(task: asyncio.Task[None]) -> None:
             # A done callback, not a finally: it also runs for a task cancelled before it began.
-            bridge.state.exchanges.discard(gen)
-            observed.active.dec()
-            record.finished_at = time.monotonic()
             if not task.cancelled() and (error := task.exception()) is not None:
                 logger.error("stream %s: generation failed: %r", record.request_id, error)
-            observe_end(observed, record)
-            if traced is not None:
-                traced.finish(record)
-            if bridge.on_finish is not None:
-                bridge.on_finish(record)
+            opened.close()
             if record.cancel_reason == "stall":
                 # The client accepted nothing for stall_timeout_s: drop the socket.
                 self._closer = asyncio.get_running_loop().create_task(

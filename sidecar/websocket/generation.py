@@ -1,46 +1,38 @@
 """One generation of the WebSocket bridge: a ``request`` message, its upstream stream, its end.
 
-A :class:`Generation` is the WebSocket counterpart of :class:`~.exchange.Exchange`: it sends the
-request body upstream (``"stream": true``), re-chunks the SSE answer with the same
-:class:`~streamhop.middleware.pump.StreamPump` and
-:class:`~streamhop.middleware.rechunk.coalescer.Coalescer`, and turns each re-chunked event into one
-``event`` message. It ends itself with ``done`` ``complete``, or ``error`` + ``done`` ``error``.
+The flow (upstream request, deadline, pump, faults) is the
+:class:`~streamhop.sidecar.upstream.driver.StreamDriver`'s, as for HTTP; :class:`Generation` is
+the WebSocket transport: each re-chunked event becomes one ``event`` message, built from the
+event itself (the pump hands events, not SSE bytes, to :meth:`Generation.open`'s sink). It ends
+itself with ``done`` ``complete``, or ``error`` + ``done`` ``error``.
 
 It never sends ``done`` ``cancelled``/``interrupted``: the session cancels the task, waits for it,
 and only then sends that ``done``, so no event of a generation can follow its ``done``.
 
-Divergences from the HTTP exchange, and why:
+Divergences from HTTP, and why:
 
-* The pump hands its ``write`` SSE-encoded bytes of whole events. They are decoded again here to
-  send one WebSocket message per merged event; that keeps the pump's contract untouched at the
-  cost of one extra parse per write (writes are tens per second, not thousands).
 * Upstream error statuses and non-SSE answers are not passed through: a WebSocket client gets an
   ``error`` message carrying the status and the provider's body (at most ``ERROR_BODY_LIMIT``).
 * On a deadline or shutdown, held events are written first, then ``error`` (like HTTP's terminal
   error event). On cancel or cut-over, held events are dropped: the client asked to stop.
+* Keep-alive is the server's ping frame (``keepalive_interval_s``), not an SSE comment.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import aiohttp
 import orjson
-from yarl import URL
 
-from streamhop.middleware.controls import Controls
-from streamhop.middleware.observe.metrics import StreamMetrics
-from streamhop.middleware.pump import ClientStallError, StreamPump
-from streamhop.middleware.sse.decoder import SSEDecoder
-from streamhop.sidecar.config import Config, RouteConfig
+from streamhop.middleware.pump import Fault, StreamPump
+from streamhop.middleware.sse.events import SSEEvent
 from streamhop.sidecar.observe.record import StreamRecord
-from streamhop.sidecar.upstream.pool import UpstreamError, UpstreamPool, UpstreamTiming
-from streamhop.sidecar.upstream.relay import ERROR_KINDS, close_upstream, collect, make_pump, relay
+from streamhop.sidecar.upstream.driver import StreamDriver, StreamRequest, StreamSink
+from streamhop.sidecar.upstream.pool import UpstreamTiming
 from streamhop.sidecar.websocket.messages import done_frame, error_frame, event_frame
 
 logger = logging.getLogger(__name__)
@@ -51,93 +43,44 @@ Terminal = tuple[str, dict[str, Any] | None]
 
 ERROR_BODY_LIMIT: Final = 64 * 1024
 """Bytes of an upstream error body included in the ``error`` message."""
-# The pump writes only whole events, so the re-decoder never holds a partial one; its bound is
-# the pump's own (held bytes are bounded by max_pending_bytes plus one read).
-_REDECODE_LIMIT: Final = 1 << 40
-_END_MESSAGES: Final = {
-    "timeout": "streamhop deadline reached before the upstream answer ended",
-    "shutdown": "streamhop is shutting down; the generation was stopped",
-}
 
 
 class Generation:
-    """State and steps of one generation (one instance per ``request`` message).
+    """One generation: a :class:`StreamDriver` with this WebSocket transport.
 
     Args:
-        config: the sidecar config.
-        pool: the upstream client pool.
-        route: the matched route.
+        request: what to send upstream and how it is bounded.
         send_frames: sends text frames to the client in order, one send in flight per socket.
-        url: the upstream URL (:meth:`~.routing.RouteTable.upstream_url`).
-        headers: request headers to send upstream (already merged and filtered).
-        controls: the effective ``X-Streamhop-*`` overrides.
-        body: the JSON body to POST (``"stream": true`` already set).
-        record: the generation's record.
-        observed: the generation's bound metrics.
-        deadline: ``time.monotonic()`` seconds when the generation must end, or ``None``.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        pool: UpstreamPool,
-        route: RouteConfig,
-        send_frames: SendFrames,
-        url: URL,
-        headers: list[tuple[str, str]],
-        controls: Controls,
-        body: bytes,
-        record: StreamRecord,
-        observed: StreamMetrics,
-        deadline: float | None,
-    ) -> None:
-        self.config = config
-        self.pool = pool
-        self.route = route
+    def __init__(self, request: StreamRequest, send_frames: SendFrames) -> None:
+        self.record: StreamRecord = request.record
         self.send_frames = send_frames
-        self.url = url
-        self.headers = headers
-        self.controls = controls
-        self.body = body
-        self.record = record
-        self.observed = observed
-        self.deadline = deadline
+        self.started = False
         self.ending = False
         """True once the generation sends its own ``done``: too late to cancel or interrupt."""
-        self.writer_failed = False
-        """True when a write to the client failed (client gone, or stalled)."""
-        self.response: aiohttp.ClientResponse | None = None
-        self.pump: StreamPump | None = None
-        self._scope: asyncio.Timeout | None = None
+        self._terminal: Terminal | None = None
+        self.driver = StreamDriver(request, self)
 
     def mark_cancel(self, reason: str) -> None:
         """Note why streamhop is ending the generation early (first reason wins)."""
-        if self.record.cancel_reason is None:
-            self.record.cancel_reason = reason
-            self.record.cancel_detected_at = time.monotonic()
+        self.record.mark_cancel(reason)
 
     def stop(self, reason: str) -> None:
         """End the generation now with ``error`` + ``done`` ``error`` (e.g. ``shutdown``)."""
-        self.mark_cancel(reason)
-        if self._scope is not None and not self._scope.expired():
-            self._scope.reschedule(asyncio.get_running_loop().time())
+        self.driver.stop(reason)
 
     async def run(self) -> None:
         """Run the generation to its end; sends ``done`` unless cancelled or the client is gone."""
-        terminal: Terminal | None = None
         try:
-            terminal = await self._bounded()
+            await self.driver.run()
         except Exception as exc:
-            if not self.writer_failed:
+            if not self.driver.writer_failed:
                 logger.exception("stream %s: generation failed", self.record.request_id)
                 self.record.error = self.record.error or "internal"
-                terminal = ("error", _error("internal_error", f"streamhop failed: {exc!r}"))
-        finally:
-            close_upstream(self.response, self.record)
-            if self.pump is not None:
-                self.pump.close()
-            collect(self.record, self.pump)
-        if terminal is None or self.writer_failed:
+                self._terminal = ("error", _error("internal_error", f"streamhop failed: {exc!r}"))
+        terminal = self._terminal
+        if terminal is None or self.driver.writer_failed:
             return
         self.ending = True
         reason, error = terminal
@@ -147,49 +90,24 @@ class Generation:
         with contextlib.suppress(OSError):
             await self.send_frames(frames)
 
-    async def _bounded(self) -> Terminal:
-        remaining = None
-        if self.deadline is not None:
-            remaining = max(self.deadline - time.monotonic(), 0.0)
-        try:
-            async with asyncio.timeout(remaining) as deadline_scope:
-                self._scope = deadline_scope
-                if self.record.cancel_reason is not None:  # stopped before it began
-                    deadline_scope.reschedule(asyncio.get_running_loop().time())
-                return await self._run()
-        except TimeoutError:
-            if not deadline_scope.expired():
-                raise
-            self.mark_cancel("timeout")
-            return await self._end_early(self.record.cancel_reason or "timeout")
+    # --- the Transport protocol ---------------------------------------------------------------
 
-    async def _run(self) -> Terminal:
-        record = self.record
-        timing = UpstreamTiming()
-        try:
-            self.response = response = await self.pool.request(
-                self.route,
-                "POST",
-                self.url,
-                self.headers,
-                self.body,
-                timing,
-                self.route.connect_timeout_s,
-            )
-        except UpstreamError as exc:
-            record.error = exc.kind
-            logger.warning("stream %s: %s", record.request_id, exc)
-            return ("error", _error(f"upstream_{exc.kind}", str(exc)))
-        finally:
-            record.upstream_request_at = timing.start
-            record.upstream_connected_at = timing.connected
-            record.upstream_headers_at = timing.headers
-        record.status = status = response.status
+    def accepts(self, response: aiohttp.ClientResponse) -> bool:
         ctype = response.headers.get("Content-Type", "")
         encoding = response.headers.get("Content-Encoding", "identity").lower()
-        sse = ctype.startswith("text/event-stream") and encoding in ("identity", "")
-        if 200 <= status < 300 and sse:
-            return await self._stream(response)
+        return (
+            200 <= response.status < 300
+            and ctype.startswith("text/event-stream")
+            and encoding in ("identity", "")
+        )
+
+    async def refuse(self, status: int, code: str, message: str) -> None:
+        self._terminal = ("error", _error(code, message))
+
+    async def pass_through(self, response: aiohttp.ClientResponse) -> None:
+        status = response.status
+        ctype = response.headers.get("Content-Type", "")
+        encoding = response.headers.get("Content-Encoding", "identity").lower()
         body = await _read_limited(response, ERROR_BODY_LIMIT)
         if not 200 <= status < 300:
             code, message = "upstream_status", f"the upstream answered HTTP {status}"
@@ -199,56 +117,33 @@ class Generation:
                 f"the upstream answered {status} with Content-Type {ctype!r} and "
                 f"Content-Encoding {encoding!r}, not an uncompressed event stream"
             )
-        logger.warning("stream %s: %s", record.request_id, message)
-        return ("error", _error(code, message, status=status, body=body))
+        logger.warning("stream %s: %s", self.record.request_id, message)
+        self._terminal = ("error", _error(code, message, status=status, body=body))
 
-    async def _stream(self, response: aiohttp.ClientResponse) -> Terminal:
-        """Re-chunk the SSE answer; one ``event`` message per merged event."""
-        cfg = self.config
-        record = self.record
-        record.sse = True
-        redecoder = SSEDecoder(_REDECODE_LIMIT)
+    async def open(self, response: aiohttp.ClientResponse, timing: UpstreamTiming) -> StreamSink:
+        self.started = True
         send_frames = self.send_frames
 
-        async def write(data: bytes) -> None:
-            frames = [event_frame(e) for e in redecoder.feed(data) if e.data is not None]
+        async def write_events(events: list[SSEEvent]) -> int:
+            frames = [event_frame(e) for e in events if e.data is not None]
             if frames:
                 await send_frames(frames)
+            return sum(len(f) for f in frames)
 
-        self.pump = pump = make_pump(cfg, self.route, self.controls, write, self.observed)
-        me = asyncio.current_task()
-        assert me is not None
+        async def unused(data: bytes) -> None:  # the pump hands this transport events only
+            raise AssertionError("the WebSocket transport takes events, not bytes")
 
-        def writer_done(task: asyncio.Task[None]) -> None:
-            # A failed write (client stalled or gone) must stop the reader and close upstream.
-            if task.cancelled() or task.exception() is None or me.done():
-                return
-            self.writer_failed = True
-            stalled = isinstance(task.exception(), ClientStallError)
-            self.mark_cancel("stall" if stalled else "client_disconnect")
-            me.cancel()
+        return StreamSink(unused, write_events=write_events)
 
-        pump.writer.add_done_callback(writer_done)
-        fault = await relay(response, pump, self.route.read_timeout_s, None, self.route.format)
-        if fault is not None:
-            code, message = fault
-            record.error = ERROR_KINDS[code]
-            close_upstream(self.response, record)
-            logger.warning("stream %s: %s", record.request_id, message)
+    async def close(self, pump: StreamPump, fault: Fault | None) -> None:
         await pump.finish()
-        if fault is not None:
-            return ("error", _error(*fault))
-        return ("complete", None)
+        if fault is None:
+            self._terminal = ("complete", None)
+        else:
+            self._terminal = ("error", _error(fault.code, fault.message))
 
-    async def _end_early(self, reason: str) -> Terminal:
-        """The deadline scope fired (``timeout`` or ``shutdown``): close upstream, flush held."""
-        close_upstream(self.response, self.record)
-        message = _END_MESSAGES.get(reason, reason)
-        logger.warning("stream %s: %s", self.record.request_id, message)
-        pump = self.pump
-        if pump is not None and not pump.writer.done():
-            await pump.finish()
-        return ("error", _error(reason, message))
+    def after(self, pump: StreamPump | None) -> None:
+        return None
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -499,60 +499,6 @@ def test_fast_provider_stream(seed: int) -> None:
     assert_same_for_client("openai-chat", upstream, client_events(wire_bytes(batches)))
 
 
-async def test_pump_keeps_events_completed_before_an_oversized_one() -> None:
-    """An oversized event fails the stream, but the events before it in the same read are
-    still written to the client."""
-    from streamhop.middleware.errors import EventTooLargeError
-    from streamhop.middleware.pump import StreamPump
-    from streamhop.middleware.sse.decoder import SSEDecoder
-
-    written: list[bytes] = []
-
-    async def write(data: bytes) -> None:
-        written.append(data)
-
-    pump = StreamPump(write, Coalescer("sse"), SSEDecoder(max_event_bytes=64))
-    with pytest.raises(EventTooLargeError):
-        pump.feed(b"data: first\n\ndata: second\n\ndata: " + b"x" * 100 + b"\n\n")
-    await pump.finish()
-    assert b"".join(written) == b"data: first\n\ndata: second\n\n"
-
-
-async def test_pump_fails_with_client_stall_when_a_write_never_completes() -> None:
-    import asyncio
-
-    from streamhop.middleware.pump import ClientStallError, StreamPump
-    from streamhop.middleware.sse.decoder import SSEDecoder
-
-    async def never(data: bytes) -> None:
-        await asyncio.Event().wait()
-
-    pump = StreamPump(never, Coalescer("sse"), SSEDecoder(), stall_timeout=0.05)
-    pump.feed(b"data: x\n\n")
-    with pytest.raises(ClientStallError, match=r"no bytes for 0\.05 s"):
-        await asyncio.wait_for(pump.finish(), timeout=10)
-
-
-async def test_pump_slow_but_progressing_writes_are_not_a_stall() -> None:
-    import asyncio
-
-    from streamhop.middleware.pump import StreamPump
-    from streamhop.middleware.sse.decoder import SSEDecoder
-
-    written: list[bytes] = []
-
-    async def slow(data: bytes) -> None:
-        await asyncio.sleep(0.03)  # each write well under the stall timeout
-        written.append(data)
-
-    pump = StreamPump(slow, Coalescer("sse", flush_interval=0), SSEDecoder(), stall_timeout=0.1)
-    for i in range(8):
-        pump.feed(b"data: %d\n\n" % i)
-        await asyncio.sleep(0.03)
-    await asyncio.wait_for(pump.finish(), timeout=10)
-    assert b"".join(written) == b"".join(b"data: %d\n\n" % i for i in range(8))
-
-
 def test_first_tool_argument_fragment_is_due_at_once_and_timed() -> None:
     """Text first, then a tool call: the first argument byte is not held a window either."""
     coalescer = Coalescer(format="openai-chat", flush_interval=10.0)

@@ -1,0 +1,433 @@
+"""One upstream stream, from the request to the client's last byte, for any transport.
+
+The HTTP proxy and the WebSocket bridge run every generation through one
+:class:`StreamDriver`; only the :class:`Transport` differs (how a refusal, a non-streamed
+answer, the stream's start and its end reach the client). What the driver owns once:
+
+* the deadline scope (route ``timeout_s`` shortened by ``X-Streamhop-Timeout-Ms``), fired early
+  by :meth:`StreamDriver.stop` (``shutdown``), with the record's one cancel-reason rule (the
+  first reason wins, :meth:`~streamhop.sidecar.observe.record.StreamRecord.mark_cancel`);
+* the upstream request (:mod:`.pool`), and which answers are re-chunked;
+* the pump (:class:`~streamhop.middleware.pump.StreamPump`), the read loop (:func:`.relay.relay`)
+  and the end-of-stream fault (:meth:`~streamhop.middleware.pump.StreamPump.feed_eof`);
+* a failed client write stopping the reader (``stall`` or ``client_disconnect``);
+* closing the upstream (not pooled unless read to the end) and the accounting.
+
+:func:`open_stream` and :meth:`OpenStream.close` are the bookkeeping around a driver that both
+transports share: the record, bound metrics, the trace, the upstream headers, the registry of
+open streams that shutdown stops, and the per-stream log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import aiohttp
+from yarl import URL
+
+from streamhop.middleware.controls import Controls
+from streamhop.middleware.observe.metrics import Metrics, StreamMetrics
+from streamhop.middleware.pump import (
+    ClientStallError,
+    Fault,
+    OnEvents,
+    PumpOptions,
+    StreamPump,
+    Write,
+    WriteEvents,
+)
+from streamhop.sidecar.admission.headers import merge_route_headers
+from streamhop.sidecar.config import Config, RouteConfig
+from streamhop.sidecar.observe.record import StreamRecord, observe_end
+from streamhop.sidecar.observe.tracing import RequestTrace, Tracing
+from streamhop.sidecar.upstream.pool import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeoutError,
+    UpstreamTiming,
+)
+from streamhop.sidecar.upstream.relay import ERROR_KINDS, close_upstream, collect, relay
+
+logger = logging.getLogger(__name__)
+
+END_MESSAGES: Final = {
+    "timeout": "streamhop deadline reached before the upstream answer ended",
+    "shutdown": "streamhop is shutting down; the stream was stopped",
+}
+_TRACE_HEADERS: Final = frozenset(("traceparent", "tracestate"))
+
+
+@dataclass(slots=True)
+class StreamSink:
+    """Where a re-chunked stream's events go, from :meth:`Transport.open`.
+
+    Attributes:
+        write: sends one encoded body chunk (HTTP).
+        write_events: sends a batch of events its own way (WebSocket frames); when set,
+            ``write`` is unused and the pump writes no comments.
+        on_events: a hook over each batch before it is written (the resume log).
+    """
+
+    write: Write
+    write_events: WriteEvents | None = None
+    on_events: OnEvents | None = None
+
+
+class Transport(Protocol):
+    """How one stream's outcomes reach the client (HTTP response or WebSocket messages)."""
+
+    started: bool
+    """True once anything was sent to the client for this stream."""
+
+    def accepts(self, response: aiohttp.ClientResponse) -> bool:
+        """True when the answer is to be re-chunked (else :meth:`pass_through`)."""
+
+    async def refuse(self, status: int, code: str, message: str) -> None:
+        """Nothing was sent yet and none will be streamed: say why (``status`` is the HTTP
+        status an HTTP client gets: 502 connect, 504 timeout, 503 shutdown)."""
+
+    async def pass_through(self, response: aiohttp.ClientResponse) -> None:
+        """An answer that is not re-chunked (not SSE, or compressed in an unknown way)."""
+
+    async def open(self, response: aiohttp.ClientResponse, timing: UpstreamTiming) -> StreamSink:
+        """The SSE answer starts: send what precedes its events, return where they go."""
+
+    async def close(self, pump: StreamPump, fault: Fault | None) -> None:
+        """Write what the pump holds (and the fault, in the transport's way) and end."""
+
+    def after(self, pump: StreamPump | None) -> None:
+        """Called once the stream is over, whatever happened (close logs, free state)."""
+
+
+@dataclass(slots=True)
+class StreamRequest:
+    """What one stream sends upstream and how it is bounded."""
+
+    config: Config
+    pool: UpstreamPool
+    route: RouteConfig
+    method: str
+    url: URL
+    headers: list[tuple[str, str]]
+    body: bytes
+    controls: Controls
+    record: StreamRecord
+    observed: StreamMetrics
+    deadline: float | None
+    format_hint: str | None = None
+
+
+def pump_options(config: Config, route: RouteConfig, controls: Controls) -> PumpOptions:
+    """The route's format and the config's window, sizes and bounds, where a request's
+    ``X-Streamhop-*`` controls override the config."""
+    rechunk = config.rechunk
+    flush_ms = controls.flush_interval_ms
+    if flush_ms is None:
+        flush_ms = rechunk.flush_interval_ms
+    return PumpOptions(
+        format=route.format,
+        flush_interval_s=flush_ms / 1000.0,
+        max_flush_bytes=rechunk.max_flush_bytes,
+        passthrough=(controls.mode or rechunk.mode) == "passthrough",
+        max_event_bytes=rechunk.max_event_bytes,
+        max_pending_bytes=config.backpressure.max_pending_bytes,
+        stall_timeout_s=config.backpressure.stall_timeout_s,
+        keepalive_interval_s=route.keepalive_interval_s,
+        forward_comments=True,
+    )
+
+
+class StreamDriver:
+    """Runs one :class:`StreamRequest` through a :class:`Transport` (see the module docstring).
+
+    Cancelling the task that runs :meth:`run` (the client left) closes the upstream response in
+    ``finally``: the provider sees its connection close, and it is not pooled again.
+    """
+
+    def __init__(self, request: StreamRequest, transport: Transport) -> None:
+        self.request = request
+        self.transport = transport
+        self.response: aiohttp.ClientResponse | None = None
+        self.pump: StreamPump | None = None
+        self.writer_failed = False
+        """True when a write to the client failed (client gone or stalled)."""
+        self._scope: asyncio.Timeout | None = None
+
+    def stop(self, reason: str) -> None:
+        """End the stream now with a well-formed end for the client (e.g. ``shutdown``)."""
+        self.request.record.mark_cancel(reason)
+        if self._scope is not None and not self._scope.expired():
+            self._scope.reschedule(asyncio.get_running_loop().time())
+
+    async def run(self) -> None:
+        """Run the stream to its end (or until cancelled)."""
+        record = self.request.record
+        remaining = None
+        if self.request.deadline is not None:
+            remaining = max(self.request.deadline - time.monotonic(), 0.0)
+        try:
+            try:
+                async with asyncio.timeout(remaining) as scope:
+                    self._scope = scope
+                    if record.cancel_reason is not None:  # stopped before it began
+                        scope.reschedule(asyncio.get_running_loop().time())
+                    await self._run()
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                record.mark_cancel("timeout")
+                await self._end_early(record.cancel_reason or "timeout")
+        finally:
+            # Also when cancelled before any response: aiohttp closed the connection as the
+            # request task unwound, which is now.
+            close_upstream(self.response, record)
+            if self.pump is not None:
+                self.pump.close()
+            self.transport.after(self.pump)
+            collect(record, self.pump)
+
+    async def _run(self) -> None:
+        req = self.request
+        record = req.record
+        timing = UpstreamTiming()
+        # A streaming answer starts with headers at once; a non-streaming one only after the
+        # whole generation, so only streaming requests are held to connect_timeout_s for them.
+        headers_timeout = req.route.connect_timeout_s if record.streaming_request else None
+        try:
+            self.response = response = await req.pool.request(
+                req.route, req.method, req.url, req.headers, req.body, timing, headers_timeout
+            )
+        except UpstreamError as exc:
+            record.error = exc.kind
+            status = 504 if isinstance(exc, UpstreamTimeoutError) else 502
+            logger.warning("stream %s: %s", record.request_id, exc)
+            await self.transport.refuse(status, f"upstream_{exc.kind}", str(exc))
+            return
+        finally:
+            record.upstream_request_at = timing.start
+            record.upstream_connected_at = timing.connected
+            record.upstream_headers_at = timing.headers
+        record.status = response.status
+        if not self.transport.accepts(response):
+            await self.transport.pass_through(response)
+            return
+        encoding = response.headers.get("Content-Encoding", "identity").lower()
+        decompress = _decompressor(encoding)
+        if decompress is None and encoding not in ("identity", ""):
+            logger.warning(
+                "stream %s: SSE with Content-Encoding %s cannot be re-chunked; copied as is",
+                record.request_id,
+                encoding,
+            )
+            await self.transport.pass_through(response)
+            return
+        await self._stream(response, timing, decompress)
+
+    async def _stream(
+        self, response: aiohttp.ClientResponse, timing: UpstreamTiming, decompress: Any
+    ) -> None:
+        req = self.request
+        record = req.record
+        record.sse = True
+        sink = await self.transport.open(response, timing)
+        self.pump = pump = StreamPump(
+            sink.write,
+            pump_options(req.config, req.route, req.controls),
+            observer=req.observed,
+            on_events=sink.on_events,
+            write_events=sink.write_events,
+        )
+        me = asyncio.current_task()
+        assert me is not None
+
+        def writer_done(task: asyncio.Task[None]) -> None:
+            # A failed write (client stalled or gone) must stop the reader and close upstream.
+            if task.cancelled() or task.exception() is None or me.done():
+                return
+            self.writer_failed = True
+            stalled = isinstance(task.exception(), ClientStallError)
+            record.mark_cancel("stall" if stalled else "client_disconnect")
+            me.cancel()
+
+        pump.writer.add_done_callback(writer_done)
+        fault = await relay(response, pump, req.route.read_timeout_s, decompress)
+        if fault is None:
+            fault = pump.feed_eof(
+                # An error status already says the answer is not a completion.
+                expect_terminal=response.status < 300,
+                format_hint=req.format_hint,
+            )
+        if fault is not None:
+            record.error = ERROR_KINDS[fault.code]
+            close_upstream(self.response, record)
+            logger.warning("stream %s: %s", record.request_id, fault.message)
+        await self.transport.close(pump, fault)
+
+    async def _end_early(self, reason: str) -> None:
+        """The deadline scope fired (``timeout`` or ``shutdown``): close upstream, end cleanly."""
+        record = self.request.record
+        close_upstream(self.response, record)
+        message = END_MESSAGES.get(reason, reason)
+        logger.warning("stream %s: %s", record.request_id, message)
+        if not self.transport.started:
+            await self.transport.refuse(503 if reason == "shutdown" else 504, reason, message)
+            return
+        pump = self.pump
+        if pump is None or pump.writer.done():
+            return  # a copied body cannot carry an error: the connection ends unfinished
+        await self.transport.close(pump, Fault(reason, message))
+
+
+def _decompressor(encoding: str) -> Any:
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    return None
+
+
+class Stoppable(Protocol):
+    """An open stream that shutdown can end."""
+
+    def stop(self, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class SidecarState:
+    """Process-wide state the endpoints share: readiness, draining, the open streams (what
+    shutdown stops)."""
+
+    ready: bool = False
+    draining: bool = False
+    streams: set[Stoppable] = field(default_factory=set)
+    receiving: int = 0
+    """Requests whose body is being read (they count toward ``max_streams`` too)."""
+
+    @property
+    def active(self) -> int:
+        """Requests in flight, those still sending their body included."""
+        return len(self.streams) + self.receiving
+
+    def stop_all(self, reason: str) -> int:
+        """End every open stream with a terminal error (``shutdown``); returns how many."""
+        streams = list(self.streams)
+        for stream in streams:
+            stream.stop(reason)
+        return len(streams)
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """A stream's bookkeeping from :func:`open_stream` until :meth:`close`."""
+
+    record: StreamRecord
+    observed: StreamMetrics
+    headers: list[tuple[str, str]]
+    deadline: float | None
+    traced: RequestTrace | None
+    registry: SidecarState
+    on_finish: Callable[[StreamRecord], None] | None
+    member: Stoppable | None = None
+
+    def register(self, member: Stoppable) -> None:
+        """Count ``member`` as open (shutdown stops it) until :meth:`close`."""
+        self.member = member
+        self.registry.streams.add(member)
+        self.observed.active.inc()
+
+    def close(self) -> None:
+        """The stream is over: unregister, observe its metrics, end its span, log it."""
+        record = self.record
+        if self.member is not None:
+            self.registry.streams.discard(self.member)
+            self.observed.active.dec()
+        record.finished_at = time.monotonic()
+        observe_end(self.observed, record)
+        if self.traced is not None:
+            self.traced.finish(record)
+        if self.on_finish is not None:
+            self.on_finish(record)
+
+
+def open_stream(
+    *,
+    route: RouteConfig,
+    method: str,
+    path: str,
+    model: str | None,
+    streaming: bool,
+    client_headers: list[tuple[bytes, bytes]],
+    forward: list[tuple[str, str]],
+    controls: Controls,
+    metrics: Metrics,
+    tracing: Tracing | None,
+    registry: SidecarState,
+    on_finish: Callable[[StreamRecord], None] | None,
+) -> OpenStream:
+    """Start the bookkeeping of one stream (HTTP request or WebSocket generation).
+
+    Args:
+        route: the matched route.
+        method, path: the request's method and normalised path.
+        model, streaming: what the request body says (``model``, ``"stream": true``).
+        client_headers: the client's raw headers (for the trace context).
+        forward: the headers to forward (control and hop-by-hop ones removed).
+        controls: the request's ``X-Streamhop-*`` values (its deadline).
+
+    Returns:
+        The record (a new random stream id), bound metrics, the upstream headers (route headers
+        over the client's; our trace context instead of the client's), and the deadline.
+    """
+    record = StreamRecord(
+        stream_id=secrets.token_hex(8),
+        route=route.prefix,
+        method=method,
+        path=path,
+        received_at=time.monotonic(),
+    )
+    record.model = model
+    record.streaming_request = streaming
+    observed = metrics.stream(route.prefix, model)
+    timeout_s = controls.deadline_s(route.timeout_s)
+    headers = merge_route_headers(forward, route.headers)
+    traced = None
+    if tracing is not None:
+        traced = tracing.start(record, route, client_headers)
+        # The provider continues our upstream span, not the client's.
+        headers = [(n, v) for n, v in headers if n.lower() not in _TRACE_HEADERS]
+        headers.extend(traced.upstream_headers(record).items())
+    return OpenStream(
+        record=record,
+        observed=observed,
+        headers=headers,
+        deadline=None if timeout_s is None else record.received_at + timeout_s,
+        traced=traced,
+        registry=registry,
+        on_finish=on_finish,
+    )
+
+
+def format_hint(route: RouteConfig, path_format: str | None) -> str | None:
+    """The format errors use before the stream's own is known: the route's, else the path's."""
+    return route.format if route.format != "auto" else path_format
+
+
+__all__ = [
+    "END_MESSAGES",
+    "OpenStream",
+    "SidecarState",
+    "StreamDriver",
+    "StreamRequest",
+    "StreamSink",
+    "Transport",
+    "format_hint",
+    "open_stream",
+    "pump_options",
+]
