@@ -22,7 +22,7 @@ from streamhop.sidecar.http.proxy import Proxy
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
 from streamhop.sidecar.resume import build_store
-from streamhop.sidecar.upstream.driver import SidecarState
+from streamhop.sidecar.upstream.opening import SidecarState
 from streamhop.sidecar.upstream.pool import UpstreamPool
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from streamhop.sidecar.app import build_admin_app, build_proxy_app
 from streamhop.sidecar.config import Config, parse_hostport
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
-from streamhop.sidecar.upstream.driver import SidecarState
+from streamhop.sidecar.upstream.opening import SidecarState
 
 logger = logging.getLogger("streamhop")
 stream_logger = logging.getLogger("streamhop.streams")

@@ -53,12 +53,8 @@ from streamhop.sidecar.observe.tracing import Tracing
 from streamhop.sidecar.resume import ResumeStore
 from streamhop.sidecar.resume.binding import ResumeBinding
 from streamhop.sidecar.resume.replay import Replay, replay
-from streamhop.sidecar.upstream.driver import (
-    SidecarState,
-    StreamDriver,
-    StreamRequest,
-    open_stream,
-)
+from streamhop.sidecar.upstream.driver import StreamDriver, StreamRequest
+from streamhop.sidecar.upstream.opening import SidecarState, open_stream
 from streamhop.sidecar.upstream.pool import UpstreamPool
 from streamhop.sidecar.websocket.bridge import WebSocketBridge
 

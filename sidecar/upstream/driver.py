@@ -13,27 +13,24 @@ answer, the stream's start and its end reach the client). What the driver owns o
 * a failed client write stopping the reader (``stall`` or ``client_disconnect``);
 * closing the upstream (not pooled unless read to the end) and the accounting.
 
-:func:`open_stream` and :meth:`OpenStream.close` are the bookkeeping around a driver that both
-transports share: the record, bound metrics, the trace, the upstream headers, the registry of
-open streams that shutdown stops, and the per-stream log line.
+The bookkeeping around a driver that both transports share (record, metrics, trace, upstream
+headers, the registry shutdown stops) is :mod:`.opening`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import aiohttp
 from yarl import URL
 
 from streamhop.middleware.controls import Controls
-from streamhop.middleware.observe.metrics import Metrics, StreamMetrics
+from streamhop.middleware.observe.metrics import StreamMetrics
 from streamhop.middleware.pump import (
     ClientStallError,
     Fault,
@@ -43,10 +40,9 @@ from streamhop.middleware.pump import (
     Write,
     WriteEvents,
 )
-from streamhop.sidecar.admission.headers import merge_route_headers
 from streamhop.sidecar.config import Config, RouteConfig
-from streamhop.sidecar.observe.record import StreamRecord, observe_end
-from streamhop.sidecar.observe.tracing import RequestTrace, Tracing
+from streamhop.sidecar.observe.record import StreamRecord
+from streamhop.sidecar.upstream.opening import OpenStream, SidecarState, open_stream
 from streamhop.sidecar.upstream.pool import (
     UpstreamError,
     UpstreamPool,
@@ -291,127 +287,6 @@ def _decompressor(encoding: str) -> Any:
     if encoding == "deflate":
         return zlib.decompressobj()
     return None
-
-
-class Stoppable(Protocol):
-    """An open stream that shutdown can end."""
-
-    def stop(self, reason: str) -> None: ...
-
-
-@dataclass(slots=True)
-class SidecarState:
-    """Process-wide state the endpoints share: readiness, draining, the open streams (what
-    shutdown stops)."""
-
-    ready: bool = False
-    draining: bool = False
-    streams: set[Stoppable] = field(default_factory=set)
-    receiving: int = 0
-    """Requests whose body is being read (they count toward ``max_streams`` too)."""
-
-    @property
-    def active(self) -> int:
-        """Requests in flight, those still sending their body included."""
-        return len(self.streams) + self.receiving
-
-    def stop_all(self, reason: str) -> int:
-        """End every open stream with a terminal error (``shutdown``); returns how many."""
-        streams = list(self.streams)
-        for stream in streams:
-            stream.stop(reason)
-        return len(streams)
-
-
-@dataclass(slots=True)
-class OpenStream:
-    """A stream's bookkeeping from :func:`open_stream` until :meth:`close`."""
-
-    record: StreamRecord
-    observed: StreamMetrics
-    headers: list[tuple[str, str]]
-    deadline: float | None
-    traced: RequestTrace | None
-    registry: SidecarState
-    on_finish: Callable[[StreamRecord], None] | None
-    member: Stoppable | None = None
-
-    def register(self, member: Stoppable) -> None:
-        """Count ``member`` as open (shutdown stops it) until :meth:`close`."""
-        self.member = member
-        self.registry.streams.add(member)
-        self.observed.active.inc()
-
-    def close(self) -> None:
-        """The stream is over: unregister, observe its metrics, end its span, log it."""
-        record = self.record
-        if self.member is not None:
-            self.registry.streams.discard(self.member)
-            self.observed.active.dec()
-        record.finished_at = time.monotonic()
-        observe_end(self.observed, record)
-        if self.traced is not None:
-            self.traced.finish(record)
-        if self.on_finish is not None:
-            self.on_finish(record)
-
-
-def open_stream(
-    *,
-    route: RouteConfig,
-    method: str,
-    path: str,
-    model: str | None,
-    streaming: bool,
-    client_headers: list[tuple[bytes, bytes]],
-    forward: list[tuple[str, str]],
-    controls: Controls,
-    metrics: Metrics,
-    tracing: Tracing | None,
-    registry: SidecarState,
-    on_finish: Callable[[StreamRecord], None] | None,
-) -> OpenStream:
-    """Start the bookkeeping of one stream (HTTP request or WebSocket generation).
-
-    Args:
-        route: the matched route.
-        method, path: the request's method and normalised path.
-        model, streaming: what the request body says (``model``, ``"stream": true``).
-        client_headers: the client's raw headers (for the trace context).
-        forward: the headers to forward (control and hop-by-hop ones removed).
-        controls: the request's ``X-Streamhop-*`` values (its deadline).
-
-    Returns:
-        The record (a new random stream id), bound metrics, the upstream headers (route headers
-        over the client's; our trace context instead of the client's), and the deadline.
-    """
-    record = StreamRecord(
-        stream_id=secrets.token_hex(8),
-        route=route.prefix,
-        method=method,
-        path=path,
-        received_at=time.monotonic(),
-    )
-    record.model = model
-    record.streaming_request = streaming
-    observed = metrics.stream(route.prefix, model)
-    timeout_s = controls.deadline_s(route.timeout_s)
-    headers = merge_route_headers(forward, route.headers)
-    traced = None
-    if tracing is not None:
-        traced = tracing.start(record, route, client_headers)
-        # The provider continues our upstream span, not the client's.
-        headers = [(n, v) for n, v in headers if n.lower() not in _TRACE_HEADERS]
-        headers.extend(traced.upstream_headers(record).items())
-    return OpenStream(
-        record=record,
-        observed=observed,
-        headers=headers,
-        deadline=None if timeout_s is None else record.received_at + timeout_s,
-        traced=traced,
-        registry=registry,
-        on_finish=on_finish,
-    )
 
 
 def format_hint(route: RouteConfig, path_format: str | None) -> str | None:

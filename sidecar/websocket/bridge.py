@@ -53,7 +53,8 @@ from streamhop.sidecar.config import Config, RouteConfig
 from streamhop.sidecar.http.asgi import Receive, Scope, Send
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
-from streamhop.sidecar.upstream.driver import StreamRequest, open_stream
+from streamhop.sidecar.upstream.driver import StreamRequest
+from streamhop.sidecar.upstream.opening import open_stream
 from streamhop.sidecar.upstream.pool import UpstreamPool
 from streamhop.sidecar.websocket.generation import Generation
 from streamhop.sidecar.websocket.messages import (
@@ -66,7 +67,7 @@ from streamhop.sidecar.websocket.messages import (
 )
 
 if TYPE_CHECKING:
-    from streamhop.sidecar.upstream.driver import SidecarState
+    from streamhop.sidecar.upstream.opening import SidecarState
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,87 @@
+"""The pump's values: :class:`PumpOptions` in; :class:`PumpStats`, :class:`Fault` and the
+errors out (see :mod:`streamhop.middleware.pump`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from streamhop.middleware.errors import StreamHopError
+
+
+class ClientStallError(StreamHopError, TimeoutError):
+    """The client accepted no bytes for ``stall_timeout`` seconds."""
+
+
+class Fault(NamedTuple):
+    """Why a stream ended without its normal end: a short ``code`` (the error event's, see
+    docs/lifecycle.md) and a sentence for a person."""
+
+    code: str
+    message: str
+
+
+class StreamFault(StreamHopError):
+    """Raised by :meth:`StreamPump.feed` when the stream cannot go on (``event_too_large``)."""
+
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(fault.message)
+        self.fault = fault
+
+
+TERMINAL_EVENTS: Final = {
+    "openai-chat": "data: [DONE]",
+    "openai-responses": "response.completed",
+    "anthropic": "message_stop",
+}
+"""Formats whose complete streams end with a terminal event, and that event."""
+
+
+@dataclass(frozen=True, slots=True)
+class PumpOptions:
+    """How one stream is re-chunked and bounded.
+
+    Attributes:
+        format: ``auto`` or a format name (``openai-chat``, ``openai-responses``, ``anthropic``,
+            ``sse``).
+        flush_interval_s: the window from the first held delta to its write, seconds.
+        max_flush_bytes: held wire bytes at which a write is due at once.
+        passthrough: forward events one by one, never merging.
+        max_event_bytes: largest SSE event accepted (``event_too_large`` past it).
+        max_pending_bytes: held bytes above which :meth:`StreamPump.feed` waits for the writer.
+        stall_timeout_s: seconds one write may take before :class:`ClientStallError`.
+        keepalive_interval_s: seconds of silence before a ``: keep-alive`` comment; ``None``:
+            never.
+        forward_comments: forward upstream comment lines while nothing else is due.
+    """
+
+    format: str = "auto"
+    flush_interval_s: float = 0.020
+    max_flush_bytes: int = 16 * 1024
+    passthrough: bool = False
+    max_event_bytes: int = 1024 * 1024
+    max_pending_bytes: int = 1024 * 1024
+    stall_timeout_s: float = 30.0
+    keepalive_interval_s: float | None = None
+    forward_comments: bool = False
+
+
+DEFAULT_OPTIONS: Final = PumpOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class PumpStats:
+    """What one stream did (times are ``time.monotonic()`` seconds, ``None`` if not reached)."""
+
+    format: str | None
+    events_in: int
+    events_out: int
+    malformed: int
+    writes: int
+    bytes_in: int
+    bytes_out: int
+    upstream_first_content_at: float | None
+    first_content_write_at: float | None
+    first_tool_args_write_at: float | None
+    usage_input_tokens: int | None
+    usage_output_tokens: int | None
