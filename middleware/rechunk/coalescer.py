@@ -29,7 +29,6 @@ from streamhop.middleware.rechunk.formats import (
     get_format,
 )
 from streamhop.middleware.rechunk.formats.base import Content
-from streamhop.middleware.rechunk.formats.usage import usage_of
 from streamhop.middleware.sse.events import SSEEvent
 
 DEFAULT_FLUSH_INTERVAL: Final = 0.020
@@ -152,7 +151,7 @@ class Coalescer:
         if kind is Kind.FLUSH:
             if fmt.is_terminal(event):
                 self.terminal_seen = True
-            usage = usage_of(fmt.name, event)
+            usage = fmt.usage(event)
             if usage is not None:
                 if usage[0] is not None:
                     self.usage_input_tokens = usage[0]

@@ -10,7 +10,8 @@ Per request, following the OpenTelemetry semantic conventions for generative AI
 * a child span ``upstream.connect`` covering the wait for a (pooled or new) connection;
 * span events ``streamhop.upstream.first_token`` (first content event from the provider) and
   ``streamhop.downstream.first_write`` (first content written to the client);
-* attributes ``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
+* attributes ``gen_ai.operation.name`` and ``gen_ai.provider.name`` (as each stream format names
+  them, see :mod:`streamhop.middleware.rechunk.formats`), ``gen_ai.request.model``,
   ``gen_ai.usage.input_tokens`` / ``gen_ai.usage.output_tokens`` (when the stream reports usage),
   HTTP ones, and streamhop's own ``streamhop.*`` (events and bytes in/out, overhead, cancel
   reason).
@@ -35,17 +36,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from streamhop.middleware.rechunk.formats import operation_for_path, provider_for
 from streamhop.sidecar.config import RouteConfig, TracingConfig
 from streamhop.sidecar.observe.record import StreamRecord
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
-_OPERATIONS: Final = (
-    ("/chat/completions", "chat"),
-    ("/responses", "chat"),
-    ("/messages", "chat"),
-    ("/completions", "text_completion"),
-    ("/embeddings", "embeddings"),
-)
 _PROVIDER_HOSTS: Final = {
     "api.openai.com": "openai",
     "api.anthropic.com": "anthropic",
@@ -57,22 +52,19 @@ _PROVIDER_HOSTS: Final = {
 
 
 def operation_name(path: str) -> str | None:
-    """``gen_ai.operation.name`` for an API path, ``None`` for other requests."""
-    for suffix, name in _OPERATIONS:
-        if path.endswith(suffix):
-            return name
-    return None
+    """``gen_ai.operation.name`` for an API path (asked of each stream format), ``None`` for
+    other requests."""
+    return operation_for_path(path)
 
 
-def provider_name(route: RouteConfig, path: str) -> str:
-    """``gen_ai.provider.name``: from the upstream host when well known, else from the API."""
+def provider_name(route: RouteConfig, path: str) -> str | None:
+    """``gen_ai.provider.name``: from the upstream host when well known, else from the route's
+    format, else from the format whose API the path calls; ``None`` when none names one."""
     host = urlsplit(route.upstream).hostname or ""
     known = _PROVIDER_HOSTS.get(host)
     if known is not None:
         return known
-    if route.format == "anthropic" or path.endswith("/messages"):
-        return "anthropic"
-    return "openai"
+    return provider_for(route.format, path)
 
 
 class Tracing:
@@ -137,7 +129,9 @@ class RequestTrace:
         }
         if self.operation is not None:
             attributes["gen_ai.operation.name"] = self.operation
-            attributes["gen_ai.provider.name"] = provider_name(route, record.path)
+            provider = provider_name(route, record.path)
+            if provider is not None:
+                attributes["gen_ai.provider.name"] = provider
         name = f"{record.method} {record.path}"
         self.server: Span = tracer.start_span(
             name,

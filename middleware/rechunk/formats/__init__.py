@@ -1,99 +1,72 @@
-"""Wire formats: merge rules per provider stream format, and detection from the first event.
+"""Wire formats: one object per provider stream format, behind one protocol.
 
-Names used in config (``[[routes]].format``) and the ``X-Streamhop-Format`` of logs:
-``openai-chat``, ``openai-responses``, ``anthropic``, ``sse``, and ``auto`` (detect).
+Names used in config (``[[routes]].format``), the middleware's ``format`` option and logs:
+``openai-chat``, ``openai-responses``, ``anthropic``, ``sse``, and ``auto`` (detect from the first
+event with data).
+
+A format (:class:`~.base.Format`) owns, in its own module, everything streamhop knows about it:
+detection from the first event, merge rules (``classify``/``open_group``), its terminal event,
+token usage, its error event and error body, the request paths that speak it, and the
+OpenTelemetry GenAI names of its API. Callers only use the protocol or the lookups in
+:mod:`.registry` (re-exported here), which never switch on a format's name.
+
+Adding a provider format:
+
+1. one module here, say ``gemini.py``, with a stateless class implementing every member of
+   :class:`~.base.Format` (``mypy --strict`` checks it against the protocol where it is
+   registered), its docstring citing the provider's streaming and error documentation;
+2. an instance of it in :data:`.registry.REGISTERED`, before the formats whose detection is
+   looser (``openai-chat``'s ``choices``) and always before plain ``sse``;
+3. tests: a recorded stream in the fixtures, and the per-format cases of
+   ``tests/middleware/test_formats.py`` and ``tests/middleware/rechunk/test_format_objects.py``.
 """
 
 from __future__ import annotations
 
-from typing import Final
-
-import orjson
-
-from streamhop.middleware.rechunk.formats.anthropic import AnthropicFormat
-from streamhop.middleware.rechunk.formats.base import MALFORMED, Format, Kind, MergeGroup
-from streamhop.middleware.rechunk.formats.error_events import (
+from streamhop.middleware.rechunk.formats.base import (
+    MALFORMED,
+    Content,
+    Format,
+    Kind,
+    Match,
+    MergeGroup,
+    Usage,
+)
+from streamhop.middleware.rechunk.formats.registry import (
+    DEFAULT_FORMAT_NAME,
+    FORMAT_NAMES,
+    FORMATS,
+    REGISTERED,
+    TERMINAL_HINTS,
+    detect_format,
     error_body,
     error_event,
+    error_format,
     format_for_path,
+    get_format,
+    operation_for_path,
+    provider_for,
 )
-from streamhop.middleware.rechunk.formats.openai_chat import OpenAIChatFormat
-from streamhop.middleware.rechunk.formats.openai_responses import OpenAIResponsesFormat
-from streamhop.middleware.rechunk.formats.plain import PlainSSEFormat
-from streamhop.middleware.sse.events import SSEEvent
 
 __all__ = [
+    "DEFAULT_FORMAT_NAME",
     "FORMATS",
     "FORMAT_NAMES",
     "MALFORMED",
+    "REGISTERED",
+    "TERMINAL_HINTS",
+    "Content",
     "Format",
     "Kind",
+    "Match",
     "MergeGroup",
+    "Usage",
     "detect_format",
     "error_body",
     "error_event",
+    "error_format",
     "format_for_path",
     "get_format",
+    "operation_for_path",
+    "provider_for",
 ]
-
-FORMATS: Final[dict[str, Format]] = {
-    f.name: f
-    for f in (OpenAIChatFormat(), OpenAIResponsesFormat(), AnthropicFormat(), PlainSSEFormat())
-}
-FORMAT_NAMES: Final = ("auto", *FORMATS)
-
-_ANTHROPIC_EVENTS: Final = frozenset(
-    (
-        "message_start",
-        "content_block_start",
-        "content_block_delta",
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
-    )
-)
-
-
-def get_format(name: str) -> Format:
-    """Return the format called ``name`` (not ``auto``).
-
-    Raises:
-        KeyError: unknown name; the message lists the known ones.
-    """
-    try:
-        return FORMATS[name]
-    except KeyError:
-        raise KeyError(f"unknown stream format {name!r}; expected one of {list(FORMATS)}") from None
-
-
-def detect_format(event: SSEEvent) -> Format | None:
-    """Guess the format from the first event that has data.
-
-    Returns:
-        The format, or ``None`` when ``event`` has no data (look at the next one). A stream whose
-        first event matches no provider format is plain ``sse``.
-    """
-    data = event.data
-    if data is None:
-        return None
-    name = event.event
-    if name is not None:
-        if name.startswith("response."):
-            return FORMATS["openai-responses"]
-        if name in _ANTHROPIC_EVENTS:
-            return FORMATS["anthropic"]
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return FORMATS["sse"]
-    if type(obj) is not dict:
-        return FORMATS["sse"]
-    kind = obj.get("type")
-    if type(kind) is str:
-        if kind.startswith("response."):
-            return FORMATS["openai-responses"]
-        if kind in _ANTHROPIC_EVENTS:
-            return FORMATS["anthropic"]
-    if "choices" in obj or obj.get("object") == "chat.completion.chunk":
-        return FORMATS["openai-chat"]
-    return FORMATS["sse"]

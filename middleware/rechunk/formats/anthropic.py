@@ -1,4 +1,4 @@
-"""Merge rules for Anthropic Messages streams.
+"""The Anthropic Messages stream format (``anthropic``).
 
 Wire format: Anthropic docs, "Streaming Messages"
 (https://docs.anthropic.com/en/docs/build-with-claude/streaming): ``message_start``,
@@ -10,13 +10,31 @@ Only ``content_block_delta`` events whose delta is ``text_delta`` (``text``),
 merge when index, delta type and every other field are equal. ``signature_delta``,
 ``citations_delta``, unknown delta types and every other event are boundaries, forwarded as they
 came (the API's whitespace padding included).
+
+Detection: an ``event:`` name or JSON ``type`` among the stream's event types. Terminal:
+``message_stop`` or ``error``. Usage (same page): ``message_start`` carries
+``message.usage.input_tokens``; each ``message_delta`` the cumulative ``usage.output_tokens``.
+Errors (https://docs.anthropic.com/en/api/errors): ``event: error`` with
+``{"type": "error", "error": {"type", "message"}}``, on which the ``anthropic`` SDK raises; the
+same object is the body of an error response. The API lives under ``/v1/messages``.
 """
 
 from __future__ import annotations
 
-from typing import Final, cast
+from typing import Any, Final, cast
 
-from streamhop.middleware.rechunk.formats.base import Content, Kind, json_type, parse_object
+import orjson
+
+from streamhop.middleware.rechunk.formats.base import (
+    Content,
+    Kind,
+    Match,
+    Usage,
+    json_type,
+    parse_object,
+    token_count,
+    usage_object,
+)
 from streamhop.middleware.rechunk.formats.field_group import FieldGroup, FieldParsed
 from streamhop.middleware.sse.events import SSEEvent
 
@@ -31,6 +49,18 @@ _CONTENT: Final = {
     "thinking": Content.TEXT,
 }
 _TOP_SKIP: Final = frozenset(("delta",))
+# The event types that say a stream is Anthropic's when it is the first one with data (``ping``
+# and ``error`` are left out: other APIs use those names too).
+_EVENTS: Final = frozenset(
+    (
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    )
+)
 
 
 class AnthropicFormat:
@@ -38,6 +68,16 @@ class AnthropicFormat:
 
     name = "anthropic"
     has_terminal = True
+    terminal_hint = "message_stop"
+    provider_name = "anthropic"
+
+    def detect(self, event: SSEEvent, obj: dict[str, Any] | None) -> Match:
+        """See :meth:`streamhop.middleware.rechunk.formats.base.Format.detect`."""
+        if event.event in _EVENTS:
+            return Match.NAME
+        if obj is not None and obj.get("type") in _EVENTS:
+            return Match.BODY
+        return Match.NONE
 
     def is_terminal(self, event: SSEEvent) -> bool:
         """``message_stop`` or ``error`` (Anthropic docs, "Streaming Messages")."""
@@ -68,3 +108,32 @@ class AnthropicFormat:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
         obj, field, text = cast(FieldParsed, parsed)
         return FieldGroup(event, obj, "delta", field, text, _TOP_SKIP)
+
+    def usage(self, event: SSEEvent) -> Usage | None:
+        """``message.usage`` of ``message_start``, or ``usage`` of ``message_delta``."""
+        obj = usage_object(event)
+        if obj is None:
+            return None
+        message = obj.get("message")
+        usage = message.get("usage") if type(message) is dict else obj.get("usage")
+        if type(usage) is not dict:
+            return None
+        return token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+
+    def error_event(self, code: str, message: str) -> SSEEvent:
+        """``event: error`` with Anthropic's error object (``type`` ``api_error``)."""
+        return SSEEvent(data=self.error_body(code, message).decode(), event="error")
+
+    def error_body(self, code: str, message: str) -> bytes:
+        """Anthropic's error object; streamhop's ``code`` rides along in ``error.code``."""
+        return orjson.dumps(
+            {"type": "error", "error": {"type": "api_error", "message": message, "code": code}}
+        )
+
+    def claims_path(self, path: str) -> bool:
+        """``/v1/messages`` and everything under it (``/v1/messages/count_tokens``)."""
+        return path.endswith("/messages") or "/messages/" in path
+
+    def operation_name(self, path: str) -> str | None:
+        """``chat`` for ``/v1/messages``."""
+        return "chat" if path.endswith("/messages") else None

@@ -1,6 +1,12 @@
-"""What a wire format tells the coalescer about each event.
+"""The one protocol every wire format implements, and helpers the JSON formats share.
 
-A format classifies each event once (parsing its JSON once) as:
+A format is one stateless, shared object (:class:`Format`) that owns everything streamhop knows
+about one provider stream format: how to recognise it from the first event, its merge rules, its
+terminal event, where it reports token usage, how an error looks in it, which request paths speak
+it, and the OpenTelemetry GenAI names of its API. Nothing outside the format's own module switches
+on its name.
+
+The merge rules: a format classifies each event once (parsing its JSON once) as:
 
 * ``DELTA``: a content delta that may merge with the held delta before it (same stream position,
   same text field, same tool-call index, every other field equal);
@@ -10,13 +16,18 @@ A format classifies each event once (parsing its JSON once) as:
   ``message_delta``, ``message_stop``, ``error``, any event type the format does not know): never
   merged across; it and everything held before it are written at once.
 
+Cost: :meth:`Format.classify` runs once per upstream event and is the only per-event hook;
+:meth:`Format.detect` runs once per ``auto`` stream; :meth:`Format.is_terminal` and
+:meth:`Format.usage` run on ``FLUSH`` events only (a few per stream); the rest run once per
+request or per fault.
+
 Formats are stateless and shared; the per-stream state is the :class:`MergeGroup`.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -58,13 +69,73 @@ class MergeGroup(Protocol):
         """Return the merged event: one event whose accumulation equals that of the parts."""
 
 
-class Format(Protocol):
-    """Merge rules of one wire format."""
+class Match(IntEnum):
+    """How strongly the first event of a stream says it is in a format (:meth:`Format.detect`).
 
-    name: str
+    :func:`~streamhop.middleware.rechunk.formats.detect_format` takes the highest match; among
+    equal ones, the format registered first.
+    """
+
+    NONE = 0
+    """Not this format."""
+    ANY = 1
+    """Any event with data: the catch-all (plain ``sse``), never claimed by a provider format."""
+    BODY = 2
+    """The JSON data has this format's shape (a known ``type``, a ``choices`` list)."""
+    NAME = 3
+    """The SSE ``event:`` name is one of this format's; it wins over what the data looks like."""
+
+
+Usage = tuple[int | None, int | None]
+"""``(input_tokens, output_tokens)``; either is ``None`` when the event reports only the other."""
+
+
+@runtime_checkable
+class Format(Protocol):
+    """Everything streamhop knows about one wire format (stateless, shared by every stream).
+
+    Implementations are plain classes whose attributes are class constants; one module per
+    format under :mod:`streamhop.middleware.rechunk.formats`, registered in that package's
+    ``REGISTERED`` tuple.
+    """
+
+    @property
+    def name(self) -> str:
+        """The name in config (``[[routes]].format``), logs and metrics: ``openai-chat``."""
+
+    @property
+    def has_terminal(self) -> bool:
+        """True when the format ends every complete stream with a terminal event, so a clean
+        close without one is a truncated answer (``upstream_incomplete``)."""
+
+    @property
+    def terminal_hint(self) -> str | None:
+        """How the normal terminal event looks, for messages (``data: [DONE]``); ``None`` when
+        :attr:`has_terminal` is false."""
+
+    @property
+    def provider_name(self) -> str | None:
+        """``gen_ai.provider.name`` (OpenTelemetry GenAI semantic conventions) of an upstream
+        that speaks this format when its host is not a well-known one; ``None``: say nothing."""
+
+    def detect(self, event: SSEEvent, obj: dict[str, Any] | None) -> Match:
+        """How strongly the first event with data of an ``auto`` stream says it is this format.
+
+        Runs once per ``auto`` stream, never per event.
+
+        Args:
+            event: the first event whose ``data`` is not ``None``.
+            obj: its data parsed as a JSON object, parsed once for every format; ``None`` when
+                the data is not a JSON object.
+
+        Returns:
+            :attr:`Match.NAME` when the SSE ``event:`` name is this format's,
+            :attr:`Match.BODY` when ``obj`` has its shape, else :attr:`Match.NONE` (only the
+            plain ``sse`` catch-all answers :attr:`Match.ANY`).
+        """
 
     def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
-        """Classify one event.
+        """Classify one event (runs once per upstream event: parse once, allocate nothing more).
 
         Returns:
             ``(kind, is_content, parsed)``: ``is_content`` is true when the event carries
@@ -77,14 +148,51 @@ class Format(Protocol):
         """
 
     def open_group(self, event: SSEEvent, parsed: object) -> MergeGroup:
-        """Start a merge group with a ``DELTA`` event."""
+        """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`).
 
-    has_terminal: bool
-    """True when the format ends every complete stream with a terminal event, so a clean
-    close without one is a truncated answer (``upstream_incomplete``)."""
+        Raises:
+            TypeError: the format has no deltas (plain ``sse``); the coalescer never asks then.
+        """
 
     def is_terminal(self, event: SSEEvent) -> bool:
         """True when ``event`` (a ``FLUSH`` event) ends the stream: a normal end or an error."""
+
+    def usage(self, event: SSEEvent) -> Usage | None:
+        """Token usage reported by ``event`` (a ``FLUSH`` event), or ``None`` if it reports none.
+
+        Returns:
+            ``(input_tokens, output_tokens)`` in tokens; either may be ``None`` when the event
+            reports only the other. A later report replaces an earlier one.
+        """
+
+    def error_event(self, code: str, message: str) -> SSEEvent | None:
+        """The terminal error event streamhop appends to a stream of this format, in the shape
+        the provider's own SDK raises on, or ``None`` when the format has no such event (plain
+        ``sse``: streamhop never adds to a stream it does not understand).
+
+        Args:
+            code: streamhop's machine-readable reason (``upstream_timeout``).
+            message: a sentence for a person.
+        """
+
+    def error_body(self, code: str, message: str) -> bytes:
+        """A JSON error response body in the provider's shape (a 502/503/504 before any byte).
+
+        Args:
+            code: streamhop's machine-readable reason (``upstream_unreachable``).
+            message: a sentence for a person.
+
+        Returns:
+            UTF-8 JSON bytes.
+        """
+
+    def claims_path(self, path: str) -> bool:
+        """True when a request to ``path`` (the upstream path, query excluded) is this format's
+        API, so its errors take this format's shape when the route says ``auto``."""
+
+    def operation_name(self, path: str) -> str | None:
+        """``gen_ai.operation.name`` (``chat``, ``text_completion``, ``embeddings``) of a request
+        to ``path`` when it is one of this format's API endpoints, else ``None``."""
 
 
 class _Malformed:
@@ -127,3 +235,31 @@ def json_type(event: SSEEvent) -> str | None:
         return None
     kind = obj.get("type") if type(obj) is dict else None
     return kind if type(kind) is str else None
+
+
+def usage_object(event: SSEEvent) -> dict[str, Any] | None:
+    """The data of an event that may report usage, as a JSON object; ``None`` when it cannot.
+
+    A substring test first, so most boundary events cost no parse: the first step of every
+    JSON format's :meth:`Format.usage`.
+    """
+    data = event.data
+    if data is None or "usage" not in data:
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if type(obj) is dict else None
+
+
+def token_count(value: object) -> int | None:
+    """``value`` when it is an ``int`` (a token count), else ``None`` (``bool`` excluded)."""
+    return value if type(value) is int else None
+
+
+def openai_error_object(code: str, message: str) -> dict[str, Any]:
+    """OpenAI's error object ``{"error": {"message", "type", "code", "param"}}``
+    (https://platform.openai.com/docs/guides/error-codes): the shape OpenAI-compatible clients
+    parse, so also the one of formats without their own (``type`` is ``server_error``)."""
+    return {"error": {"message": message, "type": "server_error", "code": code, "param": None}}

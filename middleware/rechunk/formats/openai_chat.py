@@ -1,4 +1,4 @@
-"""Merge rules for OpenAI Chat Completions streams (``chat.completion.chunk``).
+"""The OpenAI Chat Completions stream format (``openai-chat``, ``chat.completion.chunk``).
 
 Wire format: OpenAI API reference, "The chat completion chunk object"
 (https://platform.openai.com/docs/api-reference/chat-streaming). Also the OpenAI-compatible
@@ -19,6 +19,15 @@ message it builds, while keeping one value per event would change what a per-eve
 
 A role, a tool call's ``id``/``name``, ``finish_reason``, a non-null ``usage``, an
 empty ``choices``, ``error`` and ``[DONE]`` are boundaries.
+
+Detection: a JSON object with ``choices`` or ``"object": "chat.completion.chunk"`` (no ``event:``
+name; registered after the formats with typed events, so those win a tie). Terminal: ``[DONE]``
+or an ``error`` object. Usage: the chunk with ``usage`` (``prompt_tokens``,
+``completion_tokens``), sent when the request has ``stream_options.include_usage``. Errors:
+OpenAI's error object (https://platform.openai.com/docs/guides/error-codes) as ``data:`` without
+an event name, on which the ``openai`` SDK raises ``APIError``; the same object is the body of an
+error response. Paths: ``/v1/chat/completions``, and the other OpenAI APIs an OpenAI-compatible
+upstream serves (``/v1/completions``, ``/v1/embeddings``).
 """
 
 from __future__ import annotations
@@ -27,7 +36,16 @@ from typing import Any, Final, cast
 
 import orjson
 
-from streamhop.middleware.rechunk.formats.base import Content, Kind, parse_object
+from streamhop.middleware.rechunk.formats.base import (
+    Content,
+    Kind,
+    Match,
+    Usage,
+    openai_error_object,
+    parse_object,
+    token_count,
+    usage_object,
+)
 from streamhop.middleware.rechunk.formats.field_group import same_except
 from streamhop.middleware.sse.events import SSEEvent
 
@@ -36,6 +54,12 @@ _TEXT_SET: Final = frozenset(_TEXT_FIELDS)
 _TOOL_KEYS: Final = frozenset(("index", "id", "type", "function"))
 _FUNCTION_KEYS: Final = frozenset(("arguments", "name"))
 _MISSING: Final = object()
+# path suffix -> gen_ai.operation.name, longest first ("/chat/completions" ends "/completions")
+_OPERATIONS: Final = (
+    ("/chat/completions", "chat"),
+    ("/completions", "text_completion"),
+    ("/embeddings", "embeddings"),
+)
 
 # A slot names where one merged string goes: (choice position, text field name) or
 # (choice position, tool-call position in delta.tool_calls).
@@ -48,6 +72,14 @@ class OpenAIChatFormat:
 
     name = "openai-chat"
     has_terminal = True
+    terminal_hint = "data: [DONE]"
+    provider_name = "openai"
+
+    def detect(self, event: SSEEvent, obj: dict[str, Any] | None) -> Match:
+        """See :meth:`streamhop.middleware.rechunk.formats.base.Format.detect`."""
+        if obj is not None and ("choices" in obj or obj.get("object") == "chat.completion.chunk"):
+            return Match.BODY
+        return Match.NONE
 
     def is_terminal(self, event: SSEEvent) -> bool:
         """``data: [DONE]`` (the Chat Completions stream's end), or an ``error`` object (the
@@ -123,6 +155,33 @@ class OpenAIChatFormat:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
         obj, slots, strings = cast(_Parsed, parsed)
         return _ChatGroup(event, obj, slots, strings)
+
+    def usage(self, event: SSEEvent) -> Usage | None:
+        """``usage.prompt_tokens`` / ``usage.completion_tokens`` of the usage chunk."""
+        obj = usage_object(event)
+        usage = obj.get("usage") if obj is not None else None
+        if type(usage) is not dict:
+            return None
+        return token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens"))
+
+    def error_event(self, code: str, message: str) -> SSEEvent:
+        """``data: {"error": {...}}``, OpenAI's error object without an event name."""
+        return SSEEvent(data=orjson.dumps(openai_error_object(code, message)).decode())
+
+    def error_body(self, code: str, message: str) -> bytes:
+        """OpenAI's error object."""
+        return orjson.dumps(openai_error_object(code, message))
+
+    def claims_path(self, path: str) -> bool:
+        """The OpenAI API paths of :meth:`operation_name`."""
+        return self.operation_name(path) is not None
+
+    def operation_name(self, path: str) -> str | None:
+        """``chat``, ``text_completion`` or ``embeddings`` by the path's last segments."""
+        for suffix, operation in _OPERATIONS:
+            if path.endswith(suffix):
+                return operation
+        return None
 
 
 def _continued_arguments(call: object) -> str | None:

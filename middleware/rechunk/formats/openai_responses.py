@@ -1,4 +1,4 @@
-"""Merge rules for OpenAI Responses API streams.
+"""The OpenAI Responses API stream format (``openai-responses``).
 
 Wire format: OpenAI API reference, "Streaming events" of the Responses API
 (https://platform.openai.com/docs/api-reference/responses-streaming): typed events such as
@@ -10,13 +10,32 @@ every other field is equal (``item_id``, ``output_index``, ``content_index``, un
 keeping the last ``sequence_number`` (the merged event stands for everything up to it),
 concatenating ``logprobs`` and keeping the first ``obfuscation`` (random padding). Every other
 event (``response.created`` and ``response.in_progress`` too) is a boundary, forwarded as it came.
+
+Detection: an ``event:`` name or JSON ``type`` starting with ``response.``. Terminal:
+``response.completed``, ``response.failed``, ``response.incomplete`` or ``error``. Usage:
+``response.usage.input_tokens`` / ``output_tokens`` of ``response.completed`` (and
+``response.incomplete``). Errors: ``event: error`` with ``{"type": "error", "code", "message",
+"param"}`` (the "error" streaming event of the same reference); an error response body is OpenAI's
+error object. The API is ``/v1/responses``.
 """
 
 from __future__ import annotations
 
-from typing import Final, cast
+from typing import Any, Final, cast
 
-from streamhop.middleware.rechunk.formats.base import Content, Kind, json_type, parse_object
+import orjson
+
+from streamhop.middleware.rechunk.formats.base import (
+    Content,
+    Kind,
+    Match,
+    Usage,
+    json_type,
+    openai_error_object,
+    parse_object,
+    token_count,
+    usage_object,
+)
 from streamhop.middleware.rechunk.formats.field_group import FieldGroup, FieldParsed
 from streamhop.middleware.sse.events import SSEEvent
 
@@ -45,6 +64,18 @@ class OpenAIResponsesFormat:
 
     name = "openai-responses"
     has_terminal = True
+    terminal_hint = "response.completed"
+    provider_name = "openai"
+
+    def detect(self, event: SSEEvent, obj: dict[str, Any] | None) -> Match:
+        """See :meth:`streamhop.middleware.rechunk.formats.base.Format.detect`."""
+        name = event.event
+        if name is not None and name.startswith("response."):
+            return Match.NAME
+        kind = obj.get("type") if obj is not None else None
+        if type(kind) is str and kind.startswith("response."):
+            return Match.BODY
+        return Match.NONE
 
     def is_terminal(self, event: SSEEvent) -> bool:
         """``response.completed``, ``response.failed``, ``response.incomplete`` or ``error``
@@ -69,3 +100,31 @@ class OpenAIResponsesFormat:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
         obj, field, text = cast(FieldParsed, parsed)
         return FieldGroup(event, obj, None, field, text, _SKIP, _LAST_WINS, _CONCAT)
+
+    def usage(self, event: SSEEvent) -> Usage | None:
+        """``response.usage`` of ``response.completed`` / ``response.incomplete``."""
+        obj = usage_object(event)
+        if obj is None:
+            return None
+        response = obj.get("response")
+        usage = response.get("usage") if type(response) is dict else None
+        if type(usage) is not dict:
+            return None
+        return token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+
+    def error_event(self, code: str, message: str) -> SSEEvent:
+        """``event: error`` with ``{"type": "error", "code", "message", "param": null}``."""
+        body = {"type": "error", "code": code, "message": message, "param": None}
+        return SSEEvent(data=orjson.dumps(body).decode(), event="error")
+
+    def error_body(self, code: str, message: str) -> bytes:
+        """OpenAI's error object (the Responses API answers errors like every OpenAI API)."""
+        return orjson.dumps(openai_error_object(code, message))
+
+    def claims_path(self, path: str) -> bool:
+        """``/v1/responses``."""
+        return path.endswith("/responses")
+
+    def operation_name(self, path: str) -> str | None:
+        """``chat`` for ``/v1/responses`` (the GenAI conventions have no separate name)."""
+        return "chat" if path.endswith("/responses") else None

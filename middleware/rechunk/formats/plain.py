@@ -1,12 +1,27 @@
-"""Rules for any other SSE stream (``format = "sse"``): batch, never rewrite.
+"""Any other SSE stream (``format = "sse"``): batch, never rewrite, never add to.
 
 Events of an unknown format are held and written together on the flush window, each exactly as
-it came; the first event goes out at once like a first token.
+it came; the first event goes out at once like a first token. The catch-all of detection, so it
+is registered last. It has no terminal event (the server closing ends the stream), reports no
+usage, and gets no error event: streamhop does not know what its client would make of one, so a
+fault is logged and counted and the stream simply ends. A JSON error response (before any byte)
+is OpenAI's error object, the shape most clients of LLM APIs parse.
 """
 
 from __future__ import annotations
 
-from streamhop.middleware.rechunk.formats.base import Content, Kind, MergeGroup
+from typing import Any
+
+import orjson
+
+from streamhop.middleware.rechunk.formats.base import (
+    Content,
+    Kind,
+    Match,
+    MergeGroup,
+    Usage,
+    openai_error_object,
+)
 from streamhop.middleware.sse.events import SSEEvent
 
 
@@ -15,6 +30,12 @@ class PlainSSEFormat:
 
     name = "sse"
     has_terminal = False
+    terminal_hint = None
+    provider_name = None
+
+    def detect(self, event: SSEEvent, obj: dict[str, Any] | None) -> Match:
+        """Any event with data: the catch-all, beaten by every provider format's match."""
+        return Match.ANY
 
     def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """Every event with data is ``HOLD`` and counts as content; blocks without data flush."""
@@ -29,3 +50,23 @@ class PlainSSEFormat:
     def is_terminal(self, event: SSEEvent) -> bool:
         """Plain SSE has no terminal event: the server closing ends the stream."""
         return False
+
+    def usage(self, event: SSEEvent) -> Usage | None:
+        """Plain SSE reports no usage streamhop could read."""
+        return None
+
+    def error_event(self, code: str, message: str) -> None:
+        """None: streamhop never adds an event to a stream it does not understand."""
+        return None
+
+    def error_body(self, code: str, message: str) -> bytes:
+        """OpenAI's error object."""
+        return orjson.dumps(openai_error_object(code, message))
+
+    def claims_path(self, path: str) -> bool:
+        """No path says a stream is plain SSE."""
+        return False
+
+    def operation_name(self, path: str) -> str | None:
+        """Not a GenAI API."""
+        return None
