@@ -47,7 +47,7 @@ from streamhop.middleware.pump_types import (
     StreamFault,
 )
 from streamhop.middleware.rechunk.coalescer import Coalescer
-from streamhop.middleware.rechunk.formats import error_event
+from streamhop.middleware.rechunk.formats import error_format
 from streamhop.middleware.sse.decoder import SSEDecoder
 from streamhop.middleware.sse.encoder import encode_events
 from streamhop.middleware.sse.events import SSEEvent
@@ -199,10 +199,10 @@ class StreamPump:
         """The terminal error event for ``fault`` in the stream's format (``format_hint`` while
         none is known); none for a plain ``sse`` stream, whose events streamhop never rewrites
         or adds to."""
-        fmt = self._coalescer.format_name or format_hint
-        if fmt == "sse":
-            return []
-        return [error_event(fmt, fault.code, fault.message)]
+        event = error_format(self._coalescer.format_name or format_hint).error_event(
+            fault.code, fault.message
+        )
+        return [] if event is None else [event]
 
     async def feed(self, data: bytes) -> None:
         """Take upstream bytes (non-empty), schedule writes, and wait while more than

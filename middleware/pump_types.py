@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from streamhop.middleware.errors import StreamHopError
+from streamhop.middleware.rechunk.formats import TERMINAL_HINTS
 
 
 class ClientStallError(StreamHopError, TimeoutError):
@@ -29,12 +30,9 @@ class StreamFault(StreamHopError):
         self.fault = fault
 
 
-TERMINAL_EVENTS: Final = {
-    "openai-chat": "data: [DONE]",
-    "openai-responses": "response.completed",
-    "anthropic": "message_stop",
-}
-"""Formats whose complete streams end with a terminal event, and that event."""
+TERMINAL_EVENTS: Final = TERMINAL_HINTS
+"""Formats whose complete streams end with a terminal event, and that event (from the
+formats' own ``terminal_hint``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from streamhop.middleware.rechunk.formats import error_event
+from streamhop.middleware.rechunk.formats import error_format
 from streamhop.middleware.sse.encoder import encode_events
 from streamhop.sidecar.http.asgi import Send, json_error
 from streamhop.sidecar.resume.store import (
@@ -55,10 +55,11 @@ class Replay:
         if not self.started:
             await json_error(send, 503, fmt, self.stop_reason, message, retry_after=True)
             return
-        event = error_event(fmt, self.stop_reason, message)
-        await send(
-            {"type": "http.response.body", "body": encode_events([event]), "more_body": True}
-        )
+        event = error_format(fmt).error_event(self.stop_reason, message)
+        if event is not None:  # never added to a plain sse stream
+            await send(
+                {"type": "http.response.body", "body": encode_events([event]), "more_body": True}
+            )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -103,7 +104,7 @@ async def replay(
     headers = [(n, v) for n, v in reader.headers if n.lower() not in _SKIP_HEADERS]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     state.started = True
-    tail = None
+    problem: tuple[str, str] | None = None
     try:
         async for batch in reader.events_after(seq):
             async with asyncio.timeout(stall_timeout_s):
@@ -111,13 +112,16 @@ async def replay(
                     {"type": "http.response.body", "body": b"".join(batch), "more_body": True}
                 )
     except ResumeLogFullError as exc:
-        tail = error_event(fmt, "resume_log_full", str(exc))
+        problem = ("resume_log_full", str(exc))
     except (StreamNotFoundError, ResumeError) as exc:
-        tail = error_event(fmt, "resume_unavailable", str(exc))
+        problem = ("resume_unavailable", str(exc))
     except TimeoutError:
         logger.warning("resume of stream %s: client stalled; dropped", stream_id)
         return
-    if tail is not None:
-        logger.warning("resume of stream %s ended early: %s", stream_id, tail.data)
-        await send({"type": "http.response.body", "body": encode_events([tail]), "more_body": True})
+    if problem is not None:
+        logger.warning("resume of stream %s ended early: %s", stream_id, problem[1])
+        tail = error_format(fmt).error_event(*problem)
+        if tail is not None:  # never added to a plain sse stream
+            body = encode_events([tail])
+            await send({"type": "http.response.body", "body": body, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
