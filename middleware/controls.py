@@ -6,7 +6,11 @@ One parser for the sidecar and the middleware, so both accept and refuse the sam
 * ``X-Streamhop-Mode``: ``coalesce`` or ``passthrough``;
 * ``X-Streamhop-Timeout-Ms``: a deadline in milliseconds (``0 <`` value ``<=``
   :data:`MAX_TIMEOUT_MS`); it can only shorten a route's ``timeout_s``
-  (:meth:`Controls.deadline_s`). The middleware ignores it (the app owns its deadlines).
+  (:meth:`Controls.deadline_s`);
+* ``X-Streamhop-On-Disconnect``: ``detach`` or ``cancel``, what the sidecar does when the client
+  leaves (where the route allows the client to choose).
+
+The middleware ignores the last two (the app owns its deadlines and its generation).
 
 Header names are matched in any case (RFC 9110 §5.1); other ``X-Streamhop-*`` names are ignored.
 """
@@ -22,6 +26,7 @@ from streamhop.middleware.errors import StreamHopError
 
 PREFIX: Final = b"x-streamhop-"
 MODES: Final = ("coalesce", "passthrough")
+ON_DISCONNECT: Final = ("cancel", "detach")
 MAX_TIMEOUT_MS: Final = 86_400_000
 """Largest ``X-Streamhop-Timeout-Ms`` accepted (one day)."""
 
@@ -38,11 +43,13 @@ class Controls:
         flush_interval_ms: the flush window, milliseconds.
         mode: ``coalesce`` or ``passthrough``.
         timeout_ms: the requested deadline, milliseconds.
+        on_disconnect: ``cancel`` or ``detach``.
     """
 
     flush_interval_ms: float | None = None
     mode: str | None = None
     timeout_ms: float | None = None
+    on_disconnect: str | None = None
 
     def over(self, base: Controls) -> Controls:
         """These values where set, ``base``'s elsewhere (a WebSocket message over its
@@ -53,6 +60,7 @@ class Controls:
             else base.flush_interval_ms,
             self.mode if self.mode is not None else base.mode,
             self.timeout_ms if self.timeout_ms is not None else base.timeout_ms,
+            self.on_disconnect if self.on_disconnect is not None else base.on_disconnect,
         )
 
     def deadline_s(self, route_timeout_s: float | None) -> float | None:
@@ -78,7 +86,7 @@ def parse_controls(headers: Iterable[tuple[bytes, bytes]]) -> Controls:
     Raises:
         ControlHeaderError: a control header with an invalid value, naming the header.
     """
-    flush = mode = timeout = None
+    flush = mode = timeout = on_disconnect = None
     for name, value in headers:
         if not is_control(name):
             continue
@@ -98,9 +106,15 @@ def parse_controls(headers: Iterable[tuple[bytes, bytes]]) -> Controls:
                 raise ControlHeaderError(
                     f"X-Streamhop-Timeout-Ms must be > 0 and <= {MAX_TIMEOUT_MS}, got {text!r}"
                 )
-    if flush is None and mode is None and timeout is None:
+        elif key == b"on-disconnect":
+            if text not in ON_DISCONNECT:
+                raise ControlHeaderError(
+                    f"X-Streamhop-On-Disconnect must be 'cancel' or 'detach', got {text!r}"
+                )
+            on_disconnect = text
+    if flush is None and mode is None and timeout is None and on_disconnect is None:
         return NO_CONTROLS
-    return Controls(flush, mode, timeout)
+    return Controls(flush, mode, timeout, on_disconnect)
 
 
 def _milliseconds(header: str, text: str) -> float:

@@ -32,7 +32,14 @@ TTFT_BUCKETS: Final = (
 DURATION_BUCKETS: Final = (
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
-CANCEL_REASONS: Final = ("client_disconnect", "timeout", "stall", "interrupt", "shutdown")
+CANCEL_REASONS: Final = (
+    "client_disconnect",
+    "timeout",
+    "stall",
+    "interrupt",
+    "shutdown",
+    "stop",
+)
 HOPS: Final = ("request", "event", "flush")
 ERROR_KINDS: Final = (
     "connect",

@@ -66,6 +66,18 @@ class RouteTable:
             encoded=True,
         )
 
+    def control_stream_id(self, route: RouteConfig, path: RequestPath) -> str | None:
+        """The ``<stream-id>`` of a ``<route prefix>/streamhop/v1/streams/<stream-id>`` path
+        (streamhop's own control endpoint, never proxied), else ``None``."""
+        rest = path.decoded[len(_segments(route.prefix)) :]
+        if len(rest) == 4 and rest[:3] == CONTROL_SEGMENTS and rest[3]:
+            return rest[3]
+        return None
+
+
+CONTROL_SEGMENTS = ("streamhop", "v1", "streams")
+"""Path segments (after a route's prefix) of streamhop's stream control endpoint."""
+
 
 def _segments(prefix: str) -> tuple[str, ...]:
     stripped = prefix.strip("/")

@@ -166,6 +166,7 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
         connect_timeout_s=_num(t, key, "connect_timeout_s", d.connect_timeout_s, minimum=0.001),
         retries=_int(t, key, "retries", d.retries, minimum=0),
         on_disconnect=on_disconnect,
+        client_on_disconnect=_bool(t, key, "client_on_disconnect", d.client_on_disconnect),
         read_timeout_s=_num(t, key, "read_timeout_s", d.read_timeout_s, minimum=0.001),
         keepalive_interval_s=_num(
             t, key, "keepalive_interval_s", d.keepalive_interval_s, minimum=0.001
@@ -279,6 +280,13 @@ def _no_unknown(where: str, t: Mapping[str, Any], known: set[str]) -> None:
         if key not in known:
             dotted = f"{where}.{key}" if where else key
             raise ConfigError(dotted, f"unknown key; expected one of {sorted(known)}")
+
+
+def _bool(t: Mapping[str, Any], where: str, key: str, default: bool) -> bool:
+    value = t.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}", f"expected true or false, got {value!r}")
+    return value
 
 
 def _str(t: Mapping[str, Any], where: str, key: str, default: str) -> str:

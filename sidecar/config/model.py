@@ -56,6 +56,8 @@ class RouteConfig:
     connect_timeout_s: float = 10.0
     retries: int = 1
     on_disconnect: str = "cancel"
+    client_on_disconnect: bool = False
+    """Whether a request may choose ``on_disconnect`` itself (``X-Streamhop-On-Disconnect``)."""
     read_timeout_s: float = 60.0
     keepalive_interval_s: float = 15.0
     allowed_origins: tuple[str, ...] = ()

@@ -62,6 +62,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Proxy", "SidecarState"]
 
+STOP_WAIT_S = 5.0
+"""Longest a stop request waits for the stopped stream's upstream to be closed."""
+
 
 class Proxy:
     """ASGI app proxying HTTP requests; WebSocket scopes go to the bridge
@@ -100,6 +103,11 @@ class Proxy:
         if admitted is None:
             return
         route, path, fmt_hint, send = admitted
+        if scope["method"] == "DELETE":
+            stream_id = self.table.control_stream_id(route, path)
+            if stream_id is not None:
+                await self._stop(scope, send, route, stream_id, fmt_hint)
+                return
         state = self.state
         if state.draining:
             message = "streamhop is shutting down"
@@ -130,6 +138,18 @@ class Proxy:
             message = f"request body is larger than max_request_bytes={body}"
             await json_error(send, 413, fmt_hint, "request_too_large", message)
             return
+        on_disconnect = route.on_disconnect
+        if controls.on_disconnect is not None:
+            problem = None
+            if not route.client_on_disconnect:
+                problem = "this route does not let a request choose (client_on_disconnect)"
+            elif controls.on_disconnect == "detach" and self.resume is None:
+                problem = "detach keeps generating into the resume log: [resume] is off"
+            if problem is not None:
+                message = f"X-Streamhop-On-Disconnect refused: {problem}"
+                await json_error(send, 400, fmt_hint, "bad_control_header", message)
+                return
+            on_disconnect = controls.on_disconnect
         if self.resume is not None:
             for name, value in scope["headers"]:
                 if name == b"last-event-id":
@@ -182,10 +202,13 @@ class Proxy:
         opened.register(driver)
         loop = asyncio.get_running_loop()
         work = loop.create_task(driver.run())
+        # DELETE .../streamhop/v1/streams/<id> finds it by the caller-bound key.
+        stop_key = self.binding.log_key(route.prefix, record.stream_id, scope["headers"])
+        state.running[stop_key] = work, driver
         watcher = loop.create_task(wait_disconnect(receive))
         try:
             await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if not work.done() and route.on_disconnect == "detach" and transport.log is not None:
+            if not work.done() and on_disconnect == "detach" and transport.log is not None:
                 # The client left a resumable stream: let the generation run on into the log.
                 transport.detach()
                 await asyncio.wait((work,), timeout=self.config.resume.window_s)
@@ -204,7 +227,27 @@ class Proxy:
             raise
         finally:
             watcher.cancel()
+            state.running.pop(stop_key, None)
             opened.close()
+
+    async def _stop(
+        self, scope: Scope, send: Send, route: RouteConfig, stream_id: str, fmt: str | None
+    ) -> None:
+        """``DELETE <route prefix>/streamhop/v1/streams/<stream-id>``: stop a running or
+        detached generation of this caller on this route (the resume binding: another route or
+        other credentials get the same 404 as an unknown stream), wait for its upstream to be
+        closed (at most :data:`STOP_WAIT_S`), answer 204."""
+        key = self.binding.log_key(route.prefix, stream_id, scope["headers"])
+        running = self.state.running.get(key)
+        if running is None:
+            message = f"no running stream {stream_id!r} for this caller on this route"
+            await json_error(send, 404, fmt, "stream_not_found", message)
+            return
+        work, driver = running
+        driver.stop("stop")
+        await asyncio.wait((work,), timeout=STOP_WAIT_S)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _admit(
         self, scope: Scope, send: Send

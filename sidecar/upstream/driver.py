@@ -56,7 +56,12 @@ logger = logging.getLogger(__name__)
 END_MESSAGES: Final = {
     "timeout": "streamhop deadline reached before the upstream answer ended",
     "shutdown": "streamhop is shutting down; the stream was stopped",
+    "stop": "the stream was stopped by a DELETE of its stream id",
 }
+_END_CODES: Final = {"stop": "stream_cancelled"}
+"""Error code of an early end whose cancel reason differs from it."""
+_END_STATUS: Final = {"shutdown": 503, "timeout": 504, "stop": 409}
+"""HTTP status of an early end before the response started."""
 _TRACE_HEADERS: Final = frozenset(("traceparent", "tracestate"))
 
 
@@ -272,13 +277,14 @@ class StreamDriver:
         close_upstream(self.response, record)
         message = END_MESSAGES.get(reason, reason)
         logger.warning("stream %s: %s", record.request_id, message)
+        code = _END_CODES.get(reason, reason)
         if not self.transport.started:
-            await self.transport.refuse(503 if reason == "shutdown" else 504, reason, message)
+            await self.transport.refuse(_END_STATUS.get(reason, 504), code, message)
             return
         pump = self.pump
         if pump is None or pump.writer.done():
             return  # a copied body cannot carry an error: the connection ends unfinished
-        await self.transport.close(pump, Fault(reason, message))
+        await self.transport.close(pump, Fault(code, message))
 
 
 def _decompressor(encoding: str) -> Any:

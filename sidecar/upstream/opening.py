@@ -10,6 +10,7 @@ line.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -40,6 +41,8 @@ class SidecarState:
     ready: bool = False
     draining: bool = False
     streams: set[Stoppable] = field(default_factory=set)
+    running: dict[str, tuple[asyncio.Task[None], Stoppable]] = field(default_factory=dict)
+    """HTTP streams by caller-bound key, for the stop endpoint (``DELETE``)."""
     receiving: int = 0
     """Requests whose body is being read (they count toward ``max_streams`` too)."""
 
