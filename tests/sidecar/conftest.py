@@ -1,5 +1,6 @@
 """Session-wide real processes: ``streamhop simulate``, a scripted aiohttp upstream, and
-``streamhop serve`` in front of both, all on loopback ports chosen by the OS."""
+``streamhop serve`` in front of both, all on loopback ports chosen by the OS; and
+:func:`start_sidecar` for tests that need a sidecar of their own. Applies to every subfolder."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.sidecar.upstreams import make_app
-from tests.support import BackgroundAiohttp, StreamhopProcess, start_streamhop
+from tests.support import (
+    BackgroundAiohttp,
+    StartSidecar,
+    StreamhopProcess,
+    serve,
+    sidecar_config,
+    start_streamhop,
+)
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +49,7 @@ def sidecar(
     scripted_upstream: BackgroundAiohttp,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[StreamhopProcess]:
-    config = tmp_path_factory.mktemp("sidecar") / "streamhop.toml"
-    config.write_text(
-        f"""
+    config = f"""
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
@@ -73,14 +79,27 @@ prefix = "/down"
 upstream = "http://127.0.0.1:9"
 connect_timeout_s = 2
 """
+    proc = serve(
+        tmp_path_factory.mktemp("sidecar"), config, env={"STREAMHOP_TEST_KEY": "sk-test-123"}
     )
-    proc = _serve(config)
     yield proc
     proc.stop()
 
 
-def _serve(config: Path) -> StreamhopProcess:
-    import os
+@pytest.fixture
+def start_sidecar(tmp_path: Path) -> Iterator[StartSidecar]:
+    """Start sidecars of the test's own (one route ``/``); each is stopped at the end, whatever
+    happens."""
+    procs: list[StreamhopProcess] = []
 
-    os.environ["STREAMHOP_TEST_KEY"] = "sk-test-123"
-    return start_streamhop("serve", "--config", str(config), "--log-level", "warning")
+    def start(
+        upstream: str, *, server: str = "", sections: str = "", route: str = ""
+    ) -> StreamhopProcess:
+        config = sidecar_config(upstream, server=server, sections=sections, route=route)
+        proc = serve(tmp_path, config)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()

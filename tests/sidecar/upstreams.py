@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tests.support import FIXTURES
+from tests.support import FIXTURES, wait_for
 
 PLAIN_BODY = '{"a" : 1,  "text": "°C 日本語 👩‍💻", "z":[1, 2 ,3]}\n'.encode()
 GZIP_BODY = gzip.compress(PLAIN_BODY, mtime=0)
@@ -100,12 +101,17 @@ CLOSED: dict[str, float] = {}
 
 def chat_chunk(text: str) -> bytes:
     """One OpenAI chat chunk event carrying ``text``."""
+    return chat_delta({"content": text})
+
+
+def chat_delta(delta: dict[str, Any]) -> bytes:
+    """One OpenAI chat chunk event whose first choice carries ``delta``."""
     chunk = {
         "id": "chatcmpl-fault",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": "fault",
-        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
     }
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
@@ -117,17 +123,29 @@ async def _sse(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def until_closed(request: web.Request, bound_s: float = 30.0) -> None:
+    """Hang, as a stuck provider does, until the peer closes the connection (at most
+    ``bound_s``). aiohttp tells a handler nothing when its client leaves, so the transport is
+    looked at every 10 ms."""
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.01)
+
+
 async def _hang_until_closed(request: web.Request) -> None:
-    """Wait (at most 30 s) until the peer closes; note when."""
-    rid = request.headers.get("x-request-id", "")
+    """:func:`until_closed`, then note when in :data:`CLOSED`."""
     try:
-        for _ in range(3000):
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                break
-            await asyncio.sleep(0.01)
+        await until_closed(request)
     finally:
-        CLOSED[rid] = time.monotonic()
+        CLOSED[request.headers.get("x-request-id", "")] = time.monotonic()
+
+
+def wait_closed(rid: str, bound_s: float = 10.0) -> float:
+    """When (``time.monotonic()``) a fault handler saw request ``rid``'s connection close."""
+    return wait_for(lambda: CLOSED.get(rid), bound_s, f"the upstream to see request {rid} close")
 
 
 async def fault(request: web.Request) -> web.StreamResponse:
@@ -155,7 +173,7 @@ async def fault(request: web.Request) -> web.StreamResponse:
     resp = await _sse(request)
     if kind == "drop":
         await resp.write(chat_chunk("one ") + chat_chunk("two "))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the provider's pace: it dies a moment after writing
         assert request.transport is not None
         request.transport.close()
         return resp
@@ -211,7 +229,3 @@ def make_app() -> web.Application:
     app.router.add_post("/fault/{kind:[^/]+}{rest:.*}", fault)
     app.router.add_post("/burst/{size}", burst)
     return app
-
-
-def dumps(obj: object) -> bytes:
-    return orjson.dumps(obj)
