@@ -93,3 +93,15 @@ def test_redact_url() -> None:
 def test_redis_url_takes_env_interpolation() -> None:
     config = config_from_dict({"resume": {"redis_url": "redis://:${PW}@r:6379/0"}}, {"PW": "p4ss"})
     assert config.resume.redis_url == "redis://:p4ss@r:6379/0"
+
+
+def test_detach_needs_resume_and_resume_is_accepted() -> None:
+    route = {"prefix": "/", "upstream": "http://127.0.0.1:1", "on_disconnect": "detach"}
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.on_disconnect"):
+        config_from_dict({"routes": [route]})
+    config = config_from_dict(
+        {"routes": [route], "resume": {"enabled": True, "store": "redis", "binding_key": "k"}}
+    )
+    assert config.resume.enabled and config.routes[0].on_disconnect == "detach"
+    with pytest.raises(ConfigError, match=r"resume\.redis_url"):
+        config_from_dict({"routes": [], "resume": {"redis_url": "http://x"}})

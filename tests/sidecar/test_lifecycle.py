@@ -9,8 +9,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,73 +18,41 @@ import orjson
 import psutil
 import pytest
 
-from tests.sidecar.test_faults import _metric, _wait_closed
-from tests.sidecar.upstreams import BURST_PIECE
-from tests.support import BackgroundAiohttp, StreamhopProcess, start_streamhop
-
-SLOW = {"x-sim-events-per-second": "20", "x-sim-tokens-per-second": "100"}
-
-
-def _chat(max_tokens: int, stream: bool = True, prompt: str = "hi") -> dict[str, Any]:
-    return {
-        "model": "sim",
-        "stream": stream,
-        "max_tokens": max_tokens,
-        "messages": [{"role": "user", "content": prompt}],
-    }
-
-
-def _sim_record(simulator: StreamhopProcess, rid: str, bound_s: float = 10.0) -> dict[str, Any]:
-    """The simulator's log entry for request ``rid`` once it has an outcome."""
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        records = httpx2.get(simulator.url + "/_simulator/streams", timeout=10).json()
-        for record in records:
-            if record["id"] == rid and record["outcome"] is not None:
-                return dict(record)
-        time.sleep(0.02)
-    raise AssertionError(f"simulator never finished request {rid}")
-
-
-def _serve(tmp_path: Path, upstream: str, extra: str = "") -> StreamhopProcess:
-    config = tmp_path / f"sidecar-{uuid.uuid4().hex[:6]}.toml"
-    config.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-{extra}
-
-[[routes]]
-prefix = "/"
-upstream = "{upstream}"
-"""
-    )
-    return start_streamhop("serve", "--config", str(config), "--log-level", "warning")
-
-
-@pytest.fixture
-def dedicated(tmp_path: Path) -> Iterator[list[StreamhopProcess]]:
-    """Sidecars a test starts itself; stopped at the end whatever happens."""
-    procs: list[StreamhopProcess] = []
-    yield procs
-    for proc in procs:
-        proc.stop()
+from tests.sidecar.upstreams import BURST_PIECE, wait_closed
+from tests.support import (
+    CHAT,
+    SLOW_SIM,
+    BackgroundAiohttp,
+    StartSidecar,
+    StreamhopProcess,
+    chat_body,
+    chat_text,
+    delta,
+    metric,
+    refuses_connections,
+    sim_record,
+    sim_started,
+    sse_data,
+    wait_for,
+    wait_idle,
+)
 
 
 def test_client_disconnect_mid_stream_closes_upstream(
     simulator: StreamhopProcess, sidecar: StreamhopProcess
 ) -> None:
     assert sidecar.admin_url is not None
-    before = _metric(sidecar.admin_url, "streamhop_cancellations_total", reason="client_disconnect")
+    # Other tests share this sidecar: count from a moment when none of their requests is still
+    # being recorded, to one when this one is.
+    before = wait_idle(sidecar.admin_url, "/sim")
     rid = uuid.uuid4().hex
     with (
         httpx2.Client(timeout=30) as http,
         http.stream(
             "POST",
-            sidecar.url + "/sim/v1/chat/completions",
-            json=_chat(200),
-            headers={**SLOW, "x-request-id": rid},
+            sidecar.url + "/sim" + CHAT,
+            json=chat_body(max_tokens=200),
+            headers={**SLOW_SIM, "x-request-id": rid},
         ) as response,
     ):
         seen = b""
@@ -95,13 +61,14 @@ def test_client_disconnect_mid_stream_closes_upstream(
             if seen.count(b'"content":"') >= 3:
                 break
         closed_at = time.monotonic()
-    record = _sim_record(simulator, rid)
+    record = sim_record(simulator.url, rid)
+    # The 200-token answer takes 2 s: the provider saw the close, not the end.
     assert record["outcome"] == "client_closed"
-    # The 200-token answer would take 10 s; the provider saw the close long before.
     assert record["ended"] - closed_at < 2.0
-    after = _metric(sidecar.admin_url, "streamhop_cancellations_total", reason="client_disconnect")
-    assert after == before + 1
-    assert _metric(sidecar.admin_url, "streamhop_cancel_latency_seconds_count") >= 1
+    after = wait_idle(sidecar.admin_url, "/sim")
+    name = "streamhop_cancellations_total"
+    assert delta(before, after, name, route="/sim", reason="client_disconnect") == 1
+    assert delta(before, after, "streamhop_cancel_latency_seconds_count", route="/sim") == 1
 
 
 def test_client_disconnect_before_first_token_closes_upstream(
@@ -112,15 +79,17 @@ def test_client_disconnect_before_first_token_closes_upstream(
         httpx2.Client(timeout=30) as http,
         http.stream(
             "POST",
-            sidecar.url + "/sim/v1/chat/completions",
-            json=_chat(50),
+            sidecar.url + "/sim" + CHAT,
+            json=chat_body(max_tokens=50),
             headers={"x-sim-ttft-ms": "20000", "x-request-id": rid},
         ) as response,
     ):
         assert response.status_code == 200
-        time.sleep(0.2)
+        # Leave while the provider waits out its time to first token, not before it has the
+        # request.
+        wait_for(lambda: sim_started(simulator.url, rid), 10, "the simulator to have the request")
         closed_at = time.monotonic()
-    record = _sim_record(simulator, rid)
+    record = sim_record(simulator.url, rid)
     assert record["outcome"] == "client_closed"
     assert record["first_content"] is None
     assert record["ended"] - closed_at < 2.0
@@ -132,39 +101,39 @@ def test_client_disconnect_during_non_streaming_request_closes_upstream(
     rid = uuid.uuid4().hex
     with pytest.raises(httpx2.ReadTimeout), httpx2.Client(timeout=0.5) as http:
         http.post(
-            sidecar.url + "/sim/v1/chat/completions",
-            json=_chat(50, stream=False),
+            sidecar.url + "/sim" + CHAT,
+            json=chat_body(max_tokens=50, stream=False),
             headers={"x-sim-ttft-ms": "20000", "x-request-id": rid},
         )
     closed_at = time.monotonic()
-    record = _sim_record(simulator, rid)
+    record = sim_record(simulator.url, rid)
     assert record["outcome"] == "client_closed"
     assert record["ended"] - closed_at < 2.0
 
 
 def test_max_streams_answers_503_with_retry_after(
-    simulator: StreamhopProcess, tmp_path: Path, dedicated: list[StreamhopProcess]
+    simulator: StreamhopProcess, start_sidecar: StartSidecar
 ) -> None:
-    side = _serve(tmp_path, simulator.url, "max_streams = 2")
-    dedicated.append(side)
+    side = start_sidecar(simulator.url, server="max_streams = 2")
+    assert side.admin_url is not None
+    admin_url = side.admin_url
 
     async def scenario() -> tuple[int, str | None, int]:
         async with aiohttp.ClientSession() as session:
-            url = side.url + "/v1/chat/completions"
+            url = side.url + CHAT
             open_streams = [
-                await session.post(url, json=_chat(200), headers=SLOW) for _ in range(2)
+                await session.post(url, json=chat_body(max_tokens=200), headers=SLOW_SIM)
+                for _ in range(2)
             ]
-            third = await session.post(url, json=_chat(5))
+            third = await session.post(url, json=chat_body(max_tokens=5))
             status, retry_after = third.status, third.headers.get("Retry-After")
             third.close()
             for response in open_streams:
                 response.close()
-            for _ in range(100):  # the slots free up as the sidecar sees the closes
-                await asyncio.sleep(0.05)
-                again = await session.post(url, json=_chat(5))
-                await again.read()
-                if again.status == 200:
-                    return status, retry_after, 200
+            # The slots are free once the sidecar has ended both streams.
+            await asyncio.to_thread(wait_idle, admin_url, "/")
+            again = await session.post(url, json=chat_body(max_tokens=5))
+            await again.read()
             return status, retry_after, again.status
 
     status, retry_after, later = asyncio.run(scenario())
@@ -174,20 +143,18 @@ def test_max_streams_answers_503_with_retry_after(
 
 
 def test_stalled_client_is_dropped_and_upstream_cancelled(
-    scripted_upstream: BackgroundAiohttp, tmp_path: Path, dedicated: list[StreamhopProcess]
+    scripted_upstream: BackgroundAiohttp, start_sidecar: StartSidecar
 ) -> None:
     """The client stops reading; once the kernel buffers are full the sidecar's write blocks,
     and after stall_timeout_s the client is dropped and the provider's connection closed."""
-    side = _serve(
-        tmp_path,
+    side = start_sidecar(
         scripted_upstream.url,
-        "[backpressure]\nstall_timeout_s = 1\nmax_pending_bytes = 65536",
+        sections="[backpressure]\nstall_timeout_s = 1\nmax_pending_bytes = 65536",
     )
-    dedicated.append(side)
     assert side.admin_url is not None
     rid = uuid.uuid4().hex
     host, port = side.url.removeprefix("http://").split(":")
-    body = orjson.dumps(_chat(1))
+    body = orjson.dumps(chat_body(max_tokens=1))
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((host, int(port)))
@@ -199,10 +166,11 @@ def test_stalled_client_is_dropped_and_upstream_cancelled(
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         # Never read: the sidecar's socket buffers fill, its write blocks, the stall fires.
-        _wait_closed(rid, bound_s=60)
+        wait_closed(rid, bound_s=60)
     finally:
         sock.close()
-    assert _metric(side.admin_url, "streamhop_cancellations_total", reason="stall") == 1
+    wait_idle(side.admin_url, "/")
+    assert metric(side.admin_url, "streamhop_cancellations_total", reason="stall") == 1
 
 
 def test_slow_client_keeps_memory_bounded_and_text_intact(
@@ -217,9 +185,8 @@ def test_slow_client_keeps_memory_bounded_and_text_intact(
     done = threading.Event()
 
     def sample() -> None:
-        while not done.is_set():
+        while not done.wait(0.02):
             peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -229,7 +196,7 @@ def test_slow_client_keeps_memory_bounded_and_text_intact(
     sock.connect((host, int(port)))
     sock.settimeout(30)
     conn = h11.Connection(h11.CLIENT)
-    body = orjson.dumps(_chat(1))
+    body = orjson.dumps(chat_body(max_tokens=1))
     sock.sendall(
         conn.send(
             h11.Request(
@@ -262,12 +229,7 @@ def test_slow_client_keeps_memory_bounded_and_text_intact(
         done.set()
         sock.close()
         sampler.join(5)
-    text = []
-    for block in bytes(received).decode("utf-8").split("\n\n"):
-        if block.startswith("data: {"):
-            for choice in orjson.loads(block[6:])["choices"]:
-                text.append(choice["delta"].get("content") or "")
-    joined = "".join(text)
+    joined = chat_text(sse_data(bytes(received)))
     pieces = -(-size // len(BURST_PIECE.encode()))
     assert joined == BURST_PIECE * pieces
     assert "\ufffd" not in joined
@@ -281,17 +243,10 @@ def test_300_concurrent_streams_complete_with_correct_content(
     prompts = [f"prompt number {i}" for i in range(10)]
 
     async def text_of(session: aiohttp.ClientSession, base: str, prompt: str) -> str:
-        async with session.post(
-            base + "/v1/chat/completions", json=_chat(100, prompt=prompt)
-        ) as response:
+        async with session.post(base + CHAT, json=chat_body(prompt, 100)) as response:
             assert response.status == 200
             raw = await response.read()
-        parts = []
-        for block in raw.decode("utf-8").split("\n\n"):
-            if block.startswith("data: {"):
-                for choice in orjson.loads(block[6:])["choices"]:
-                    parts.append(choice["delta"].get("content") or "")
-        return "".join(parts)
+        return chat_text(sse_data(raw))
 
     async def scenario() -> tuple[dict[str, str], list[tuple[str, str]]]:
         connector = aiohttp.TCPConnector(limit=0)
@@ -310,19 +265,16 @@ def test_300_concurrent_streams_complete_with_correct_content(
 
 
 def test_sigterm_drains_then_stops_streams_with_error_event(
-    simulator: StreamhopProcess, tmp_path: Path, dedicated: list[StreamhopProcess]
+    simulator: StreamhopProcess, start_sidecar: StartSidecar
 ) -> None:
-    side = _serve(tmp_path, simulator.url, "drain_timeout_s = 1.5")
-    dedicated.append(side)
+    side = start_sidecar(simulator.url, server="drain_timeout_s = 1.5")
     assert side.admin_url is not None
-    long_rid = uuid.uuid4().hex
+    short_rid, long_rid = uuid.uuid4().hex, uuid.uuid4().hex
     results: dict[str, bytes] = {}
 
     def read(name: str, body: dict[str, Any], headers: dict[str, str]) -> None:
         with httpx2.Client(timeout=30) as http:
-            results[name] = http.post(
-                side.url + "/v1/chat/completions", json=body, headers=headers
-            ).content
+            results[name] = http.post(side.url + CHAT, json=body, headers=headers).content
 
     # A short stream (about 0.5 s) that finishes within the drain, and a long one (10 s) that
     # does not.
@@ -330,22 +282,32 @@ def test_sigterm_drains_then_stops_streams_with_error_event(
         target=read,
         args=(
             "short",
-            _chat(10),
-            {"x-sim-events-per-second": "20", "x-sim-tokens-per-second": "20"},
+            chat_body(max_tokens=10),
+            {
+                "x-sim-events-per-second": "20",
+                "x-sim-tokens-per-second": "20",
+                "x-request-id": short_rid,
+            },
         ),
     )
     long = threading.Thread(
-        target=read, args=("long", _chat(200), {**SLOW, "x-request-id": long_rid})
+        target=read,
+        args=("long", chat_body(max_tokens=1000), {**SLOW_SIM, "x-request-id": long_rid}),
     )
     short.start()
     long.start()
-    time.sleep(0.3)
+    wait_for(
+        lambda: sim_started(simulator.url, short_rid) and sim_started(simulator.url, long_rid),
+        10,
+        "both streams to reach the provider",
+    )
     side.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.1)
+    # Draining: the proxy listener closes (readyz turned 503 before that).
+    wait_for(lambda: refuses_connections(side.url), 10, "the proxy listener to close")
     ready = httpx2.get(side.admin_url + "/readyz", timeout=5)
     assert ready.status_code == 503 and ready.json()["status"] == "draining"
     with pytest.raises(httpx2.ConnectError), httpx2.Client(timeout=5) as http:
-        http.post(side.url + "/v1/chat/completions", json=_chat(5))
+        http.post(side.url + CHAT, json=chat_body(max_tokens=5))
     short.join(30)
     long.join(30)
     assert side.proc.wait(30) == 0
@@ -353,4 +315,4 @@ def test_sigterm_drains_then_stops_streams_with_error_event(
     last = results["long"].rstrip().split(b"\n\n")[-1]
     assert last.startswith(b"data: ")
     assert orjson.loads(last[6:])["error"]["code"] == "shutdown"
-    assert _sim_record(simulator, long_rid)["outcome"] == "client_closed"
+    assert sim_record(simulator.url, long_rid)["outcome"] == "client_closed"

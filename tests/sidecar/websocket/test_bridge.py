@@ -24,21 +24,26 @@ from streamhop.sidecar.config import config_from_dict
 from streamhop.sidecar.http.proxy import Proxy, SidecarState
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.upstream.pool import UpstreamPool
-from tests.sidecar.test_faults import _metric
-from tests.support import StreamhopProcess
+from tests.support import (
+    SLOW_SIM,
+    Scrape,
+    StreamhopProcess,
+    chat_body,
+    chat_text,
+    delta,
+    sim_record,
+    sse_data,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.integration
 
 BOUND_S = 20.0
-SLOW = {"x-sim-events-per-second": "20", "x-sim-tokens-per-second": "100"}
 
 
 def _chat(prompt: str, max_tokens: int = 60, model: str = "sim") -> dict[str, Any]:
-    return {
-        "model": model,
-        "max_tokens": max_tokens,
-        "messages": [{"role": "user", "content": prompt}],
-    }
+    """A Chat Completions body as a WebSocket ``request`` carries it (``stream`` left out)."""
+    return chat_body(prompt, max_tokens, model=model, stream=None)
 
 
 def _anthropic(prompt: str, max_tokens: int = 60) -> dict[str, Any]:
@@ -75,15 +80,6 @@ async def _until_done(ws: ClientConnection) -> tuple[list[dict[str, Any]], dict[
         seen.append(message)
 
 
-def _chat_text(datas: list[Any]) -> str:
-    text = []
-    for data in datas:
-        if isinstance(data, dict):
-            for choice in data.get("choices", []):
-                text.append((choice.get("delta") or {}).get("content") or "")
-    return "".join(text)
-
-
 def _anthropic_text(datas: list[Any]) -> str:
     text = []
     for data in datas:
@@ -94,7 +90,6 @@ def _anthropic_text(datas: list[Any]) -> str:
 
 async def _direct(simulator: StreamhopProcess, path: str, body: dict[str, Any]) -> list[Any]:
     """The data of every SSE event the simulator sends for ``body`` over plain HTTP."""
-    datas: list[Any] = []
     timeout = aiohttp.ClientTimeout(total=BOUND_S)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
@@ -102,27 +97,18 @@ async def _direct(simulator: StreamhopProcess, path: str, body: dict[str, Any]) 
     ):
         assert resp.status == 200
         raw = await resp.read()
-    for block in raw.decode().replace("\r\n", "\n").split("\n\n"):
-        lines = [ln[5:].lstrip(" ") for ln in block.split("\n") if ln.startswith("data:")]
-        if lines:
-            data = "\n".join(lines)
-            try:
-                datas.append(orjson.loads(data))
-            except orjson.JSONDecodeError:
-                datas.append(data)
-    return datas
+    return sse_data(raw)
 
 
 async def _sim_outcome(simulator: StreamhopProcess, rid: str) -> dict[str, Any]:
-    deadline = time.monotonic() + BOUND_S
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            async with session.get(simulator.url + "/_simulator/streams") as resp:
-                for record in await resp.json():
-                    if record["id"] == rid and record["outcome"] is not None:
-                        return dict(record)
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"simulator never finished request {rid}")
+    return await asyncio.to_thread(sim_record, simulator.url, rid, BOUND_S)
+
+
+async def _idle(sidecar: StreamhopProcess) -> Scrape:
+    """The session sidecar's metrics once nothing is in flight on ``/sim`` (other tests share
+    it: a count taken between two idle scrapes is this test's alone)."""
+    assert sidecar.admin_url is not None
+    return await asyncio.to_thread(wait_idle, sidecar.admin_url, "/sim", BOUND_S)
 
 
 async def test_chat_generation_completes_with_fewer_larger_events(
@@ -136,7 +122,7 @@ async def test_chat_generation_completes_with_fewer_larger_events(
     assert all(m["type"] == "event" for m in messages)
     direct = await _direct(simulator, "/v1/chat/completions", body)
     datas = [m["data"] for m in messages]
-    assert _chat_text(datas) == _chat_text(direct) != ""
+    assert chat_text(datas) == chat_text(direct) != ""
     assert datas[-1] == "[DONE]"
     assert len(messages) < len(direct)
 
@@ -160,15 +146,12 @@ async def test_anthropic_generation_completes(
 async def test_cancel_mid_stream_closes_upstream(
     simulator: StreamhopProcess, sidecar: StreamhopProcess, chat_ws: ClientConnection
 ) -> None:
-    assert sidecar.admin_url is not None
-    before = _metric(
-        sidecar.admin_url, "streamhop_cancellations_total", route="/sim", reason="interrupt"
-    )
+    before = await _idle(sidecar)
     rid = f"ws-cancel-{uuid.uuid4().hex[:8]}"
     request = {
         "type": "request",
         "body": _chat("cancel me", max_tokens=2000),
-        "headers": {**SLOW, "x-request-id": rid},
+        "headers": {**SLOW_SIM, "x-request-id": rid},
     }
     await chat_ws.send(orjson.dumps(request).decode())
     first = await _recv(chat_ws)
@@ -182,10 +165,10 @@ async def test_cancel_mid_stream_closes_upstream(
     record = await _sim_outcome(simulator, rid)
     assert record["outcome"] == "client_closed"
     assert record["ended"] - sent_cancel < 2.0
-    after = _metric(
-        sidecar.admin_url, "streamhop_cancellations_total", route="/sim", reason="interrupt"
-    )
-    assert after >= before + 1
+    after = await _idle(sidecar)
+    name = "streamhop_cancellations_total"
+    assert delta(before, after, name, route="/sim", reason="interrupt") == 1
+    assert delta(before, after, name, route="/sim") == 1
     # The socket stays usable; nothing is left to cancel.
     await chat_ws.send('{"type": "cancel"}')
     error = await _recv(chat_ws)
@@ -199,7 +182,7 @@ async def test_new_request_cuts_over_the_running_one(
     first = {
         "type": "request",
         "body": _chat("first generation", max_tokens=2000, model="sim-first"),
-        "headers": {**SLOW, "x-request-id": rid},
+        "headers": {**SLOW_SIM, "x-request-id": rid},
     }
     second_body = _chat("second generation", max_tokens=80, model="sim-second")
     await chat_ws.send(orjson.dumps(first).decode())
@@ -214,7 +197,7 @@ async def test_new_request_cuts_over_the_running_one(
     models = {m["data"]["model"] for m in new if isinstance(m["data"], dict)}
     assert models == {"sim-second"}  # no event of the first after its done
     direct = await _direct(simulator, "/v1/chat/completions", second_body)
-    assert _chat_text([m["data"] for m in new]) == _chat_text(direct)
+    assert chat_text([m["data"] for m in new]) == chat_text(direct)
     assert (await _sim_outcome(simulator, rid))["outcome"] == "client_closed"
 
 
@@ -248,25 +231,19 @@ async def test_bad_frame_gets_error_and_socket_stays_usable(
     await chat_ws.send(orjson.dumps({"type": "request", "body": _chat("after", 20)}).decode())
     messages, done = await _until_done(chat_ws)
     assert done["reason"] == "complete"
-    assert _chat_text([m["data"] for m in messages])
+    assert chat_text([m["data"] for m in messages])
 
 
 async def test_closing_the_socket_mid_generation_closes_upstream(
     simulator: StreamhopProcess, sidecar: StreamhopProcess
 ) -> None:
-    assert sidecar.admin_url is not None
-    before = _metric(
-        sidecar.admin_url,
-        "streamhop_cancellations_total",
-        route="/sim",
-        reason="client_disconnect",
-    )
+    before = await _idle(sidecar)
     rid = f"ws-close-{uuid.uuid4().hex[:8]}"
     async with connect(_ws_url(sidecar, "/sim/v1/chat/completions")) as ws:
         request = {
             "type": "request",
             "body": _chat("leave early", max_tokens=2000),
-            "headers": {**SLOW, "x-request-id": rid},
+            "headers": {**SLOW_SIM, "x-request-id": rid},
         }
         await ws.send(orjson.dumps(request).decode())
         assert (await _recv(ws))["type"] == "event"
@@ -274,19 +251,10 @@ async def test_closing_the_socket_mid_generation_closes_upstream(
     record = await _sim_outcome(simulator, rid)
     assert record["outcome"] == "client_closed"
     assert record["ended"] - closed < 2.0
-    deadline = time.monotonic() + BOUND_S
-    while time.monotonic() < deadline:
-        after = _metric(
-            sidecar.admin_url,
-            "streamhop_cancellations_total",
-            route="/sim",
-            reason="client_disconnect",
-        )
-        if after >= before + 1:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        raise AssertionError("client_disconnect cancellation was not counted")
+    after = await _idle(sidecar)
+    name = "streamhop_cancellations_total"
+    assert delta(before, after, name, route="/sim", reason="client_disconnect") == 1
+    assert delta(before, after, name, route="/sim") == 1
 
 
 async def test_upstream_error_status_is_an_error_then_done(sidecar: StreamhopProcess) -> None:
@@ -317,7 +285,7 @@ async def test_upstream_drop_mid_stream_sends_events_then_error(
     assert done["reason"] == "error"
     assert messages[-1]["type"] == "error"
     assert messages[-1]["error"]["code"] == "upstream_disconnected"
-    assert _chat_text([m["data"] for m in messages[:-1]]) == "one two "
+    assert chat_text([m["data"] for m in messages[:-1]]) == "one two "
 
 
 async def test_headers_body_and_url_reach_the_upstream(sidecar: StreamhopProcess) -> None:
@@ -370,14 +338,14 @@ async def test_deadline_ends_with_timeout_error(chat_ws: ClientConnection) -> No
     request = {
         "type": "request",
         "body": _chat("too slow", max_tokens=2000),
-        "headers": {**SLOW, "x-streamhop-timeout-ms": "300"},
+        "headers": {**SLOW_SIM, "x-streamhop-timeout-ms": "300"},
     }
     await chat_ws.send(orjson.dumps(request).decode())
     messages, done = await _until_done(chat_ws)
     assert done["reason"] == "error"
     assert messages[-1]["error"]["code"] == "timeout"
     assert [m["type"] for m in messages[:-1]] == ["event"] * (len(messages) - 1)
-    assert _chat_text([m["data"] for m in messages[:-1]])
+    assert chat_text([m["data"] for m in messages[:-1]])
 
 
 # ASGI level: the bridge in this process, driven with raw ASGI messages.
@@ -485,7 +453,7 @@ async def test_shutdown_stops_a_generation_with_error_then_done(
     records: list[StreamRecord] = []
     proxy, state, pool = _bridge(simulator.url, records)
     sock, task = await _run_socket(proxy, "/sim/v1/chat/completions")
-    request = {"type": "request", "body": _chat("stop me", 2000), "headers": SLOW}
+    request = {"type": "request", "body": _chat("stop me", 2000), "headers": SLOW_SIM}
     sock.text(orjson.dumps(request).decode())
     await sock.wait_for("websocket.send", type="event")
     assert state.active == 1
