@@ -162,6 +162,9 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
         logger.info("%s: draining, open streams may finish for %g s", sig.name, drain)
         state.draining = True
         proxy.should_exit = True
+        handed = sum(hook() for hook in state.on_drain)
+        if handed:
+            logger.info("told %d reconnecting client(s) to resume on another replica", handed)
         loop.call_later(drain, stop_streams)
 
     for sig in (signal.SIGTERM, signal.SIGINT):

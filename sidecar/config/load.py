@@ -242,6 +242,7 @@ def _resume(t: Mapping[str, Any], env: Mapping[str, str]) -> ResumeConfig:
         max_stream_bytes=_int(t, "resume", "max_stream_bytes", d.max_stream_bytes, minimum=1024),
         binding_key=binding_key,
         binding_headers=tuple(h.lower() for h in binding_headers),
+        handoff_jitter_ms=_num(t, "resume", "handoff_jitter_ms", d.handoff_jitter_ms, minimum=0),
     )
 
 

@@ -105,6 +105,9 @@ class ResumeConfig:
     binding_key: str = ""
     """HMAC key binding a stream to its caller's credentials; empty: random per process."""
     binding_headers: tuple[str, ...] = DEFAULT_BINDING_HEADERS
+    handoff_jitter_ms: float = 2000.0
+    """With ``store = "redis"``, on SIGTERM each reconnecting SSE client is told to reconnect
+    after a random delay in ``[0, handoff_jitter_ms]`` (docs/kubernetes.md)."""
 
 
 @dataclass(frozen=True, slots=True)

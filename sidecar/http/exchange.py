@@ -22,6 +22,8 @@ first, so a resume ends cleanly.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import aiohttp
@@ -72,7 +74,12 @@ class HttpTransport:
         """The stream's resume log (an SSE answer with ``[resume]`` on), else ``None``."""
         self.detached = False
         """True once the client left and the generation goes on into the log only."""
+        self.handed_off = False
+        """True once the client was told to reconnect elsewhere (:meth:`handoff`)."""
+        self.reconnects = _reconnects(scope)
+        """The client reconnects by itself with ``Last-Event-ID`` (EventSource-like)."""
         self._ended = False
+        self._lock = asyncio.Lock()  # orders a handoff with the pump's writes
 
     def detach(self) -> None:
         """The client left: stop writing to it, keep generating into the resume log."""
@@ -127,11 +134,38 @@ class HttpTransport:
             return StreamSink(write)
 
         async def write_unless_detached(data: bytes) -> None:
-            if not self.detached:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+            async with self._lock:
+                if not self.detached:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
 
         self.log = self.resume.open_writer(record.stream_id, headers, self.log_key)
         return StreamSink(write_unless_detached, on_events=self.log.stamp)
+
+    async def handoff(self, retry_ms: int) -> bool:
+        """Tell a reconnecting client to come back in ``retry_ms`` ms (an SSE ``retry`` field,
+        WHATWG §9.2.6) and end its response cleanly, while the generation goes on into the
+        resume log; the client resumes on a ready replica with ``Last-Event-ID``.
+
+        Returns:
+            False when there is nothing to hand off (no log, not an EventSource-like client,
+            not started, already ended or detached).
+        """
+        if self.log is None or not self.reconnects or not self.started:
+            return False
+        async with self._lock:
+            if self.detached or self._ended:
+                return False
+            self.detached = self.handed_off = True
+            with contextlib.suppress(OSError):  # the client is gone already: same outcome
+                await self.send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"retry: %d\n\n" % retry_ms,
+                        "more_body": True,
+                    }
+                )
+                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
 
     async def close(self, pump: StreamPump, fault: Fault | None) -> None:
         tail = [] if fault is None else pump.error_events(fault, self.format_hint)
@@ -156,6 +190,15 @@ class HttpTransport:
             except Exception:  # the log must be closed whatever happens
                 logger.exception("stream %s: cannot log the end event", self.record.request_id)
         log.close()
+
+
+def _reconnects(scope: Scope) -> bool:
+    """An EventSource (and fetch-based resumable clients) sends ``Accept: text/event-stream``;
+    SDKs that would read a clean close as the end of the answer do not."""
+    for name, value in scope["headers"]:
+        if name == b"accept" and b"text/event-stream" in value.lower():
+            return True
+    return False
 
 
 def _server_timing(timing: UpstreamTiming) -> str:

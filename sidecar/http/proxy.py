@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 
 from streamhop.middleware.controls import ControlHeaderError
@@ -89,6 +90,8 @@ class Proxy:
         self.resume: ResumeStore | None = None
         """The resume store, set by the app's lifespan when ``[resume]`` is on."""
         self.binding = ResumeBinding.from_config(config.resume)
+        self._handoffs: set[asyncio.Task[bool]] = set()
+        state.on_drain.append(self.handoff_all)
         self.websocket = WebSocketBridge(
             config, pool, state, metrics, self.table, on_finish, tracing
         )
@@ -208,7 +211,8 @@ class Proxy:
         watcher = loop.create_task(wait_disconnect(receive))
         try:
             await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if not work.done() and on_disconnect == "detach" and transport.log is not None:
+            detach = on_disconnect == "detach" or transport.handed_off
+            if not work.done() and detach and transport.log is not None:
                 # The client left a resumable stream: let the generation run on into the log.
                 transport.detach()
                 await asyncio.wait((work,), timeout=self.config.resume.window_s)
@@ -229,6 +233,26 @@ class Proxy:
             watcher.cancel()
             state.running.pop(stop_key, None)
             opened.close()
+
+    def handoff_all(self) -> int:
+        """Draining with a shared resume store: tell every reconnecting SSE client to come back
+        through another replica (see :meth:`~.exchange.HttpTransport.handoff`), each after a
+        random delay in ``[0, handoff_jitter_ms]`` so they do not all arrive at once. Their
+        generations go on into the log. Returns how many handoffs were started."""
+        if self.resume is None or self.config.resume.store != "redis":
+            return 0
+        jitter = self.config.resume.handoff_jitter_ms
+        loop = asyncio.get_running_loop()
+        count = 0
+        for _, driver in list(self.state.running.values()):
+            transport = getattr(driver, "transport", None)
+            if isinstance(transport, HttpTransport) and transport.reconnects:
+                retry_ms = int(random.uniform(0, jitter))
+                task = loop.create_task(transport.handoff(retry_ms))
+                self._handoffs.add(task)
+                task.add_done_callback(self._handoffs.discard)
+                count += 1
+        return count
 
     async def _stop(
         self, scope: Scope, send: Send, route: RouteConfig, stream_id: str, fmt: str | None

@@ -43,6 +43,8 @@ class SidecarState:
     streams: set[Stoppable] = field(default_factory=set)
     running: dict[str, tuple[asyncio.Task[None], Stoppable]] = field(default_factory=dict)
     """HTTP streams by caller-bound key, for the stop endpoint (``DELETE``)."""
+    on_drain: list[Callable[[], int]] = field(default_factory=list)
+    """Called once when draining starts (the proxy's resume handoff)."""
     receiving: int = 0
     """Requests whose body is being read (they count toward ``max_streams`` too)."""
 
