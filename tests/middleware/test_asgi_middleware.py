@@ -1037,7 +1037,7 @@ async def test_app_error_while_the_client_leaves_is_reraised_not_a_cancellation(
     )
     server = Server(gate=asyncio.Event())  # a client that reads nothing
     task = asyncio.create_task(app(http_scope("GET", "/events"), server.receive, server.send))
-    with caplog.at_level(logging.WARNING, logger="streamhop.middleware.asgi.middleware"):
+    with caplog.at_level(logging.WARNING, logger="streamhop.middleware.asgi.responder"):
         await wait_until(lambda: any("mid-stream" in r.getMessage() for r in caplog.records))
     server.disconnect.set()  # ... and now it leaves, while the error event waits to be written
     with pytest.raises(SendTimeoutError):
