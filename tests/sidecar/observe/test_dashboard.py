@@ -23,16 +23,15 @@ import httpx2
 import promql_parser
 import pytest
 
-from tests.sidecar.observe.test_metrics import (
-    ROUTE,
-    SIM_HEADERS,
+from tests.support import (
     Scrape,
+    StreamhopProcess,
+    chat_body,
     connect_error_once,
     disconnect_once,
     stream_once,
     wait_idle,
 )
-from tests.support import StreamhopProcess
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "charts/streamhop/dashboards/streamhop.json"
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
@@ -81,9 +80,9 @@ def exposed(simulator: StreamhopProcess, sidecar: StreamhopProcess) -> Exposed:
     """Traffic that records every metric family, then one scrape."""
     assert sidecar.admin_url is not None
     with httpx2.Client(timeout=30) as http:
-        assert stream_once(http, sidecar.url + ROUTE, SIM_HEADERS).status == 200
-        disconnect_once(http, sidecar.url + ROUTE)
-    connect_error_once(sidecar)
+        assert stream_once(http, sidecar.url + "/sim", {}, chat_body(max_tokens=100)).status == 200
+        disconnect_once(http, sidecar.url + "/sim")
+    connect_error_once(sidecar.url)
     wait_idle(sidecar.admin_url, "/down")
     current: Scrape = wait_idle(sidecar.admin_url)
     labels: dict[str, set[str]] = {}

@@ -4,14 +4,11 @@ attributes."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,7 +20,7 @@ from streamhop.sidecar.app import build_proxy_app
 from streamhop.sidecar.config import config_from_dict
 from streamhop.sidecar.http.proxy import SidecarState
 from streamhop.sidecar.observe.tracing import Tracing
-from tests.support import BackgroundAiohttp, StreamhopProcess
+from tests.support import BackgroundAiohttp, BackgroundUvicorn, StreamhopProcess, wait_for
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -47,30 +44,17 @@ def traced_sidecar(
     app = build_proxy_app(
         config, SidecarState(), Metrics(CollectorRegistry()), None, Tracing(provider)
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", exporter
-    server.should_exit = True
-    thread.join(15)
+    with BackgroundUvicorn(app, lifespan="on") as server:
+        yield server.url, exporter
     provider.shutdown()
 
 
 def _spans(exporter: InMemorySpanExporter, trace_id: int, count: int) -> list[ReadableSpan]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def finished() -> list[ReadableSpan]:
         spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
-        if len(spans) >= count:
-            return spans
-        time.sleep(0.02)
-    raise AssertionError("spans did not arrive")
+        return spans if len(spans) >= count else []
+
+    return wait_for(finished, 10, f"{count} finished spans of trace {trace_id:032x}")
 
 
 def _by_name(spans: list[ReadableSpan]) -> dict[str, ReadableSpan]:
