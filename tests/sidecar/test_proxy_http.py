@@ -11,7 +11,7 @@ import httpx2
 import pytest
 
 from tests.sidecar.upstreams import GZIP_BODY, PLAIN_BODY
-from tests.support import BackgroundAiohttp, StreamhopProcess, start_streamhop
+from tests.support import BackgroundAiohttp, StreamhopProcess, serve
 
 
 def _raw_get(url: str) -> httpx2.Response:
@@ -110,9 +110,7 @@ def test_bad_control_header_is_400(sidecar: StreamhopProcess) -> None:
 def test_unknown_route_is_404_and_health_endpoints(
     scripted_upstream: BackgroundAiohttp, tmp_path: Path
 ) -> None:
-    config = tmp_path / "c.toml"
-    config.write_text(
-        f"""
+    config = f"""
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
@@ -120,8 +118,7 @@ admin_listen = "127.0.0.1:0"
 prefix = "/only"
 upstream = "{scripted_upstream.url}/echo"
 """
-    )
-    proc = start_streamhop("serve", "--config", str(config))
+    proc = serve(tmp_path, config)
     try:
         with httpx2.Client(timeout=10) as http:
             missing = http.get(proc.url + "/v1/models")

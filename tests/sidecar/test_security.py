@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,8 +24,8 @@ from aiohttp import web
 
 from streamhop.middleware.errors import ConfigError
 from streamhop.sidecar.config import config_from_dict
-from tests.sidecar.upstreams import chat_chunk
-from tests.support import BackgroundAiohttp, StreamhopProcess, start_streamhop
+from tests.sidecar.upstreams import chat_chunk, chat_delta, until_closed
+from tests.support import BackgroundAiohttp, StreamhopProcess, serve, sse_pairs, wait_for
 
 KEY = "sk-secret-route-key"
 ALLOWED = "https://app.example.com"
@@ -77,21 +78,21 @@ def provider_app(rec: Recorder) -> web.Application:
             )
         elif kind == "hang":
             await resp.write(chat_chunk("before the hang"))
-            await _until_closed(request)
+            await until_closed(request)
             return resp
         elif kind == "ping-then-hang":
             await resp.write(b": ping\n\n")
-            await _until_closed(request)
+            await until_closed(request)
             return resp
         elif kind == "tool-args-then-hang":
             call = {"index": 0, "id": "call_1", "type": "function"}
             await resp.write(
-                _chunk({"tool_calls": [{**call, "function": {"name": "f", "arguments": ""}}]})
+                chat_delta({"tool_calls": [{**call, "function": {"name": "f", "arguments": ""}}]})
             )
             await resp.write(
-                _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"q'}}]})
+                chat_delta({"tool_calls": [{"index": 0, "function": {"arguments": '{"q'}}]})
             )
-            await _until_closed(request)
+            await until_closed(request)
             return resp
         elif kind == "invalid-utf8":
             await resp.write(b"data: caf\xe9 \xff\xfe ok\n\n" + b'data: {"x": "\xc3"}\n\n')
@@ -101,25 +102,6 @@ def provider_app(rec: Recorder) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
-
-
-def _chunk(delta: dict[str, Any]) -> bytes:
-    body = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
-async def _until_closed(request: web.Request) -> None:
-    for _ in range(3000):  # at most 30 s
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +123,7 @@ def side(
     provider: tuple[BackgroundAiohttp, Recorder], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StreamhopProcess]:
     url = provider[0].url
-    config = tmp_path_factory.mktemp("security") / "streamhop.toml"
-    config.write_text(
-        f"""
+    config = f"""
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
@@ -191,8 +171,7 @@ enabled = true
 prefix = "/other"
 upstream = "{url}"
 """
-    )
-    proc = start_streamhop("serve", "--config", str(config), "--log-level", "info")
+    proc = serve(tmp_path_factory.mktemp("security"), config, log_level="info")
     yield proc
     proc.stop()
 
@@ -389,37 +368,32 @@ def test_resume_needs_the_same_route_and_credentials(
 
 
 def test_stream_ids_are_not_logged_at_info(side: StreamhopProcess) -> None:
+    # The path marks this request's log line: other requests on this sidecar log lines too.
+    marker = uuid.uuid4().hex
+
     async def scenario() -> str:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(side.url + "/other/sse/chat", json={}) as resp,
+            session.post(side.url + f"/other/sse/{marker}/chat", json={}) as resp,
         ):
             await resp.read()
             return resp.headers["X-Streamhop-Stream-Id"]
 
     stream_id = asyncio.run(scenario())
-    deadline = time.monotonic() + 10
-    while '"request_id"' not in side.stderr and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert '"request_id"' in side.stderr
+
+    def logged() -> dict[str, Any] | None:
+        for line in side.stderr.splitlines():
+            if marker in line:
+                return dict(orjson.loads(line[line.index("{") :]))
+        return None
+
+    # Its end is logged (with a request id), and only then can the absence of its id be seen.
+    line = wait_for(logged, 10, "the stream's log line")
+    assert line["event"] == "stream_end" and line["request_id"]
     assert stream_id not in side.stderr
 
 
 # --- 4. every stream ends with an end ---------------------------------------------------------
-
-
-def _events(body: bytes) -> list[tuple[str | None, str]]:
-    out = []
-    for block in body.decode("utf-8", "replace").split("\n\n"):
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        if data:
-            out.append((name, "\n".join(data)))
-    return out
 
 
 def _post_sse(side: StreamhopProcess, path: str, **headers: str) -> tuple[int, bytes, float]:
@@ -436,7 +410,7 @@ def _post_sse(side: StreamhopProcess, path: str, **headers: str) -> tuple[int, b
 
 def test_provider_that_hangs_ends_with_upstream_timeout(side: StreamhopProcess) -> None:
     status, body, _ = _post_sse(side, "/slow/sse/hang")
-    events = _events(body)
+    events = sse_pairs(body)
     assert status == 200
     assert orjson.loads(events[0][1])["choices"][0]["delta"]["content"] == "before the hang"
     assert orjson.loads(events[-1][1])["error"]["code"] == "upstream_timeout"
@@ -447,7 +421,7 @@ def test_provider_closing_without_done_ends_with_upstream_incomplete(
 ) -> None:
     status, body, _ = _post_sse(side, "/x/sse/no-done")
     assert status == 200
-    assert orjson.loads(_events(body)[-1][1])["error"]["code"] == "upstream_incomplete"
+    assert orjson.loads(sse_pairs(body)[-1][1])["error"]["code"] == "upstream_incomplete"
     assert b"\ndata: [DONE]\n" not in body
 
 
@@ -478,7 +452,7 @@ def test_keepalive_comments_while_the_provider_is_silent(side: StreamhopProcess)
     assert status == 200
     assert body.startswith(b": ping\n\n")
     assert b": keep-alive\n\n" in body
-    assert orjson.loads(_events(body)[-1][1])["error"]["code"] == "upstream_timeout"
+    assert orjson.loads(sse_pairs(body)[-1][1])["error"]["code"] == "upstream_timeout"
 
 
 # --- 5. bounded inputs ------------------------------------------------------------------------
@@ -537,19 +511,12 @@ def test_uploads_count_toward_max_streams_from_their_first_byte(side: StreamhopP
                 b"Content-Length: 60000\r\n\r\n" + b"x" * 1000
             )
             socks.append(sock)
-        deadline = time.monotonic() + 10
-        status = 0
-        while time.monotonic() < deadline:
-            status = _status(_get(side, "/x/v1/models"))
-            if status == 503:
-                break
-        assert status == 503
+        # Once the sidecar has read the uploads' first bytes, a fifth request is refused.
+        wait_for(lambda: _status(_get(side, "/x/v1/models")) == 503, 10, "a 503 at max_streams")
     finally:
         for sock in socks:
             sock.close()
-    deadline = time.monotonic() + 10
-    while _status(_get(side, "/x/v1/models")) != 200:
-        assert time.monotonic() < deadline
+    wait_for(lambda: _status(_get(side, "/x/v1/models")) == 200, 10, "the slots to be free")
 
 
 # --- 6. redaction ------------------------------------------------------------------------------
@@ -597,7 +564,7 @@ def test_timeout_header_cannot_extend_the_routes_timeout(side: StreamhopProcess)
         side, "/deadline/sse/hang", **{"X-Streamhop-Timeout-Ms": "86400000"}
     )
     assert status == 200
-    assert orjson.loads(_events(body)[-1][1])["error"]["code"] == "timeout"
+    assert orjson.loads(sse_pairs(body)[-1][1])["error"]["code"] == "timeout"
     assert elapsed < 25  # the route's 0.5 s, far below read_timeout_s = 30
     for value in ("1e300", "86400001", "0", "inf"):
         answer = _get(side, "/x/v1/models", f"X-Streamhop-Timeout-Ms: {value}")
@@ -644,11 +611,11 @@ def test_first_tool_argument_bytes_are_not_held_a_window(side: StreamhopProcess)
             aiohttp.ClientSession() as session,
             session.post(side.url + "/x/sse/tool-args-then-hang", json={}, headers=headers) as resp,
         ):
-            seen = ""
+            seen = b""
             async with asyncio.timeout(20):  # a bound far below the window
-                while '{\\"q' not in seen:
-                    seen += (await resp.content.readany()).decode()
-            return [e[1] for e in _events(seen.encode())]
+                while not any('{\\"q' in data for _, data in sse_pairs(seen)):
+                    seen += await resp.content.readany()
+            return [data for _, data in sse_pairs(seen)]
 
     events = asyncio.run(scenario())
     args = orjson.loads(events[-1])["choices"][0]["delta"]["tool_calls"][0]["function"]
