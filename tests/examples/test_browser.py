@@ -26,8 +26,7 @@ import psutil
 import pytest
 
 from streamhop.middleware import SSEDecoder
-from tests.support import StreamhopProcess, start_streamhop
-from tests.uvicorn_server import BackgroundUvicorn
+from tests.support import BackgroundUvicorn, StreamhopProcess, sim_record, start_streamhop
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -110,18 +109,6 @@ def streamed_text(url: str, body: dict[str, Any]) -> tuple[str, int]:
     return "".join(text), len(events)
 
 
-def sim_record(simulator: StreamhopProcess, rid: str, bound_s: float = 15.0) -> dict[str, Any]:
-    """The simulator's log entry for request ``rid`` once it has an outcome."""
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(simulator.url + "/_simulator/streams", timeout=10) as resp:
-            for record in json.load(resp):
-                if record["id"] == rid and record["outcome"] is not None:
-                    return dict(record)
-        time.sleep(0.02)
-    raise AssertionError(f"the simulator never finished request {rid}")
-
-
 def ask(page: Page, question: str, max_tokens: int) -> None:
     page.fill("#question", question)
     page.fill("#max-tokens", str(max_tokens))
@@ -152,23 +139,37 @@ def test_page_renders_exactly_the_streamed_text(
 
 
 def test_stop_aborts_the_stream_and_the_provider_sees_the_close(
-    page: tuple[Page, str], simulator: StreamhopProcess
+    page: tuple[Page, str], simulator: StreamhopProcess, chat_app: BackgroundUvicorn
 ) -> None:
     tab, rid = page
-    ask(tab, "A very long answer, please", 40_000)  # ~20 s at 2,000 tokens/s
+    failed: list[tuple[str, str | None]] = []
+    tab.on("requestfailed", lambda request: failed.append((request.url, request.failure)))
+    question = "A very long answer, please"
+    ask(tab, question, 40_000)  # ~20 s at 2,000 tokens/s
     tab.wait_for_function(
         "() => (document.querySelector('.answer')?.textContent.length ?? 0) > 300"
     )
     tab.click("#stop")
     stopped_at = time.monotonic()
     tab.wait_for_selector('#status[data-state="stopped"]')
-    length = len(answer_text(tab))
-    time.sleep(0.5)
-    assert len(answer_text(tab)) == length  # rendering stopped growing
-    record = sim_record(simulator, rid)
+    # The browser aborted the fetch itself: Stop is not just the page ignoring what comes.
+    assert [url for url, error in failed if error == "net::ERR_ABORTED"] == [
+        chat_app.url + "/api/chat"
+    ], failed
+    record = sim_record(simulator.url, rid)
     assert record["outcome"] == "client_closed"
     assert record["ended"] - stopped_at < 2.0, record
     assert record["events"] < 1000  # far from the ~4,000 content events of the whole answer
+    # Nothing can arrive any more (the provider has closed): the page shows what arrived up to
+    # the stop, a beginning of the answer, and no more.
+    rendered = answer_text(tab)
+    assert len(rendered) > 300
+    # A token is at least one character: this many tokens cover the rendered text.
+    head, _ = streamed_text(
+        chat_app.url,
+        {"messages": [{"role": "user", "content": question}], "max_tokens": len(rendered)},
+    )
+    assert head.startswith(rendered)
 
 
 def test_readme_command_starts_the_simulator_and_the_app() -> None:
