@@ -78,7 +78,7 @@ OnEvents = Callable[[list[SSEEvent]], list[SSEEvent]]
 class PumpObserver(Protocol):
     """Receives the pump's measurements (``StreamMetrics`` implements it)."""
 
-    def upstream_read(self, events: int, size: int, seconds: float) -> None: ...
+    def upstream_read(self, events: int, size: int, seconds: float, at: float) -> None: ...
 
     def downstream_write(self, events: int, size: int, start: float, end: float) -> None: ...
 
@@ -193,6 +193,10 @@ class StreamPump:
             first_tool_args_write_at=self.first_tool_args_write_at,
             usage_input_tokens=c.usage_input_tokens,
             usage_output_tokens=c.usage_output_tokens,
+            upstream_first_event_at=c.first_event_at,
+            response_id=c.response_id,
+            response_model=c.response_model,
+            finish_reasons=tuple(c.finish_reasons),
         )
 
     def error_events(self, fault: Fault, format_hint: str | None = None) -> list[SSEEvent]:
@@ -276,7 +280,7 @@ class StreamPump:
                 self._idle_write = comment + b"\n\n"
                 self._wake.set()
         if self._observer is not None:
-            self._observer.upstream_read(len(events), len(data), time.monotonic() - now)
+            self._observer.upstream_read(len(events), len(data), time.monotonic() - now, now)
 
     async def _wait_for_room(self) -> None:
         while self._coalescer.pending_bytes > self._max_pending and not self.writer.done():
@@ -297,17 +301,16 @@ class StreamPump:
 
     def close(self) -> None:
         """Stop at once without writing more (client gone, cancellation)."""
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._cancel_timers()
         if not self.writer.done():
             self.writer.cancel()
+
+    def _cancel_timers(self) -> None:
+        for name in ("_keepalive", "_timer", "_watchdog"):
+            handle: asyncio.TimerHandle | None = getattr(self, name)
+            if handle is not None:
+                handle.cancel()
+                setattr(self, name, None)
 
     def _schedule(self, now: float) -> None:
         deadline = self._coalescer.deadline
@@ -385,15 +388,7 @@ class StreamPump:
                 self._schedule(time.monotonic())
         finally:
             self._room.set()
-            if self._keepalive is not None:
-                self._keepalive.cancel()
-                self._keepalive = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-                self._watchdog = None
+            self._cancel_timers()
 
     async def _send_bytes(self, data: bytes) -> None:
         """Write a comment (keep-alive): not an event, so no hook, no event accounting."""

@@ -15,7 +15,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from streamhop.middleware.sse.encoder import encode_event
 from streamhop.middleware.sse.events import SSEEvent
-from streamhop.sidecar.resume.store import Headers, ResumeLogFullError, StreamNotFoundError
+from streamhop.sidecar.resume.store import (
+    Headers,
+    ResumeLogFullError,
+    StreamNotFoundError,
+    number_events,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +59,7 @@ class _Writer:
 
     def stamp(self, events: list[SSEEvent]) -> list[SSEEvent]:
         log = self._log
-        seq = self._seq
-        prefix = self._prefix
-        stamped = []
-        for event in events:
-            seq += 1
-            stamped.append(event._replace(id=f"{prefix}{seq}"))
-        self._seq = seq
+        stamped, self._seq = number_events(self._prefix, self._seq, events)
         if not log.full:
             for event in stamped:
                 data = encode_event(event).encode("utf-8", "surrogateescape")

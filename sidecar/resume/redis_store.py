@@ -39,6 +39,7 @@ from streamhop.sidecar.resume.store import (
     ResumeError,
     ResumeLogFullError,
     StreamNotFoundError,
+    number_events,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,7 @@ class _Writer:
         return self._seq
 
     def stamp(self, events: list[SSEEvent]) -> list[SSEEvent]:
-        seq = self._seq
-        prefix = self._prefix
-        stamped = []
-        for event in events:
-            seq += 1
-            stamped.append(event._replace(id=f"{prefix}{seq}"))
+        stamped, seq = number_events(self._prefix, self._seq, events)
         if not (self._dead or self._full):
             pending = self._pending
             for i, event in enumerate(stamped, self._seq + 1):

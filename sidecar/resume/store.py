@@ -45,6 +45,16 @@ def parse_last_event_id(value: str) -> tuple[str, int] | None:
     return match.group(1), int(match.group(2))
 
 
+def number_events(prefix: str, seq: int, events: list[SSEEvent]) -> tuple[list[SSEEvent], int]:
+    """``events`` with ``id`` set to ``<prefix><seq>`` (``prefix`` is ``<stream-id>:``), numbered
+    from ``seq + 1``; returns them and the last ``seq``."""
+    stamped = []
+    for event in events:
+        seq += 1
+        stamped.append(event._replace(id=f"{prefix}{seq}"))
+    return stamped, seq
+
+
 class LogWriter(Protocol):
     """The write side of one stream's log (one per streamed exchange)."""
 
