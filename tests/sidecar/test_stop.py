@@ -9,16 +9,17 @@ from typing import Any
 import httpx2
 
 from tests.support import (
+    CHAT,
+    SLOW_SIM,
     StartSidecar,
     StreamhopProcess,
     chat_body,
     metric,
     sim_record,
     sse_events,
+    wait_idle,
 )
 
-CHAT = "/v1/chat/completions"
-SLOW_SIM = {"x-sim-events-per-second": "20", "x-sim-tokens-per-second": "100"}
 RESUME = "[resume]\nenabled = true\nwindow_s = 60"
 
 
@@ -69,6 +70,7 @@ def test_delete_stops_a_detached_generation_at_once(
     assert stopped.status_code == 204
     record = sim_record(simulator.url, rid)
     assert record["outcome"] == "client_closed"
+    wait_idle(side.admin_url, "/")  # the stream's end is recorded
     assert metric(side.admin_url, "streamhop_cancellations_total", reason="stop") == 1
     assert _delete(side, stream_id, **mine).status_code == 404  # nothing runs any more
     # A follower resuming from the log gets the end: a terminal error event, then the close.
