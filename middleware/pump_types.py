@@ -83,3 +83,11 @@ class PumpStats:
     first_tool_args_write_at: float | None
     usage_input_tokens: int | None
     usage_output_tokens: int | None
+    upstream_first_event_at: float | None = None
+    """When the first upstream event with data was read (the response's first chunk)."""
+    response_id: str | None = None
+    """The response's id as the stream reported it (``chatcmpl-...``, ``msg_...``)."""
+    response_model: str | None = None
+    """The model that answered, as the stream reported it."""
+    finish_reasons: tuple[str, ...] = ()
+    """The finish reasons the stream reported, in order (one per finished choice)."""

@@ -63,10 +63,14 @@ class Coalescer:
         "content_seen",
         "events_in",
         "events_out",
+        "finish_reasons",
         "first_content_at",
+        "first_event_at",
         "first_tool_args_at",
         "malformed",
         "pending_bytes",
+        "response_id",
+        "response_model",
         "terminal_seen",
         "usage_input_tokens",
         "usage_output_tokens",
@@ -112,6 +116,14 @@ class Coalescer:
         """Input (prompt) tokens the stream reported, if it did."""
         self.usage_output_tokens: int | None = None
         """Output (completion) tokens the stream reported, if it did (last report wins)."""
+        self.first_event_at: float | None = None
+        """``now`` of the first event with data (the first chunk of the response, seconds)."""
+        self.response_id: str | None = None
+        """The response's id as the stream first reported it (``Format.response_facts``)."""
+        self.response_model: str | None = None
+        """The model that answered, as the stream first reported it."""
+        self.finish_reasons: list[str] = []
+        """Every finish reason the stream reported, in order (one per finished choice)."""
 
     @property
     def incomplete(self) -> bool:
@@ -148,15 +160,9 @@ class Coalescer:
             if content == Content.TOOL_ARGS and self.first_tool_args_at is None:
                 self.first_tool_args_at = now
                 flush = True
-        if kind is Kind.FLUSH:
-            if fmt.is_terminal(event):
-                self.terminal_seen = True
-            usage = fmt.usage(event)
-            if usage is not None:
-                if usage[0] is not None:
-                    self.usage_input_tokens = usage[0]
-                if usage[1] is not None:
-                    self.usage_output_tokens = usage[1]
+        if kind is Kind.FLUSH or self.first_event_at is None:
+            # Boundaries and the first event only: never a delta in between.
+            self._boundary(fmt, event, kind, now)
         if kind is Kind.DELTA and not self._passthrough:
             group = self._last_group
             if group is None or not group.add(event, parsed):
@@ -170,6 +176,29 @@ class Coalescer:
                 self._flush_now = True
             return
         self._hold(event, now, flush)
+
+    def _boundary(self, fmt: Format, event: SSEEvent, kind: Kind, now: float) -> None:
+        """What a boundary event (or the stream's first event) says about the whole stream:
+        its end, token usage, and the response's id, model and finish reasons."""
+        if self.first_event_at is None and event.data is not None:
+            self.first_event_at = now
+        facts = fmt.response_facts(event)
+        if facts is not None:
+            if self.response_id is None:
+                self.response_id = facts.response_id
+            if self.response_model is None:
+                self.response_model = facts.response_model
+            self.finish_reasons.extend(facts.finish_reasons)
+        if kind is not Kind.FLUSH:
+            return
+        if fmt.is_terminal(event):
+            self.terminal_seen = True
+        usage = fmt.usage(event)
+        if usage is not None:
+            if usage[0] is not None:
+                self.usage_input_tokens = usage[0]
+            if usage[1] is not None:
+                self.usage_output_tokens = usage[1]
 
     def _hold(self, event: SSEEvent, now: float, flush: bool) -> None:
         self._items.append(event)

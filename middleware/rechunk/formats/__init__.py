@@ -6,9 +6,10 @@ event with data).
 
 A format (:class:`~.base.Format`) owns, in its own module, everything streamhop knows about it:
 detection from the first event, merge rules (``classify``/``open_group``), its terminal event,
-token usage, its error event and error body, the request paths that speak it, and the
-OpenTelemetry GenAI names of its API. Callers only use the protocol or the lookups in
-:mod:`.registry` (re-exported here), which never switch on a format's name.
+token usage, the response's id, model and finish reasons, its error event and error body, the
+request paths that speak it, and the OpenTelemetry GenAI names of its API. Callers only use the
+protocol or the lookups in :mod:`.registry` (re-exported here), which never switch on a format's
+name.
 
 Adding a provider format:
 
@@ -30,6 +31,7 @@ from streamhop.middleware.rechunk.formats.base import (
     Kind,
     Match,
     MergeGroup,
+    ResponseFacts,
     Usage,
 )
 from streamhop.middleware.rechunk.formats.registry import (
@@ -60,6 +62,7 @@ __all__ = [
     "Kind",
     "Match",
     "MergeGroup",
+    "ResponseFacts",
     "Usage",
     "detect_format",
     "error_body",

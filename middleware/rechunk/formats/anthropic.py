@@ -14,6 +14,8 @@ came (the API's whitespace padding included).
 Detection: an ``event:`` name or JSON ``type`` among the stream's event types. Terminal:
 ``message_stop`` or ``error``. Usage (same page): ``message_start`` carries
 ``message.usage.input_tokens``; each ``message_delta`` the cumulative ``usage.output_tokens``.
+Response facts: ``message_start``'s ``message.id`` and ``message.model``, ``message_delta``'s
+``delta.stop_reason``.
 Errors (https://docs.anthropic.com/en/api/errors): ``event: error`` with
 ``{"type": "error", "error": {"type", "message"}}``, on which the ``anthropic`` SDK raises; the
 same object is the body of an error response. The API lives under ``/v1/messages``.
@@ -29,9 +31,11 @@ from streamhop.middleware.rechunk.formats.base import (
     Content,
     Kind,
     Match,
+    ResponseFacts,
     Usage,
     json_type,
     parse_object,
+    text_or_none,
     token_count,
     usage_object,
 )
@@ -49,6 +53,7 @@ _CONTENT: Final = {
     "thinking": Content.TEXT,
 }
 _TOP_SKIP: Final = frozenset(("delta",))
+_FACT_EVENTS: Final = frozenset(("message_start", "message_delta"))
 # The event types that say a stream is Anthropic's when it is the first one with data (``ping``
 # and ``error`` are left out: other APIs use those names too).
 _EVENTS: Final = frozenset(
@@ -119,6 +124,26 @@ class AnthropicFormat:
         if type(usage) is not dict:
             return None
         return token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+
+    def response_facts(self, event: SSEEvent) -> ResponseFacts | None:
+        """``message.id`` and ``message.model`` of ``message_start``; ``delta.stop_reason`` of
+        ``message_delta``. Every other event is skipped by its name, unparsed."""
+        kind = event.event or json_type(event)
+        if kind not in _FACT_EVENTS:
+            return None
+        obj = parse_object(event)
+        if type(obj) is not dict:
+            return None
+        if kind == "message_start":
+            message = obj.get("message")
+            if type(message) is not dict:
+                return None
+            return ResponseFacts(
+                text_or_none(message.get("id")), text_or_none(message.get("model"))
+            )
+        delta = obj.get("delta")
+        reason = text_or_none(delta.get("stop_reason")) if type(delta) is dict else None
+        return None if reason is None else ResponseFacts(finish_reasons=(reason,))
 
     def error_event(self, code: str, message: str) -> SSEEvent:
         """``event: error`` with Anthropic's error object (``type`` ``api_error``)."""

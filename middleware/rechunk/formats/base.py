@@ -17,15 +17,17 @@ The merge rules: a format classifies each event once (parsing its JSON once) as:
   merged across; it and everything held before it are written at once.
 
 Cost: :meth:`Format.classify` runs once per upstream event and is the only per-event hook;
-:meth:`Format.detect` runs once per ``auto`` stream; :meth:`Format.is_terminal` and
-:meth:`Format.usage` run on ``FLUSH`` events only (a few per stream); the rest run once per
-request or per fault.
+:meth:`Format.detect` runs once per ``auto`` stream; :meth:`Format.is_terminal`,
+:meth:`Format.usage` and :meth:`Format.response_facts` run on ``FLUSH`` events only (a few per
+stream; ``response_facts`` also on the stream's first event); the rest run once per request or
+per fault.
 
 Formats are stateless and shared; the per-stream state is the :class:`MergeGroup`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -88,6 +90,27 @@ class Match(IntEnum):
 
 Usage = tuple[int | None, int | None]
 """``(input_tokens, output_tokens)``; either is ``None`` when the event reports only the other."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFacts:
+    """What one event says about the response as a whole (:meth:`Format.response_facts`): the
+    OpenTelemetry GenAI span attributes ``gen_ai.response.id``, ``gen_ai.response.model`` and
+    ``gen_ai.response.finish_reasons``
+    (https://github.com/open-telemetry/semantic-conventions-genai, ``docs/gen-ai/gen-ai-spans.md``,
+    "Inference").
+
+    Attributes:
+        response_id: the provider's id of the completion (``chatcmpl-...``, ``msg_...``,
+            ``resp_...``), or ``None`` when the event does not carry it.
+        response_model: the model that answered, as the provider names it, or ``None``.
+        finish_reasons: why generation stopped, one per choice that finished in this event, in
+            the provider's own words (``stop``, ``length``, ``end_turn``, ``tool_use``).
+    """
+
+    response_id: str | None = None
+    response_model: str | None = None
+    finish_reasons: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -163,6 +186,19 @@ class Format(Protocol):
         Returns:
             ``(input_tokens, output_tokens)`` in tokens; either may be ``None`` when the event
             reports only the other. A later report replaces an earlier one.
+        """
+
+    def response_facts(self, event: SSEEvent) -> ResponseFacts | None:
+        """The response's id, model and finish reasons as far as ``event`` reports them.
+
+        Called by the coalescer on ``FLUSH`` events and on the stream's first event with data,
+        never on the deltas between them (the first event of a provider stream names the
+        response and its model; finish reasons ride on boundaries). The coalescer keeps the
+        first id and model reported and every finish reason, in order.
+
+        Returns:
+            The facts, or ``None`` when the event reports none of them (cheaply: formats test
+            the event name or a substring before parsing).
         """
 
     def error_event(self, code: str, message: str) -> SSEEvent | None:
@@ -251,6 +287,11 @@ def usage_object(event: SSEEvent) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return obj if type(obj) is dict else None
+
+
+def text_or_none(value: object) -> str | None:
+    """``value`` when it is a non-empty ``str``, else ``None``."""
+    return value if type(value) is str and value else None
 
 
 def token_count(value: object) -> int | None:

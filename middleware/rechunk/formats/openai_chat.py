@@ -23,7 +23,8 @@ empty ``choices``, ``error`` and ``[DONE]`` are boundaries.
 Detection: a JSON object with ``choices`` or ``"object": "chat.completion.chunk"`` (no ``event:``
 name; registered after the formats with typed events, so those win a tie). Terminal: ``[DONE]``
 or an ``error`` object. Usage: the chunk with ``usage`` (``prompt_tokens``,
-``completion_tokens``), sent when the request has ``stream_options.include_usage``. Errors:
+``completion_tokens``), sent when the request has ``stream_options.include_usage``. Response
+facts: ``id`` and ``model`` of the first chunk, ``finish_reason`` of each choice. Errors:
 OpenAI's error object (https://platform.openai.com/docs/guides/error-codes) as ``data:`` without
 an event name, on which the ``openai`` SDK raises ``APIError``; the same object is the body of an
 error response. Paths: ``/v1/chat/completions``, and the other OpenAI APIs an OpenAI-compatible
@@ -40,9 +41,11 @@ from streamhop.middleware.rechunk.formats.base import (
     Content,
     Kind,
     Match,
+    ResponseFacts,
     Usage,
     openai_error_object,
     parse_object,
+    text_or_none,
     token_count,
     usage_object,
 )
@@ -163,6 +166,29 @@ class OpenAIChatFormat:
         if type(usage) is not dict:
             return None
         return token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens"))
+
+    def response_facts(self, event: SSEEvent) -> ResponseFacts | None:
+        """``id`` and ``model`` of a chunk, and the non-null ``finish_reason`` of its choices."""
+        data = event.data
+        if data is None or data == "[DONE]":
+            return None
+        obj = parse_object(event)
+        if type(obj) is not dict:
+            return None
+        choices = obj.get("choices")
+        reasons: tuple[str, ...] = ()
+        if type(choices) is list:
+            reasons = tuple(
+                reason
+                for choice in choices
+                if type(choice) is dict
+                and (reason := text_or_none(choice.get("finish_reason"))) is not None
+            )
+        response_id = text_or_none(obj.get("id"))
+        model = text_or_none(obj.get("model"))
+        if response_id is None and model is None and not reasons:
+            return None
+        return ResponseFacts(response_id, model, reasons)
 
     def error_event(self, code: str, message: str) -> SSEEvent:
         """``data: {"error": {...}}``, OpenAI's error object without an event name."""

@@ -14,9 +14,10 @@ event (``response.created`` and ``response.in_progress`` too) is a boundary, for
 Detection: an ``event:`` name or JSON ``type`` starting with ``response.``. Terminal:
 ``response.completed``, ``response.failed``, ``response.incomplete`` or ``error``. Usage:
 ``response.usage.input_tokens`` / ``output_tokens`` of ``response.completed`` (and
-``response.incomplete``). Errors: ``event: error`` with ``{"type": "error", "code", "message",
-"param"}`` (the "error" streaming event of the same reference); an error response body is OpenAI's
-error object. The API is ``/v1/responses``.
+``response.incomplete``). Response facts: ``response.id`` and ``response.model`` of
+``response.created``, a finish reason from the final event's status. Errors: ``event: error``
+with ``{"type": "error", "code", "message", "param"}`` (the "error" streaming event of the same
+reference); an error response body is OpenAI's error object. The API is ``/v1/responses``.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from streamhop.middleware.rechunk.formats.base import (
     Content,
     Kind,
     Match,
+    ResponseFacts,
     Usage,
     json_type,
     openai_error_object,
     parse_object,
+    text_or_none,
     token_count,
     usage_object,
 )
@@ -57,6 +60,16 @@ _CONCAT: Final = ("logprobs",)
 
 
 _TERMINAL = frozenset(("response.completed", "response.failed", "response.incomplete", "error"))
+# events whose ``response`` object names the response (id, model) or ends it
+_FACT_EVENTS: Final = frozenset(
+    (
+        "response.created",
+        "response.in_progress",
+        "response.completed",
+        "response.failed",
+        "response.incomplete",
+    )
+)
 
 
 class OpenAIResponsesFormat:
@@ -111,6 +124,35 @@ class OpenAIResponsesFormat:
         if type(usage) is not dict:
             return None
         return token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+
+    def response_facts(self, event: SSEEvent) -> ResponseFacts | None:
+        """``response.id`` and ``response.model`` of ``response.created`` (and of the events
+        that carry the whole response); a finish reason from the final status: ``stop`` for
+        ``response.completed``, ``incomplete_details.reason`` (``max_output_tokens``,
+        ``content_filter``) for ``response.incomplete``, ``error`` for ``response.failed``.
+        The Responses API has no per-choice finish reason; these are the Chat Completions
+        words for the same endings. Other events are skipped by their name, unparsed."""
+        kind = event.event or json_type(event)
+        if kind not in _FACT_EVENTS:
+            return None
+        obj = parse_object(event)
+        if type(obj) is not dict:
+            return None
+        response = obj.get("response")
+        if type(response) is not dict:
+            return None
+        reasons: tuple[str, ...] = ()
+        if kind == "response.completed":
+            reasons = ("stop",)
+        elif kind == "response.failed":
+            reasons = ("error",)
+        elif kind == "response.incomplete":
+            details = response.get("incomplete_details")
+            reason = text_or_none(details.get("reason")) if type(details) is dict else None
+            reasons = (reason or "incomplete",)
+        return ResponseFacts(
+            text_or_none(response.get("id")), text_or_none(response.get("model")), reasons
+        )
 
     def error_event(self, code: str, message: str) -> SSEEvent:
         """``event: error`` with ``{"type": "error", "code", "message", "param": null}``."""

@@ -19,6 +19,7 @@ from streamhop.middleware.rechunk.formats.base import (
     Kind,
     Match,
     MergeGroup,
+    ResponseFacts,
     Usage,
     openai_error_object,
 )
@@ -53,6 +54,10 @@ class PlainSSEFormat:
 
     def usage(self, event: SSEEvent) -> Usage | None:
         """Plain SSE reports no usage streamhop could read."""
+        return None
+
+    def response_facts(self, event: SSEEvent) -> ResponseFacts | None:
+        """Plain SSE names no response streamhop could read."""
         return None
 
     def error_event(self, code: str, message: str) -> None:

@@ -22,6 +22,7 @@ from streamhop.middleware.rechunk.formats import (
     Format,
     Kind,
     Match,
+    ResponseFacts,
     detect_format,
     error_body,
     error_event,
@@ -66,6 +67,7 @@ def test_protocol_has_every_member_a_format_owns() -> None:
         "open_group",
         "is_terminal",
         "usage",
+        "response_facts",
         "error_event",
         "error_body",
         "claims_path",
@@ -430,6 +432,9 @@ class _ToyFormat:
         if type(usage) is not dict:
             return None
         return token_count(usage.get("in")), token_count(usage.get("out"))
+
+    def response_facts(self, event: SSEEvent) -> ResponseFacts | None:
+        return None
 
     def error_event(self, code: str, message: str) -> SSEEvent:
         return SSEEvent(data=self.error_body(code, message).decode(), event="error")
