@@ -18,6 +18,10 @@ class StreamRecord:
     ``stream_id`` is the public id (``X-Streamhop-Stream-Id``, resume); it is never logged at
     INFO or put in traces. ``request_id`` is a separate random id for logs and spans.
 
+    ``response_id``, ``response_model`` and ``finish_reasons`` are what the stream itself
+    reported (the first id and model, every finish reason in order); ``upstream_first_event_at``
+    is when its first event arrived (content or not: the GenAI conventions' "first chunk").
+
     ``cancel_reason`` is one of ``client_disconnect``, ``timeout``, ``stall``, ``interrupt``,
     ``shutdown`` when streamhop closed the upstream early, else ``None``.
     """
@@ -32,10 +36,14 @@ class StreamRecord:
     streaming_request: bool = False
     status: int | None = None
     format: str | None = None
+    response_id: str | None = None
+    response_model: str | None = None
+    finish_reasons: tuple[str, ...] = ()
     sse: bool = False
     upstream_request_at: float | None = None
     upstream_connected_at: float | None = None
     upstream_headers_at: float | None = None
+    upstream_first_event_at: float | None = None
     upstream_first_content_at: float | None = None
     first_content_sent_at: float | None = None
     first_tool_args_sent_at: float | None = None

@@ -149,3 +149,7 @@ def collect(record: StreamRecord, pump: StreamPump | None) -> None:
     record.upstream_first_content_at = stats.upstream_first_content_at
     record.usage_input_tokens = stats.usage_input_tokens
     record.usage_output_tokens = stats.usage_output_tokens
+    record.upstream_first_event_at = stats.upstream_first_event_at
+    record.response_id = stats.response_id
+    record.response_model = stats.response_model
+    record.finish_reasons = stats.finish_reasons
