@@ -23,7 +23,7 @@ from streamhop.sidecar.config import (
     redact_url,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "config.example.toml"
 
 
 def test_example_config_loads_and_documents_every_key() -> None:
