@@ -252,9 +252,15 @@ def _tracing(t: Mapping[str, Any]) -> TracingConfig:
     endpoint = t.get("otlp_endpoint")
     if endpoint is not None:
         endpoint = _url("tracing.otlp_endpoint", _str(t, "tracing", "otlp_endpoint", ""))
+    export_metrics = _bool(t, "tracing", "export_metrics", d.export_metrics)
+    if export_metrics and endpoint is None:
+        raise ConfigError(
+            "tracing.export_metrics", "needs tracing.otlp_endpoint (where the metrics go)"
+        )
     return TracingConfig(
         otlp_endpoint=endpoint,
         service_name=_str(t, "tracing", "service_name", d.service_name),
+        export_metrics=export_metrics,
     )
 
 

@@ -112,10 +112,12 @@ class ResumeConfig:
 
 @dataclass(frozen=True, slots=True)
 class TracingConfig:
-    """``[tracing]``: OpenTelemetry export (off unless ``otlp_endpoint`` is set)."""
+    """``[tracing]``: OpenTelemetry export (off unless ``otlp_endpoint`` is set): spans, and
+    with ``export_metrics`` the GenAI metrics too, over OTLP/HTTP."""
 
     otlp_endpoint: str | None = None
     service_name: str = "streamhop"
+    export_metrics: bool = False
 
 
 @dataclass(frozen=True, slots=True)
