@@ -5,18 +5,23 @@ stream metrics also carry ``model``, taken from the request and mapped through a
 (anything else is ``other``) so a client cannot grow label cardinality without bound.
 
 Buckets resolve what matters for fast providers: proxy overhead from 10 us, a 5 ms event cadence
-(1 ms steps up to 10 ms, then 2.5 ms), and TTFT from 5 ms to 30 s. Per-stream label children are
-bound once (:meth:`Metrics.stream`), so the per-event path does no label lookups.
+(1 ms steps up to 10 ms, then 2.5 ms), upstream gaps from 0.5 ms to 10 s, and TTFT from 5 ms to
+30 s. Per-stream label children are bound once (:meth:`Metrics.stream`), so the per-event path
+does no label lookups. Each stream also runs a :class:`~.bursts.BurstDetector` on its upstream
+reads (``streamhop_upstream_bursts_total``).
 
 All durations are seconds, sizes bytes (Prometheus base units).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from streamhop.middleware.observe.bursts import DEFAULT_GAP_S, DEFAULT_MIN_EVENTS, BurstDetector
 
 OVERHEAD_BUCKETS: Final = (
     1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1,
@@ -28,6 +33,10 @@ CADENCE_BUCKETS: Final = (
 TTFT_BUCKETS: Final = (
     0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
     1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+GAP_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 DURATION_BUCKETS: Final = (
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -61,13 +70,26 @@ class Metrics:
         registry: where to register (a fresh ``CollectorRegistry`` per app keeps tests and
             several apps in one process apart). Default: a new registry.
         models: model names kept as the ``model`` label; others become ``other``.
+        burst_gap_s: silence before a burst, seconds (:class:`~.bursts.BurstDetector`).
+        burst_events: events within 1 ms after that silence that make a burst.
+
+    Raises:
+        ValueError: ``burst_gap_s`` is not above 1 ms, or ``burst_events`` is below 2.
     """
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, models: Iterable[str] = ()
+        self,
+        registry: CollectorRegistry | None = None,
+        models: Iterable[str] = (),
+        *,
+        burst_gap_s: float = DEFAULT_GAP_S,
+        burst_events: int = DEFAULT_MIN_EVENTS,
     ) -> None:
+        BurstDetector(burst_gap_s, burst_events)  # validates them once, here
         self.registry = registry if registry is not None else CollectorRegistry()
         self.models = frozenset(models)
+        self.burst_gap_s = burst_gap_s
+        self.burst_events = burst_events
         self._seen: set[tuple[str, str]] = set()
         r = self.registry
         rm = ("route", "model")
@@ -150,6 +172,21 @@ class Metrics:
             ("route", "model", "kind"),
             registry=r,
         )
+        self.upstream_inter_event = Histogram(
+            "streamhop_upstream_inter_event_seconds",
+            "Gap between upstream events of one stream: once per read that completes events, "
+            "the time since the previous such read.",
+            rm,
+            buckets=GAP_BUCKETS,
+            registry=r,
+        )
+        self.upstream_bursts = Counter(
+            "streamhop_upstream_bursts_total",
+            "Upstream bursts: a gap of at least burst_gap_ms without events, then at least "
+            "burst_events events within 1 ms (a provider or a hop before it buffers).",
+            rm,
+            registry=r,
+        )
         self.resume_errors = Counter(
             "streamhop_resume_errors_total",
             "Resume log failures by store (memory, redis) and kind (write, read, log_full).",
@@ -179,15 +216,25 @@ class Metrics:
 
 
 class StreamMetrics:
-    """One stream's bound metric children; every method is a few attribute calls."""
+    """One stream's bound metric children; every method is a few attribute calls.
+
+    Args:
+        metrics: the families.
+        route, model: the labels (``model`` already mapped, see :meth:`Metrics.model_label`).
+        started_at: ``time.monotonic()`` when the stream started (default: now); the burst
+            detector measures the wait for the first upstream events from it.
+    """
 
     __slots__ = (
         "active",
+        "bursts",
         "bytes_down",
         "bytes_up",
+        "detector",
         "events_down",
         "events_up",
         "inter_chunk",
+        "inter_event",
         "last_write",
         "metrics",
         "model",
@@ -198,7 +245,9 @@ class StreamMetrics:
         "route",
     )
 
-    def __init__(self, metrics: Metrics, route: str, model: str) -> None:
+    def __init__(
+        self, metrics: Metrics, route: str, model: str, *, started_at: float | None = None
+    ) -> None:
         self.metrics = metrics
         self.route = route
         self.model = model
@@ -210,19 +259,42 @@ class StreamMetrics:
         self.inter_chunk = metrics.inter_chunk.labels(route, model)
         self.overhead_event = metrics.overhead.labels(route, model, "event")
         self.overhead_flush = metrics.overhead.labels(route, model, "flush")
+        # Bound here, so both series exist (at 0) from a route's first request on.
+        self.inter_event = metrics.upstream_inter_event.labels(route, model)
+        self.bursts = metrics.upstream_bursts.labels(route, model)
+        self.detector = BurstDetector(
+            metrics.burst_gap_s,
+            metrics.burst_events,
+            started_at=time.monotonic() if started_at is None else started_at,
+        )
         self.last_write: float | None = None
         self.pending_events_up = 0
         self.pending_bytes_up = 0
 
-    def upstream_read(self, events: int, size: int, seconds: float) -> None:
-        """One upstream read: ``events`` decoded, ``size`` bytes, ``seconds`` spent on it.
+    def upstream_read(self, events: int, size: int, seconds: float, at: float) -> None:
+        """One upstream read: ``events`` decoded, ``size`` bytes, ``seconds`` spent on it,
+        read at ``at`` (``time.monotonic()``).
 
         The counters are added to at the next write (or :meth:`flush`), not per read: a
-        Prometheus ``inc`` takes a lock, and reads outnumber writes several times.
+        Prometheus ``inc`` takes a lock, and reads outnumber writes several times. A read that
+        completes events feeds the burst detector: one gap observation, and a burst counted at
+        once (rare, and a dashboard should see it while a long stream still runs).
         """
         self.pending_events_up += events
         self.pending_bytes_up += size
         self.overhead_event.observe(seconds)
+        if events:
+            detector = self.detector
+            if detector.arrival(events, at):
+                self.bursts.inc()
+            gap = detector.last_gap_s
+            if gap is not None:
+                self.inter_event.observe(gap)
+
+    @property
+    def upstream_bursts(self) -> int:
+        """Bursts seen on this stream so far."""
+        return self.detector.bursts
 
     def flush(self) -> None:
         """Add the upstream counts gathered since the last write to the counters."""
