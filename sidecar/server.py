@@ -78,6 +78,7 @@ def log_stream(record: StreamRecord) -> None:
                 "error": record.error,
                 "usage_input_tokens": record.usage_input_tokens,
                 "usage_output_tokens": record.usage_output_tokens,
+                "upstream_bursts": record.upstream_bursts,
             }
         ).decode(),
     )
@@ -91,7 +92,12 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
         OSError: a port cannot be bound.
     """
     registry = registry or CollectorRegistry()
-    metrics = Metrics(registry, config.metrics.models)
+    metrics = Metrics(
+        registry,
+        config.metrics.models,
+        burst_gap_s=config.metrics.burst_gap_ms / 1000,
+        burst_events=config.metrics.burst_events,
+    )
     state = SidecarState()
     host, port = parse_hostport("server.listen", config.server.listen)
     ahost, aport = parse_hostport("server.admin_listen", config.server.admin_listen)

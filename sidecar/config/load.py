@@ -269,7 +269,15 @@ def _metrics(t: Mapping[str, Any]) -> MetricsConfig:
     models = t.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError("metrics.models", "expected an array of model name strings")
-    return MetricsConfig(models=tuple(models))
+    d = MetricsConfig()
+    return MetricsConfig(
+        models=tuple(models),
+        # Gaps at or below the 1 ms window in which a burst's events arrive would make every
+        # fast stream a series of bursts.
+        burst_gap_ms=_num(t, "metrics", "burst_gap_ms", d.burst_gap_ms, minimum=10),
+        # A single event after a gap is a slow provider, not a buffering hop.
+        burst_events=_int(t, "metrics", "burst_events", d.burst_events, minimum=2),
+    )
 
 
 # --- value helpers --------------------------------------------------------------------------

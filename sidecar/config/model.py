@@ -122,9 +122,15 @@ class TracingConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """``[metrics]``: label cardinality control."""
+    """``[metrics]``: label cardinality control, and the upstream burst detector.
+
+    A burst is ``burst_gap_ms`` without an upstream event, then at least ``burst_events``
+    events within 1 ms (see :mod:`streamhop.middleware.observe.bursts`).
+    """
 
     models: tuple[str, ...] = ()
+    burst_gap_ms: float = 500.0
+    burst_events: int = 20
 
 
 @dataclass(frozen=True, slots=True)

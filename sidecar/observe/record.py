@@ -60,6 +60,9 @@ class StreamRecord:
     error: str | None = None
     usage_input_tokens: int | None = None
     usage_output_tokens: int | None = None
+    upstream_bursts: int = 0
+    """Upstream bursts the stream saw (a buffering provider or hop; see
+    :mod:`streamhop.middleware.observe.bursts`)."""
 
     def mark_cancel(self, reason: str) -> None:
         """Note why streamhop ends the stream early; the first reason wins (a disconnect seen
@@ -70,8 +73,10 @@ class StreamRecord:
 
 
 def observe_end(observed: StreamMetrics, record: StreamRecord) -> None:
-    """Record a finished request's per-stream metrics."""
+    """Record a finished request's per-stream metrics (and copy its burst count into
+    ``record``: the span and the log line are made from the record after this)."""
     observed.flush()
+    record.upstream_bursts = observed.upstream_bursts
     if record.upstream_request_at is not None:
         observed.request_overhead(record.upstream_request_at - record.received_at)
     if record.first_content_sent_at is not None:
