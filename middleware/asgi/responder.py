@@ -332,19 +332,20 @@ class Responder:
             return  # its write failed: the stop is on its way
         body = message.get("body", b"")
         if body:
+            too_large = False
             self._in_send += 1
             try:
                 await stream.feed(body)
             except StreamFault as exc:
+                too_large = True
                 self._record.error_kind = "event_too_large"
                 logger.warning("the app sent an SSE event too large: %s", exc)
-                try:
-                    await self._end_early(stream, exc.fault)
-                finally:
-                    self._left_send()
+                await self._end_early(stream, exc.fault)
+            finally:  # also when the app's own timeout cancels a send() waiting for room
+                self._left_send()
+            if too_large:
                 self._stop(None, "event_too_large")  # its upstream is closed as on a disconnect
                 return
-            self._left_send()
         if message.get("more_body", False):
             return
         tail: list[SSEEvent] = []

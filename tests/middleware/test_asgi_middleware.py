@@ -952,6 +952,39 @@ async def test_slow_client_makes_the_apps_send_wait() -> None:
     assert [int(e.data or "") for e in server.events] == list(range(200))
 
 
+async def test_an_app_whose_send_timed_out_waiting_for_room_is_still_stopped() -> None:
+    """An app that gives up on a ``send()`` waiting for room (its own timeout cancels it, as
+    sse-starlette's ``send_timeout`` does) is no longer inside ``send()``: a later disconnect
+    must still reach it, not wait for it to leave a ``send()`` it already left."""
+    cleaned_up: list[str] = []
+    gave_up: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(sse_start())
+        try:
+            for i in range(1000):
+                chunk = body(b"data: %098d\n\n" % i)
+                try:
+                    # The app's own send timeout (not synchronisation): the client reads
+                    # nothing, so this send() waits for room until the app gives up on it.
+                    await asyncio.wait_for(send(chunk), timeout=0.05)
+                except TimeoutError:
+                    gave_up.append("send")
+                    break
+            await asyncio.Event().wait()  # its upstream, forever
+        finally:
+            cleaned_up.append("upstream closed")
+
+    server = Server(gate=asyncio.Event())  # a client that reads nothing
+    options = {"max_pending_bytes": 1000, "format": "sse", "registry": CollectorRegistry()}
+    task = asyncio.create_task(run(app, server, **options))
+    await wait_until(lambda: bool(gave_up))
+    server.disconnect.set()
+    async with asyncio.timeout(5):
+        await task
+    assert cleaned_up == ["upstream closed"]
+
+
 async def test_stalled_client_is_dropped_and_the_handler_cancelled() -> None:
     registry = CollectorRegistry()
     cleaned_up: list[str] = []
