@@ -10,7 +10,10 @@ A chunk is a ``DELTA`` when every choice only continues text (``content``,
 already announced, with ``logprobs`` optional. Deltas merge when they continue the same fields of
 the same choices and tool-call indexes in the same order, and every other field is equal (unknown
 top-level and choice fields included, so nothing a provider adds is lost). ``obfuscation``
-(random padding) keeps the first value.
+(random padding) keeps the first value, and so do ``id`` and ``created``: some OpenAI-compatible
+servers change them on every chunk (Groq's compound models change the id on every event), while
+the ``openai`` SDK's stream accumulator takes both from the first chunk only, so a merged chunk
+that carries the first one's builds the same message (see docs/rechunking.md).
 
 A delta carrying a field streamhop does not know (Groq's ``channel``, say) is ``HOLD``: batched
 into the window's write but never rewritten. The ``openai`` SDK's accumulator concatenates every
@@ -57,6 +60,13 @@ _TEXT_SET: Final = frozenset(_TEXT_FIELDS)
 _TOOL_KEYS: Final = frozenset(("index", "id", "type", "function"))
 _FUNCTION_KEYS: Final = frozenset(("arguments", "name"))
 _MISSING: Final = object()
+# Top-level chunk fields that may differ between merged chunks; the merged chunk keeps the first
+# chunk's value. The openai SDK's ChatCompletionStreamState takes them from the first chunk only
+# (openai/lib/streaming/chat/_completions.py: _convert_initial_chunk_into_snapshot builds the
+# snapshot from the first chunk; _accumulate_chunk then merges only choices and replaces usage,
+# system_fingerprint and moderation), and some OpenAI-compatible servers change them on every
+# chunk (Groq's compound models: id; older llama.cpp servers: id and created).
+_FIRST_CHUNK_KEYS: Final = ("id", "created")
 # path suffix -> gen_ai.operation.name, longest first ("/chat/completions" ends "/completions")
 _OPERATIONS: Final = (
     ("/chat/completions", "chat"),
@@ -255,22 +265,38 @@ _FUNCTION_SKIP: Final = frozenset(("arguments",))
 
 
 def _same_envelope(obj: dict[str, Any], base: dict[str, Any]) -> bool:
-    """True when two chunks are equal outside ``choices`` and ``obfuscation``.
+    """True when two chunks are equal outside ``choices`` and ``obfuscation``, and outside
+    ``id`` and ``created`` (:data:`_FIRST_CHUNK_KEYS`: the merged chunk keeps the first's).
 
     Swaps ``base``'s values into ``obj`` for one C-level dict comparison, then restores them:
-    several times faster than a Python loop over the keys, and this runs once per delta.
+    several times faster than a Python loop over the keys, and this runs once per delta. The
+    ``id``/``created`` swap is tried only when that comparison fails, so providers that keep
+    them constant pay nothing for it.
     """
     choices = obj["choices"]
     obj["choices"] = base["choices"]
     obfuscation = obj.get("obfuscation", _MISSING)
     if obfuscation is not _MISSING and "obfuscation" in base:
         obj["obfuscation"] = base["obfuscation"]
+    saved: list[tuple[str, Any]] | None = None
     try:
-        return obj == base
+        if obj == base:
+            return True
+        for key in _FIRST_CHUNK_KEYS:
+            value = obj.get(key, _MISSING)
+            if value is not _MISSING and key in base and value != base[key]:
+                if saved is None:
+                    saved = []
+                saved.append((key, value))
+                obj[key] = base[key]
+        return saved is not None and obj == base
     finally:
         obj["choices"] = choices
         if obfuscation is not _MISSING:
             obj["obfuscation"] = obfuscation
+        if saved is not None:
+            for key, value in saved:
+                obj[key] = value
 
 
 def _same_choice(choice: dict[str, Any], base: dict[str, Any]) -> bool:
