@@ -126,6 +126,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay this recorded SSE stream for every POST",
     )
     parser.add_argument(
+        "--buffered-every-ms",
+        type=_non_negative,
+        default=defaults.buffered_every_ms,
+        metavar="N",
+        help="the buffered fault: hold the events and write them together every N ms, as a "
+        "buffering proxy in front of a provider does; 0 = off (default %(default)g; per "
+        "request: header x-sim-buffered-every-ms)",
+    )
+    parser.add_argument(
         "--no-split-writes",
         dest="split_writes",
         action="store_false",
@@ -148,6 +157,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         max_tokens=args.max_tokens,
         replay=args.replay,
         split_writes=args.split_writes,
+        buffered_every_ms=args.buffered_every_ms,
     )
 
 

@@ -21,6 +21,7 @@ OVERRIDE_HEADERS: Mapping[str, str] = {
     "x-sim-events-per-second": "events_per_second",
     "x-sim-tokens-per-second": "tokens_per_second",
     "x-sim-max-tokens": "max_tokens",
+    "x-sim-buffered-every-ms": "buffered_every_ms",
 }
 
 # Gaps between the split writes of one event only when an event interval leaves room for them:
@@ -44,6 +45,11 @@ class SimulatorConfig:
         max_tokens: output length in tokens when the request names no limit.
         replay: an SSE recording; when set, every POST replays it instead of generating.
         split_writes: write each event in 2-3 pieces cut inside UTF-8 sequences and lines.
+        buffered_every_ms: the ``buffered`` fault: a buffering hop between the provider and its
+            client (a proxy with response buffering, a compressing middleware). Events are
+            generated at the usual pace but held, and everything held is written at once every
+            this many milliseconds from the request's arrival (the rest when the answer ends).
+            ``0`` (default): off, every event is written when due.
 
     Raises:
         SimulatorConfigError: a rate or a duration is negative or not finite, ``max_tokens`` is
@@ -58,9 +64,10 @@ class SimulatorConfig:
     max_tokens: int = 400
     replay: pathlib.Path | None = None
     split_writes: bool = True
+    buffered_every_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("ttft_ms", "tokens_per_second", "events_per_second"):
+        for key in ("ttft_ms", "tokens_per_second", "events_per_second", "buffered_every_ms"):
             value = getattr(self, key)
             if not math.isfinite(value) or value < 0:
                 raise SimulatorConfigError(key, f"expected a finite number >= 0, got {value!r}")
@@ -79,6 +86,11 @@ class SimulatorConfig:
     def ttft_s(self) -> float:
         """Time to first content event, in seconds."""
         return self.ttft_ms / 1000.0
+
+    @property
+    def buffered_every_s(self) -> float:
+        """Seconds between the releases of the buffering hop; ``0.0``: no buffering."""
+        return self.buffered_every_ms / 1000.0
 
     @property
     def interval_s(self) -> float:

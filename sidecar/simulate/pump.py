@@ -6,6 +6,9 @@ chunks, ``[DONE]``) are written as soon as the previous event is out; content ev
 ``arrival + ttft + k / events_per_second``. In burst mode (``events_per_second == 0``) only the
 first content event waits, for the TTFT. A non-streaming answer is sent when its last content
 event would have been (:func:`answer_delay_s`).
+
+With the ``buffered`` fault (``buffered_every_ms``) the events go through a
+:class:`~.buffering.HoldingWriter`: generated on the same deadlines, written in lumps.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 
+from streamhop.sidecar.simulate.buffering import HoldingWriter
 from streamhop.sidecar.simulate.config import SimulatorConfig
 from streamhop.sidecar.simulate.errors import ClientClosedError
 from streamhop.sidecar.simulate.request import Event
@@ -68,9 +72,15 @@ async def pump(
     transport = request.transport
     if transport is not None:
         tcp_nodelay(transport, True)
-    writer = SplitWriter(
+    split = SplitWriter(
         request, response, seed=config.seed, split=config.split_writes, gap_s=config.split_gap_s
     )
+    holder = (
+        HoldingWriter(split, arrival=arrival, every_s=config.buffered_every_s)
+        if config.buffered_every_s > 0
+        else None
+    )
+    writer: SplitWriter | HoldingWriter = split if holder is None else holder
     first_due = arrival + config.ttft_s
     interval = config.interval_s
     content = 0
@@ -91,6 +101,8 @@ async def pump(
                     await asyncio.sleep(0)
             record.events += 1
             content += 1
+        if holder is not None:
+            await holder.close()
         await response.write_eof()
     except (ClientClosedError, ConnectionError):  # ConnectionError: from write_eof()
         record.finish("client_closed")

@@ -77,6 +77,18 @@ class SplitWriter:
         """Return whether the client's connection is gone (or going)."""
         return connection_closed(self._request)
 
+    async def write_whole(self, data: bytes) -> None:
+        """Write ``data`` in one piece, now (what a buffering hop releases, see
+        :mod:`.buffering`).
+
+        Raises:
+            ClientClosedError: the connection closed before or during the write.
+        """
+        try:
+            await self._response.write(data)
+        except ConnectionError as exc:
+            raise ClientClosedError(f"client closed the connection: {exc}") from exc
+
     async def write(self, data: bytes, deadline: float | None) -> None:
         """Write one event so that its last byte leaves at loop time ``deadline`` (seconds).
 
