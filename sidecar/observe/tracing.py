@@ -356,6 +356,8 @@ class RequestTrace:
             attributes["http.response.status_code"] = record.status
         if error is not None:
             attributes["error.type"] = error
+        if record.upstream_bursts:
+            attributes["streamhop.upstream.bursts"] = record.upstream_bursts
         if not self.call:
             return attributes
         if record.response_id is not None:
