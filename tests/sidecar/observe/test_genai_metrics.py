@@ -80,9 +80,7 @@ class Traced:
 
 
 @pytest.fixture
-def traced(
-    simulator: StreamhopProcess, scripted_upstream: BackgroundAiohttp
-) -> Iterator[Traced]:
+def traced(simulator: StreamhopProcess, scripted_upstream: BackgroundAiohttp) -> Iterator[Traced]:
     """A sidecar of the test's own, so each test sees only its own observations."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
