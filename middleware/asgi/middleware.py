@@ -25,8 +25,9 @@ Deliberate divergences from the sidecar and from a plain ASGI stack, each docume
   server and error trackers still see it.
 * SSE comments (``: ping``) are dropped by the decoder like any comment, except while nothing is
   held and no write is in flight: then the app's own comment lines are forwarded verbatim (a
-  keep-alive of an idle stream, sse-starlette's ping), so idle timeouts of proxies in between
-  still see traffic.
+  keep-alive of an idle stream, sse-starlette's ping), and after ``keepalive_interval_s``
+  without a write the middleware writes ``: keep-alive`` itself, so idle timeouts of proxies in
+  between still see traffic.
 * ``X-Streamhop-Timeout-Ms`` (a sidecar deadline) is not implemented here; control headers are left
   in the scope for the app to see.
 * Header names are matched case-insensitively (RFC 9110 §5.1), in requests and in the app's
@@ -92,6 +93,10 @@ class StreamHopMiddleware:
             cancelled. Frameworks that run the view in a child task (Django, Quart) stop within
             milliseconds; an app that does nothing is cancelled after this. An app that is not
             waiting on ``receive()`` is cancelled at once.
+        keepalive_interval_s: **seconds** an SSE response may go without a write before the
+            middleware writes a ``: keep-alive`` comment line (so idle timeouts of proxies and
+            load balancers in between do not cut a stream whose model is still thinking);
+            ``None``: never.
         mode: ``"coalesce"`` (merge) or ``"passthrough"`` (forward events one by one).
         format: the stream format (``openai-chat``, ``openai-responses``, ``anthropic``, ``sse``)
             or ``"auto"`` to detect it from the first event with data.
@@ -118,6 +123,7 @@ class StreamHopMiddleware:
         max_pending_bytes: int = 1024 * 1024,
         stall_timeout_s: float = 30.0,
         stop_grace_s: float = 1.0,
+        keepalive_interval_s: float | None = 15.0,
         mode: str = "coalesce",
         format: str = "auto",
         registry: CollectorRegistry | None = None,
@@ -132,6 +138,7 @@ class StreamHopMiddleware:
             max_pending_bytes=max_pending_bytes,
             stall_timeout_s=stall_timeout_s,
             stop_grace_s=stop_grace_s,
+            keepalive_interval_s=keepalive_interval_s,
             mode=mode,
             format=format,
             models=model_names(models),
@@ -148,6 +155,7 @@ class StreamHopMiddleware:
         self.max_pending_bytes = options.max_pending_bytes
         self.stall_timeout_s = options.stall_timeout_s
         self.stop_grace_s = options.stop_grace_s
+        self.keepalive_interval_s = options.keepalive_interval_s
         self.mode = options.mode
         self.format = options.format
         self.models = options.models

@@ -36,6 +36,8 @@ class MiddlewareOptions:
         max_pending_bytes: held bytes above which the app's ``send`` waits (``> 0``).
         stall_timeout_s: seconds one write to the client may take (``> 0``).
         stop_grace_s: seconds a listening app gets to stop by itself when told (``> 0``).
+        keepalive_interval_s: seconds of silence on an SSE response before a ``: keep-alive``
+            comment (``> 0``), or ``None`` for never.
         mode: ``coalesce`` or ``passthrough``.
         format: a format name or ``auto``.
         models: model names kept as the ``model`` label (see :func:`model_names`).
@@ -52,6 +54,7 @@ class MiddlewareOptions:
     max_pending_bytes: int = 1024 * 1024
     stall_timeout_s: float = 30.0
     stop_grace_s: float = 1.0
+    keepalive_interval_s: float | None = 15.0
     mode: str = "coalesce"
     format: str = "auto"
     models: frozenset[str] = frozenset()
@@ -68,6 +71,11 @@ class MiddlewareOptions:
         put("max_pending_bytes", _positive_int("max_pending_bytes", self.max_pending_bytes))
         put("stall_timeout_s", _number("stall_timeout_s", self.stall_timeout_s, minimum=None))
         put("stop_grace_s", _number("stop_grace_s", self.stop_grace_s, minimum=None))
+        if self.keepalive_interval_s is not None:
+            put(
+                "keepalive_interval_s",
+                _number("keepalive_interval_s", self.keepalive_interval_s, minimum=None),
+            )
         if self.mode not in MODES:
             raise OptionError("mode", f"expected one of {list(MODES)}, got {self.mode!r}")
         if self.format not in FORMAT_NAMES:
@@ -98,6 +106,7 @@ class MiddlewareOptions:
             max_event_bytes=self.max_event_bytes,
             max_pending_bytes=self.max_pending_bytes,
             stall_timeout_s=self.stall_timeout_s,
+            keepalive_interval_s=self.keepalive_interval_s,
             # The app's own comments (sse-starlette's ping) go out while the stream idles.
             forward_comments=True,
         )

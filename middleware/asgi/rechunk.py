@@ -15,7 +15,8 @@ The ASGI part of re-chunking is small, and lives here, apart from the responder'
 
 Comments: the decoder drops SSE comments as a browser does, and the pump forwards the app's own
 comment lines (sse-starlette's ``: ping``) only while nothing is held or being written, which is
-when the stream idles and idle timeouts of proxies in between need traffic.
+when the stream idles and idle timeouts of proxies in between need traffic. After
+``keepalive_interval_s`` without a write, the pump writes ``: keep-alive`` itself.
 """
 
 from __future__ import annotations

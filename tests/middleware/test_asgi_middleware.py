@@ -1005,6 +1005,65 @@ async def test_stalled_client_is_dropped_and_the_handler_cancelled() -> None:
     assert sample(registry, "streamhop_cancellations_total", **labels, reason="stall") == 1
 
 
+# ---- keep-alive
+
+
+def silent_app(first: SSEEvent, last: SSEEvent, release: asyncio.Event) -> ASGIApp:
+    """An app that sends ``first``, goes silent until ``release`` (its model thinks), then
+    sends ``last`` and ends."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(sse_start())
+        await send(body(encode_events([first])))
+        await release.wait()
+        await send(body(encode_events([last])))
+        await send(dict(FINAL))
+
+    return app
+
+
+async def test_an_idle_sse_response_gets_keep_alive_comments() -> None:
+    """After ``keepalive_interval_s`` without a write the middleware writes a comment, so idle
+    timeouts of proxies in between do not cut a stream whose model is still thinking; a client
+    ignores it (the events are unchanged)."""
+    first, last = chat_chunk({"content": "Hi"}), chat_chunk({"content": " there"})
+    release = asyncio.Event()
+    server = Server()
+    app = silent_app(first, last, release)
+    options = {"registry": CollectorRegistry(), "keepalive_interval_s": 0.05}
+    task = asyncio.create_task(run(app, server, **options))
+    await wait_until(lambda: b": keep-alive\n\n" in server.bodies)
+    release.set()
+    await task
+    assert server.bodies[0] == encode_events([first])
+    assert server.events == [first, last]
+    assert server.sent[-1] == FINAL
+
+
+async def test_keep_alive_none_writes_no_comment() -> None:
+    """``None`` turns keep-alive off: a stream idle for as long as another one, running
+    alongside with keep-alive on, takes to get two comments gets none."""
+    first, last = chat_chunk({"content": "Hi"}), chat_chunk({"content": " there"})
+    release = asyncio.Event()
+    on, off = Server(), Server()
+    tasks = [
+        asyncio.create_task(
+            run(
+                silent_app(first, last, release),
+                server,
+                registry=CollectorRegistry(),
+                keepalive_interval_s=interval,
+            )
+        )
+        for server, interval in ((on, 0.05), (off, None))
+    ]
+    await wait_until(lambda: on.bodies.count(b": keep-alive\n\n") >= 2)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert off.bodies == [encode_events([first]), encode_events([last])]
+    assert off.events == on.events == [first, last]
+
+
 # ---- errors
 
 
@@ -1147,6 +1206,11 @@ async def test_stream_ending_inside_an_event_gets_a_truncation_error() -> None:
         ("models", "gpt-4o"),
         ("models", [1, 2]),
         ("route_label", ""),
+        ("keepalive_interval_s", 0),
+        ("keepalive_interval_s", -1.0),
+        ("keepalive_interval_s", float("inf")),
+        ("keepalive_interval_s", "15"),
+        ("keepalive_interval_s", True),
     ],
 )
 def test_bad_option_raises_value_error_naming_it(option: str, value: object) -> None:
@@ -1165,7 +1229,7 @@ def test_defaults() -> None:
     assert (mw.flush_interval_ms, mw.max_flush_bytes, mw.max_event_bytes) == (20.0, 16384, 1 << 20)
     assert (mw.max_pending_bytes, mw.stall_timeout_s, mw.mode) == (1 << 20, 30.0, "coalesce")
     assert (mw.format, mw.models, mw.route_label) == ("auto", frozenset(), None)
-    assert mw.stop_grace_s == 1.0
+    assert (mw.stop_grace_s, mw.keepalive_interval_s) == (1.0, 15.0)
 
 
 def test_instances_share_one_registry() -> None:
