@@ -18,7 +18,7 @@ from streamhop.middleware import (
 from streamhop.middleware.rechunk.formats import MALFORMED, Kind
 from streamhop.middleware.rechunk.formats.base import Content
 
-from .accumulate import (
+from ..accumulate import (
     accumulate,
     anthropic_delta,
     anthropic_event,
@@ -29,7 +29,7 @@ from .accumulate import (
     tool_start,
     wire_event,
 )
-from .conftest import FIXTURE_FORMATS, FIXTURE_NAMES, fixture_events
+from ..conftest import FIXTURE_FORMATS, FIXTURE_NAMES, fixture_events
 
 
 def merge_all(format_name: str, events: list[SSEEvent]) -> list[SSEEvent]:

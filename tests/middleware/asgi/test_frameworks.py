@@ -1,7 +1,7 @@
 """The middleware in every ASGI framework and server it promises: a matrix of real server
 processes on loopback ports.
 
-Frameworks (apps in :mod:`tests.middleware.frameworks`): FastAPI, Starlette, sse-starlette,
+Frameworks (apps in :mod:`tests.middleware.asgi.frameworks`): FastAPI, Starlette, sse-starlette,
 Django, Quart, Litestar. Servers: uvicorn, hypercorn, granian. Each cell is one server process
 serving one framework's chat endpoint with the middleware and, for requests with
 ``x-test-plain: 1``, without it. In each cell:
@@ -45,7 +45,7 @@ from .frameworks.common import PLAIN_HEADER, STATE_DIR_ENV, expected_text
 
 pytestmark = pytest.mark.integration
 
-REPO: Final = Path(__file__).resolve().parents[2]
+REPO: Final = Path(__file__).resolve().parents[3]
 FRAMEWORKS: Final = {
     # name: (app module, the package it needs)
     "fastapi": ("fastapi_app", "fastapi"),
@@ -129,7 +129,7 @@ def _ready(url: str, proc: subprocess.Popen[bytes]) -> bool:
 
 def _start(framework: str, server: str, state_dir: Path, log: Path) -> Cell:
     module, _ = FRAMEWORKS[framework]
-    target = f"tests.middleware.frameworks.{module}:app"
+    target = f"tests.middleware.asgi.frameworks.{module}:app"
     env = dict(os.environ)
     env[STATE_DIR_ENV] = str(state_dir)
     env["PYTHONPATH"] = os.pathsep.join(

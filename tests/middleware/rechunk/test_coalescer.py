@@ -18,7 +18,7 @@ from openai._streaming import SSEDecoder as OpenAISSEDecoder
 
 from streamhop.middleware import Coalescer, SSEDecoder, SSEEvent
 
-from .accumulate import (
+from ..accumulate import (
     accumulate,
     anthropic_delta,
     anthropic_event,
@@ -34,7 +34,7 @@ from .accumulate import (
     wire_bytes,
     wire_event,
 )
-from .conftest import FIXTURE_FORMATS, FIXTURE_NAMES, LONG_TEXT_FIXTURES, fixture_events
+from ..conftest import FIXTURE_FORMATS, FIXTURE_NAMES, LONG_TEXT_FIXTURES, fixture_events
 
 WINDOW = 0.020
 SPACING = 0.005

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from streamhop.middleware import SSEDecoder, SSEEvent, encode_event, encode_events
 
-from .conftest import decode_all, fixture_bytes, fixture_events
+from ..conftest import decode_all, fixture_bytes, fixture_events
 
 
 def roundtrip(events: list[SSEEvent]) -> list[SSEEvent]:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from streamhop.middleware import Coalescer, SSEEvent
 
-from .accumulate import (
+from ..accumulate import (
     CHAT_TEXT_FIELDS,
     accumulate,
     anthropic_delta,

@@ -29,8 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from streamhop.middleware import SSEEvent, StreamHopMiddleware, encode_events
 from streamhop.middleware.asgi.middleware import ClientDisconnectedError
 
-from .accumulate import accumulate, anthropic_delta, chat_chunk, client_events
-from .conftest import FIXTURE_FORMATS, LONG_TEXT_FIXTURES, fixture_bytes, fixture_events
+from ..accumulate import accumulate, anthropic_delta, chat_chunk, client_events
+from ..conftest import FIXTURE_FORMATS, LONG_TEXT_FIXTURES, fixture_bytes, fixture_events
 
 FINAL: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 SSE_HEADERS = [

@@ -1,4 +1,4 @@
-"""What the framework apps of the matrix (``tests/middleware/test_frameworks.py``) share.
+"""What the framework apps of the matrix (``tests/middleware/asgi/test_frameworks.py``) share.
 
 Each ``*_app`` module builds the same chat endpoint, ``GET /chat?id=&n=&pause_ms=``, in one
 framework, mounted with :class:`~streamhop.middleware.StreamHopMiddleware` the way that

@@ -18,8 +18,8 @@ from streamhop.middleware import (
     SSEProtocolError,
 )
 
-from .accumulate import replacement_characters
-from .conftest import FIXTURE_NAMES, FIXTURES_DIR, decode_all, fixture_bytes, fixture_events
+from ..accumulate import replacement_characters
+from ..conftest import FIXTURE_NAMES, FIXTURES_DIR, decode_all, fixture_bytes, fixture_events
 
 BOM = b"\xef\xbb\xbf"
 
