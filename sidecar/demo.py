@@ -3,14 +3,16 @@
 Starts ``streamhop simulate`` (a provider at Cerebras-like speed) and ``streamhop serve`` in
 front of it, both on free loopback ports; streams the same chat requests directly and through
 the sidecar with the official ``openai`` SDK; prints SSE events received, time to first token
-and bytes for both paths and whether the final texts are equal; stops both; exits 0 when the
-texts are equal (1 otherwise).
+and bytes for both paths and whether the final texts are equal; then sends one stream through a
+simulated buffering hop (the simulator's ``buffered`` fault) and prints how many upstream bursts
+the sidecar counted; stops both; exits 0 when the texts are equal (1 otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import re
 import signal
 import statistics
@@ -31,6 +33,8 @@ PROMPTS = (
     "Write a short poem about fast tokens, with emoji.",
     "Summarise why proxies add latency, in Japanese and English.",
 )
+BUFFER_HOLD_MS = 600
+"""The simulated buffering hop releases what it holds every this many milliseconds."""
 _READY = re.compile(
     rb"listening on (http://[0-9.:\[\]a-z]+)(?: \(admin (http://[0-9.:\[\]a-z]+)\))?"
 )
@@ -66,8 +70,11 @@ class Result:
     bytes: int
 
 
-def stream_once(base_url: str, prompt: str, max_tokens: int) -> Result:
-    """Stream one chat completion with the official SDK and measure it on the client side."""
+def stream_once(
+    base_url: str, prompt: str, max_tokens: int, headers: dict[str, str] | None = None
+) -> Result:
+    """Stream one chat completion with the official SDK and measure it on the client side
+    (``headers`` are sent with the request)."""
     client = _client(base_url)
     start = time.perf_counter()
     ttft = None
@@ -78,6 +85,7 @@ def stream_once(base_url: str, prompt: str, max_tokens: int) -> Result:
         messages=[{"role": "user", "content": prompt}],
         max_tokens=max_tokens,
         stream=True,
+        extra_headers=headers,
     )
     with stream:
         for chunk in stream:
@@ -203,14 +211,15 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(_table(direct, proxied, equal))
             if admin_url is not None:
                 sys.stdout.write(_own_view(admin_url))
+                sys.stdout.write(_burst_view(proxy_url, admin_url, args))
             sys.stdout.flush()
             if args.keep_running:
                 _wait_for_interrupt(sim_url, proxy_url, admin_url)
     return 0 if equal else 1
 
 
-def _own_view(admin_url: str) -> str:
-    """A few figures from the sidecar's own /metrics, to show where they come from."""
+def _sums(admin_url: str) -> dict[tuple[str, str], float]:
+    """The sidecar's /metrics samples summed by name and ``direction`` or ``hop`` label."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -222,6 +231,12 @@ def _own_view(admin_url: str) -> str:
         for sample in family.samples:
             key = (sample.name, sample.labels.get("direction") or sample.labels.get("hop") or "")
             sums[key] = sums.get(key, 0.0) + sample.value
+    return sums
+
+
+def _own_view(admin_url: str) -> str:
+    """A few figures from the sidecar's own /metrics, to show where they come from."""
+    sums = _sums(admin_url)
 
     def mean_ms(name: str, label: str = "") -> str:
         count = sums.get((name + "_count", label), 0.0)
@@ -237,6 +252,26 @@ def _own_view(admin_url: str) -> str:
         f"time inside streamhop per request {mean_ms(overhead, 'request')}, "
         f"per upstream read {mean_ms(overhead, 'event')}, "
         f"per write {mean_ms(overhead, 'flush')}.\n"
+    )
+
+
+def _burst_view(proxy_url: str, admin_url: str, args: argparse.Namespace) -> str:
+    """One stream through a simulated buffering hop, and the bursts the sidecar counted."""
+    name = ("streamhop_upstream_bursts_total", "")
+    before = _sums(admin_url).get(name, 0.0)
+    # Enough of an answer for two holds and a bit: every token rate, every event rate.
+    seconds = 2.2 * BUFFER_HOLD_MS / 1000
+    rate = args.tokens_per_second if args.tokens_per_second > 0 else args.events_per_second
+    tokens = max(1, math.ceil(seconds * rate))
+    hop = {"x-sim-buffered-every-ms": str(BUFFER_HOLD_MS)}
+    stream_once(proxy_url, PROMPTS[0], tokens, hop)
+    # Bursts are counted as the sidecar reads them, before the client has the last byte.
+    bursts = _sums(admin_url).get(name, 0.0) - before
+    return (
+        f"Burst detector: one more stream, from a provider behind a hop that buffers (simulated: "
+        f"header x-sim-buffered-every-ms: {BUFFER_HOLD_MS}, events held and released together "
+        f"every {BUFFER_HOLD_MS} ms): streamhop counted {bursts:.0f} upstream bursts "
+        f"(streamhop_upstream_bursts_total; {before:.0f} for the paced streams above).\n"
     )
 
 

@@ -1,10 +1,11 @@
 """The upstream burst detector end to end: the simulator's ``buffered`` fault through a real
 sidecar fires ``streamhop_upstream_bursts_total``, a paced stream does not; the count reaches the
-JSON log line and the upstream span; the ``[metrics]`` keys are validated.
+JSON log line and the upstream span; ``streamhop demo`` shows it; the ``[metrics]`` keys are
+validated.
 
 The sidecar of this module runs with ``burst_gap_ms = 400``, and the buffering hop releases every
-450 ms: only the configured threshold, not the default 500 ms, sees those lumps as bursts, so the
-counter moving shows that the config reached the detector.
+450 ms: with the default 500 ms those lumps would (but for a stalled machine) not be bursts, so the
+counter moving shows that the configured value reached the detector.
 
 Whatever the machine's load, a buffered stream's first lump is a burst: the hop holds everything
 until its first release, which is never early, and writes it in one write. Later lumps depend on
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -287,3 +290,22 @@ def test_burst_keys_are_validated_and_named(key: str, value: object, reason: str
     with pytest.raises(ConfigError, match=re.escape(reason)) as caught:
         config_from_dict(data)
     assert f"metrics.{key}" in str(caught.value)
+
+
+# --- the demo ------------------------------------------------------------------------------------
+
+
+def test_the_demo_shows_the_detector_fire_on_a_buffered_stream_only() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "streamhop.sidecar.cli", "demo", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = re.search(
+        r"Burst detector: .* streamhop counted (\d+) upstream bursts .*; (\d+) for the paced",
+        result.stdout,
+    )
+    assert line is not None, result.stdout
+    assert int(line.group(1)) >= 1 and int(line.group(2)) == 0
