@@ -83,7 +83,7 @@ class ReadyBalancer:
         for i, replica in enumerate(self.replicas):
             assert replica.admin_url is not None
             with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(replica.admin_url + "/readyz", timeout=2).status_code == 200:
+                if httpx2.get(replica.admin_url + "/readyz", timeout=10).status_code == 200:
                     return i
         return None
 
