@@ -76,6 +76,9 @@ def log_stream(record: StreamRecord) -> None:
                 if record.cancel_latency_s is None
                 else round(record.cancel_latency_s * 1000, 3),
                 "error": record.error,
+                "response_id": record.response_id,
+                "response_model": record.response_model,
+                "finish_reasons": list(record.finish_reasons),
                 "usage_input_tokens": record.usage_input_tokens,
                 "usage_output_tokens": record.usage_output_tokens,
                 "upstream_bursts": record.upstream_bursts,
