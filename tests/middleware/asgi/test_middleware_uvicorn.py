@@ -3,6 +3,8 @@ handler calls ``streamhop simulate`` through the official ``openai`` SDK (``Asyn
 
 The simulator's stream log (``GET /_simulator/streams``) says when the provider side saw its
 connection close; its times are ``time.monotonic()``, one clock for every process on Linux.
+The servers, their registry and the handlers' log are shared by the tests of this module, so
+each test looks only at its own request ids and at how much a metric grew while it ran.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -116,16 +118,35 @@ def servers(
 
 
 async def sim_record(
-    session: aiohttp.ClientSession, simulator: StreamhopProcess, rid: str, bound_s: float = 15.0
+    session: aiohttp.ClientSession,
+    simulator: StreamhopProcess,
+    rid: str,
+    bound_s: float = 15.0,
+    *,
+    ended: bool = True,
 ) -> dict[str, Any]:
-    """The simulator's log entry for request ``rid`` once it has an outcome."""
+    """The simulator's log entry for request ``rid`` once it has an outcome (``ended``), or
+    once it exists (the provider is generating); ``TimeoutError`` after ``bound_s`` seconds."""
     async with asyncio.timeout(bound_s):
         while True:
             async with session.get(simulator.url + "/_simulator/streams") as resp:
                 for record in await resp.json():
-                    if record["id"] == rid and record["outcome"] is not None:
+                    if record["id"] == rid and (record["outcome"] is not None or not ended):
                         return dict(record)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the next poll
+
+
+async def wait_until(predicate: Callable[[], bool], bound_s: float = 5.0) -> None:
+    """Return once ``predicate()`` is true; ``TimeoutError`` after ``bound_s`` seconds."""
+    async with asyncio.timeout(bound_s):
+        while not predicate():
+            await asyncio.sleep(0.005)  # the next poll
+
+
+def cancellations(registry: CollectorRegistry, route: str) -> float:
+    """``streamhop_cancellations_total{reason="client_disconnect"}`` of ``route`` so far."""
+    labels = {"route": route, "model": "other", "reason": "client_disconnect"}
+    return registry.get_sample_value("streamhop_cancellations_total", labels) or 0.0
 
 
 def content_of(events: list[SSEEvent]) -> str:
@@ -144,6 +165,7 @@ async def test_client_disconnect_mid_stream_closes_the_apps_upstream(
 ) -> None:
     wrapped, _, registry, handlers = servers
     rid = f"mid-stream-{uuid.uuid4().hex[:8]}"
+    before = cancellations(registry, "/api/chat")
     async with aiohttp.ClientSession() as session:
         resp = await session.post(
             wrapped.url + "/api/chat",
@@ -162,31 +184,31 @@ async def test_client_disconnect_mid_stream_closes_the_apps_upstream(
         record = await sim_record(session, simulator, rid)
     assert record["outcome"] == "client_closed"
     assert record["ended"] - closed_at < 2.0, record
-    assert rid in handlers.cleaned_up
-    assert (
-        registry.get_sample_value(
-            "streamhop_cancellations_total",
-            {"route": "/api/chat", "model": "other", "reason": "client_disconnect"},
-        )
-        or 0
-    ) >= 1
+    # The handler's cleanup and the middleware's accounting finish in the app's process, maybe
+    # after the simulator saw the close: wait for them, then check this stream counted once.
+    await wait_until(lambda: rid in handlers.cleaned_up)
+    await wait_until(lambda: cancellations(registry, "/api/chat") > before)
+    assert cancellations(registry, "/api/chat") == before + 1
 
 
 async def test_client_disconnect_during_a_non_streamed_call_cancels_it_only_with_middleware(
     simulator: StreamhopProcess,
     servers: tuple[BackgroundUvicorn, BackgroundUvicorn, CollectorRegistry, Handlers],
 ) -> None:
-    wrapped, direct, _, handlers = servers
+    wrapped, direct, registry, handlers = servers
     outcomes = {}
+    rids = {}
+    before = cancellations(registry, "/api/answer")
     async with aiohttp.ClientSession() as session:
         for name, server in (("wrapped", wrapped), ("direct", direct)):
-            rid = f"answer-{name}-{uuid.uuid4().hex[:8]}"
+            rid = rids[name] = f"answer-{name}-{uuid.uuid4().hex[:8]}"
             # The simulator answers after its 1.5 s "generation".
             headers = {"x-request-id": rid, "x-sim-ttft-ms": "1500"}
             request = asyncio.create_task(
                 session.post(server.url + "/api/answer", json={}, headers=headers)
             )
-            await asyncio.sleep(0.3)
+            # Once the provider is generating, the handler awaits it.
+            await sim_record(session, simulator, rid, ended=False)
             request.cancel()  # the client gives up: its connection closes
             closed_at = time.monotonic()
             with pytest.raises(asyncio.CancelledError):
@@ -197,7 +219,10 @@ async def test_client_disconnect_during_a_non_streamed_call_cancels_it_only_with
     assert outcomes["wrapped"][1] < 1.0, outcomes
     # Without the middleware the handler runs on and the provider generates the whole answer.
     assert outcomes["direct"][0] == "complete", outcomes
-    assert handlers.cleaned_up
+    # With it, the handler was cancelled (its finally ran), and that counted once.
+    await wait_until(lambda: rids["wrapped"] in handlers.cleaned_up)
+    await wait_until(lambda: cancellations(registry, "/api/answer") > before)
+    assert cancellations(registry, "/api/answer") == before + 1
 
 
 async def test_the_same_stream_with_and_without_the_middleware(
