@@ -1,9 +1,14 @@
 """``StreamHopMiddleware`` at the ASGI level: raw message lists in and out, no sockets.
 
-A fake server (:class:`Server`) scripts ``receive`` and records every message ``send`` gets, the
-way uvicorn behaves: after the response is complete, ``receive`` answers ``http.disconnect``.
+A fake server (:class:`.fake_server.Server`) scripts ``receive`` and records every message
+``send`` gets, the way uvicorn behaves: after the response is complete, ``receive`` answers
+``http.disconnect``.
 Re-chunking is checked on content (the final message the official SDKs accumulate) and on
 "fewer messages" only with generous bounds, so the tests hold on a loaded machine.
+
+No test sleeps to let something happen: each waits, with a bound, on state it can see (what the
+server got, a flag the app sets, whether a ``send()`` is suspended). The sleeps left are an
+app's or a provider's pace, each marked so.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -29,124 +34,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from streamhop.middleware import SSEEvent, StreamHopMiddleware, encode_events
 from streamhop.middleware.asgi.middleware import ClientDisconnectedError
 
-from ..accumulate import accumulate, anthropic_delta, chat_chunk, client_events
+from ..accumulate import accumulate, anthropic_delta, chat_chunk
 from ..conftest import FIXTURE_FORMATS, LONG_TEXT_FIXTURES, fixture_bytes, fixture_events
+from .fake_server import (
+    FINAL,
+    SendProbe,
+    Server,
+    Suspended,
+    body,
+    http_scope,
+    read_body,
+    run,
+    sample,
+    sse_start,
+    wait_until,
+)
 
-FINAL: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"content-length", b"12345"),
-    (b"x-app", b"kept"),
-]
 CHAT_FIXTURE = "openai_chat_json_multibyte_degree.sse"
-
-
-class Server:
-    """One request's worth of a fake ASGI server.
-
-    Args:
-        requests: the ``http.request`` messages ``receive`` returns first.
-        gate: when given, every body message waits for it before it is "written".
-    """
-
-    def __init__(
-        self, requests: Sequence[Message] | None = None, gate: asyncio.Event | None = None
-    ) -> None:
-        if requests is None:
-            requests = [{"type": "http.request", "body": b"", "more_body": False}]
-        self.requests: deque[Message] = deque(requests)
-        self.sent: list[Message] = []
-        self.disconnect = asyncio.Event()
-        self.gate = gate
-
-    async def receive(self) -> Message:
-        if self.requests:
-            return self.requests.popleft()
-        await self.disconnect.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message: Message) -> None:
-        if self.gate is not None and message["type"] == "http.response.body":
-            await self.gate.wait()
-        self.sent.append(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.disconnect.set()  # as uvicorn: the response is complete
-
-    @property
-    def bodies(self) -> list[bytes]:
-        """Body chunks of ``more_body`` messages, in order."""
-        return [
-            m["body"] for m in self.sent if m["type"] == "http.response.body" and m["more_body"]
-        ]
-
-    @property
-    def events(self) -> list[SSEEvent]:
-        """The SSE events a client decodes from the body."""
-        return client_events(self.bodies)
-
-
-def http_scope(
-    method: str = "POST",
-    path: str = "/stream",
-    headers: Iterable[tuple[bytes, bytes]] = (),
-    spec_version: str = "2.3",
-) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": spec_version},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), *headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-
-
-def sse_start(headers: list[tuple[bytes, bytes]] | None = None) -> Message:
-    return {"type": "http.response.start", "status": 200, "headers": list(headers or SSE_HEADERS)}
-
-
-def body(data: bytes) -> Message:
-    return {"type": "http.response.body", "body": data, "more_body": True}
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
-    return registry.get_sample_value(name, labels)
-
-
-async def run(
-    app: ASGIApp,
-    server: Server,
-    scope: Scope | None = None,
-    timeout_s: float = 10.0,
-    **options: Any,
-) -> StreamHopMiddleware:
-    mw = StreamHopMiddleware(app, **options)
-    async with asyncio.timeout(timeout_s):
-        await mw(scope or http_scope(), server.receive, server.send)
-    return mw
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.002)
-
-
-async def read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        assert message["type"] == "http.request", message
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def paced_app(data: bytes, seed: int = 0, pause_s: float = 0.001) -> ASGIApp:
@@ -161,7 +65,7 @@ def paced_app(data: bytes, seed: int = 0, pause_s: float = 0.001) -> ASGIApp:
             n = rng.randint(1, 600)
             await send(body(data[i : i + n]))
             i += n
-            await asyncio.sleep(pause_s)
+            await asyncio.sleep(pause_s)  # the provider's pace (not synchronisation)
         await send(dict(FINAL))
 
     return app
@@ -178,7 +82,7 @@ def paced_chunks_app(chunks: Sequence[bytes], pause_s: float = 0.001) -> ASGIApp
         await send(sse_start())
         for chunk in chunks:
             await send(body(chunk))
-            await asyncio.sleep(pause_s)
+            await asyncio.sleep(pause_s)  # the provider's pace (not synchronisation)
         await send(dict(FINAL))
 
     return app
@@ -376,7 +280,7 @@ async def test_capitalised_sse_headers_are_recognised() -> None:
         await send(sse_start(headers))
         for event in upstream:
             await send(body(encode_events([event])))
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # the provider's pace (not synchronisation)
         await send(dict(FINAL))
 
     server = Server()
@@ -478,8 +382,11 @@ async def test_the_app_gets_every_request_body_message_in_order() -> None:
     unread: list[int] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await asyncio.sleep(0.02)  # the watcher is already reading; it must not keep the body
-        unread.append(len(server.requests))  # ... nor read it ahead (one message at most)
+        # Once the relay has read a message, it must not keep the body nor read it ahead (one
+        # message at most). The fake server's receive() returns without suspending, so a relay
+        # that read on would have read everything by the time this sees the first one gone.
+        await wait_until(lambda: len(server.requests) < len(requests))
+        unread.append(len(server.requests))
         while True:
             message = await receive()
             got.append(message)
@@ -526,8 +433,11 @@ async def test_disconnect_before_the_response_cancels_the_handler() -> None:
     registry = CollectorRegistry()
     cleaned_up: list[str] = []
 
+    calling = asyncio.Event()
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await read_body(receive)
+        calling.set()
         try:
             await asyncio.Event().wait()  # a non-streamed upstream call that takes long
         finally:
@@ -535,7 +445,8 @@ async def test_disconnect_before_the_response_cancels_the_handler() -> None:
 
     server = Server()
     task = asyncio.create_task(run(app, server, registry=registry, route_label="chat"))
-    await asyncio.sleep(0.02)
+    async with asyncio.timeout(5):
+        await calling.wait()
     server.disconnect.set()
     await task
     assert cleaned_up == ["upstream closed"]
@@ -555,7 +466,7 @@ async def test_server_cancelling_the_request_cancels_the_handler_first() -> None
         try:
             await asyncio.Event().wait()
         finally:
-            await asyncio.sleep(0.01)  # its cleanup awaits, too
+            await asyncio.sleep(0.01)  # its cleanup awaits, too (the app's pace)
             cleaned_up.append("upstream closed")
 
     server = Server()
@@ -584,7 +495,12 @@ async def test_disconnect_after_the_response_leaves_background_work_alone(sse: b
             json_headers = [(b"content-type", b"application/json"), (b"content-length", b"2")]
             await send({"type": "http.response.start", "status": 200, "headers": json_headers})
             await send({"type": "http.response.body", "body": b"{}", "more_body": False})
-        await asyncio.sleep(0.05)  # a background task after the response (receive: disconnect)
+        # A background task after the response, still running when the server says
+        # http.disconnect (as uvicorn does after every response): it must not be stopped. The
+        # middleware acts on the disconnect in the step that reads it, so a cancellation would
+        # land at the next await.
+        await wait_until(lambda: server.said_disconnect)
+        await asyncio.sleep(0)
         finished.append("background")
 
     server = Server()
@@ -630,10 +546,12 @@ def _held_generator_app(
     gens: list[AsyncIterator[bytes]],
     cleaned_up: list[str],
     upstream: asyncio.Event | None = None,
+    suspended: Suspended | None = None,
     **options: Any,
 ) -> FastAPI:
     """A FastAPI SSE route whose generator the test holds, so that only a cancellation landing
-    inside it (never garbage collection) can run its ``finally``."""
+    inside it (never garbage collection) can run its ``finally``; with ``suspended``, its
+    ``send()`` calls suspended in the middleware are counted there."""
     app = FastAPI()
 
     @app.get("/chat")
@@ -654,6 +572,8 @@ def _held_generator_app(
         return StreamingResponse(stream, media_type="text/event-stream")
 
     options.setdefault("registry", CollectorRegistry())
+    if suspended is not None:
+        app.add_middleware(SendProbe, suspended=suspended)  # added first: the inner one
     app.add_middleware(StreamHopMiddleware, format="sse", **options)
     return app
 
@@ -663,11 +583,12 @@ async def test_disconnect_while_the_app_waits_for_room_closes_its_generator() ->
     there, Starlette would abandon its generator at ``yield``, upstream open."""
     gens: list[AsyncIterator[bytes]] = []
     cleaned_up: list[str] = []
-    app = _held_generator_app(gens, cleaned_up, max_pending_bytes=1000)
+    suspended = Suspended()
+    app = _held_generator_app(gens, cleaned_up, suspended=suspended, max_pending_bytes=1000)
     server = Server(gate=asyncio.Event())  # a client that reads nothing
     task = asyncio.create_task(app(http_scope("GET", "/chat"), server.receive, server.send))
     try:
-        await asyncio.sleep(0.1)  # the app is now blocked in send(), waiting for room
+        await wait_until(lambda: suspended.count > 0)  # blocked in send(), waiting for room
         server.disconnect.set()
         async with asyncio.timeout(5):
             await task
@@ -720,9 +641,14 @@ class FlowControlledServer(Server):
     """Like uvicorn with a client that reads nothing: a body write waits for the socket to
     drain, and returns at once when the client is gone."""
 
+    draining = 0
+    """How many body writes wait for the socket to drain."""
+
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.body" and self.sent:
+            self.draining += 1
             await self.disconnect.wait()
+            self.draining -= 1
             return
         await super().send(message)
 
@@ -736,15 +662,15 @@ async def test_disconnect_while_the_server_send_waits_closes_a_plain_stream_gene
 
     @app.get("/text")
     async def text() -> StreamingResponse:
-        # By now the watcher is waiting for the disconnect, so it hears of it before the
-        # server's send() returns: the stop must not land inside that send().
-        await asyncio.sleep(0.01)
+        # Once the watcher waits for the disconnect, it hears of it before the server's
+        # send() returns (waiters wake in order): the stop must not land inside that send().
+        await wait_until(lambda: server.listening)
 
         async def gen() -> AsyncIterator[bytes]:
             try:
                 while True:
                     yield b"some plain text\n"
-                    await asyncio.sleep(0)  # its upstream
+                    await asyncio.sleep(0)  # its upstream (a yield, not a wait)
             finally:
                 cleaned_up.append("upstream closed")
 
@@ -757,7 +683,7 @@ async def test_disconnect_while_the_server_send_waits_closes_a_plain_stream_gene
     scope = http_scope("GET", "/text", spec_version="2.4")  # Starlette does not watch receive
     task = asyncio.create_task(app(scope, server.receive, server.send))
     try:
-        await asyncio.sleep(0.05)  # the app is now inside the server's send()
+        await wait_until(lambda: server.draining > 0)  # the app is inside the server's send()
         server.disconnect.set()
         async with asyncio.timeout(5):
             await task
@@ -900,11 +826,14 @@ async def test_an_app_that_hears_the_disconnect_and_does_nothing_is_cancelled_af
         await read_body(receive)
         await send(sse_start())
 
+        listening = asyncio.Event()
+
         async def listen() -> None:
+            listening.set()  # ... and on into receive(), before the app runs again
             heard.append((await receive())["type"])
 
         listener = asyncio.create_task(listen())
-        await asyncio.sleep(0)  # the listener runs up to its receive()
+        await listening.wait()
         await send(body(encode_events([chat_chunk({"content": "Hi"})])))
         try:
             await asyncio.Event().wait()  # its upstream, forever
@@ -940,9 +869,11 @@ async def test_slow_client_makes_the_apps_send_wait() -> None:
         await send(dict(FINAL))
 
     server = Server(gate=gate)
+    suspended = Suspended()
     options = {"max_pending_bytes": 1000, "format": "sse", "registry": CollectorRegistry()}
-    task = asyncio.create_task(run(app, server, **options))
-    await asyncio.sleep(0.2)
+    task = asyncio.create_task(run(SendProbe(app, suspended), server, **options))
+    # The app's send() waits for room; it stays suspended while the client takes nothing.
+    await wait_until(lambda: suspended.count > 0)
     assert not task.done()
     # One write in flight, at most max_pending_bytes (+ one chunk) held: the app waits.
     assert len(progress) <= 2 * (1000 // event_size + 2), len(progress)
@@ -994,7 +925,7 @@ async def test_stalled_client_is_dropped_and_the_handler_cancelled() -> None:
         try:
             for i in range(1000):
                 await send(body(encode_events([chat_chunk({"content": f" {i}"})])))
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0.001)  # the provider's pace (not synchronisation)
         finally:
             cleaned_up.append("upstream closed")
 
@@ -1082,7 +1013,7 @@ async def test_app_exception_mid_stream_ends_with_an_error_event_then_is_reraise
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send(sse_start())
         await send(body(encode_events([first])))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # its provider fails a little later (not synchronisation)
         raise RuntimeError("secret detail")
 
     server = Server()
@@ -1263,7 +1194,7 @@ async def test_fastapi_streaming_response() -> None:
             try:
                 for event in upstream:
                     yield encode_events([event])
-                    await asyncio.sleep(0.001)
+                    await asyncio.sleep(0.001)  # the provider's pace (not synchronisation)
             finally:
                 closed.append(session)
 
@@ -1296,8 +1227,10 @@ async def test_sse_starlette_event_source_response_and_its_pings() -> None:
             for i, event in enumerate(upstream):
                 yield {"data": event.data or ""}
                 if i == 5:
-                    await asyncio.sleep(0.3)  # the model thinks: pings keep the line alive
-                await asyncio.sleep(0.001)
+                    # The model thinks (the provider's pace, not synchronisation): pings,
+                    # every 50 ms, keep the line alive.
+                    await asyncio.sleep(0.3)
+                await asyncio.sleep(0.001)  # the provider's pace
 
         return EventSourceResponse(gen(), ping=0.05)
 
