@@ -1,0 +1,454 @@
+"""streamhop side by side with its peers, against one paced upstream.
+
+Starts ONE ``streamhop simulate`` (default 200 SSE events/s x 10 tokens/event, TTFT 20 ms, one
+write per event) and, in front of it on loopback, each target: ``direct`` (no proxy), nginx
+(``proxy_buffering off``), the LiteLLM proxy, the Portkey gateway, and streamhop in coalesce and
+in passthrough mode (bench/peers_targets.py says how each is configured; bench/setup_peers.sh
+installs them). A target that is not installed or does not answer is reported as missing, with
+the reason.
+
+Scenarios: ``1 stream``, ``50 streams``, ``200 streams`` (that many streams kept open, each
+2,000 tokens = 200 content events), ``cancel`` (one stream at a time; the client closes after two
+content events), ``non-streaming`` (``stream: false``, 200 tokens, 20 in flight). The run is
+interleaved: in each of ``--rounds`` rounds every scenario runs on every target for
+``--duration-s / --rounds`` seconds, the target order rotating, so drift on a shared machine hits
+all targets alike.
+
+Per target it reports:
+
+* proxy CPU per upstream event: user + system CPU of the target's process tree (from /proc,
+  reaped children included) over the slice, divided by the SSE events the simulator wrote in that
+  slice (from its stream log at /_simulator/streams); non-streaming: per request;
+* TTFT (request written -> first non-empty content delta read) p50/p99, and added vs direct in
+  the same scenario;
+* transit added (targets that forward each event as it came): per content event, client read
+  time minus the simulator's send time, p50/p99, minus direct's. The simulator logs the actual
+  send time of each stream's first content event only; event k >= 1 is taken at its scheduled
+  time (the stream's arrival + TTFT + k / events-per-second, never before event 0's send), so a
+  late simulator adds to every target alike and drops out of the difference;
+* events delivered per stream, next to what the simulator sent per stream;
+* cancel latency: client close -> simulator sees its connection close (same clock), p50/p99, and
+  how many closes never reached the simulator (it finished the stream instead);
+* peak RSS of the process tree (sum of VmHWM);
+* errors: non-200, broken or unfinished responses.
+
+Outputs in ``--out`` (default build/peers-report/): ``report.md`` (tables, machine, date, load
+average, the exact command), ``results.json``, ``peers-cpu-per-event.png`` and
+``peers-ttft-p99.png``.
+
+Usage: python bench/peers.py [--duration-s 10] [--rounds 2] [--quick] [--targets a,b,...]
+       [--out build/peers-report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import peers_targets as pt
+from peers_client import Endpoint, Exchange, cancel_once, run_load
+from peers_report import write_outputs
+
+TARGETS = ("direct", "nginx", "litellm", "portkey", "streamhop-coalesce", "streamhop-passthrough")
+STREAM_TOKENS = 2000
+NONSTREAM_TOKENS = 200
+NONSTREAM_CONCURRENCY = 20
+CANCEL_AFTER = 2  # content events read before the client closes
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load shape: ``kind`` is ``stream``, ``cancel`` or ``json``."""
+
+    name: str
+    kind: str
+    concurrency: int
+
+
+SCENARIOS = (
+    Scenario("1 stream", "stream", 1),
+    Scenario("50 streams", "stream", 50),
+    Scenario("200 streams", "stream", 200),
+    Scenario("cancel", "cancel", 1),
+    Scenario("non-streaming", "json", NONSTREAM_CONCURRENCY),
+)
+
+
+@dataclass
+class Cell:
+    """Everything measured for one (target, scenario), pooled over rounds."""
+
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    sim_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    upstream_events: int = 0
+    upstream_streams: int = 0
+    requests: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    ttft_s: list[float] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    transit_s: list[float] = field(default_factory=list)
+    transit_note: str = ""
+    delivered_events: list[int] = field(default_factory=list)
+    upstream_events_per_stream: list[int] = field(default_factory=list)
+    cancel_s: list[float] = field(default_factory=list)
+    cancel_not_propagated: int = 0
+
+    def error(self, why: str) -> None:
+        self.errors[why.split(":")[0]] += 1
+
+
+class SimLog:
+    """Keeps the simulator's stream records: it holds only the last 1,000, so it is polled."""
+
+    def __init__(self, sim_url: str) -> None:
+        self._url = sim_url + "/_simulator/streams"
+        self.records: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def fetch(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(self._url, timeout=30) as response:
+            records: list[dict[str, Any]] = json.loads(response.read())
+        for record in records:
+            self.records[record["id"]] = record
+        return records
+
+    def clear(self) -> None:
+        request = urllib.request.Request(self._url, method="DELETE")
+        urllib.request.urlopen(request, timeout=30).close()
+        self.records = {}
+
+    def running(self) -> int:
+        return sum(1 for r in self.fetch() if r["outcome"] is None)
+
+    def __enter__(self) -> SimLog:
+        self._stop.clear()
+
+        def poll() -> None:
+            while not self._stop.wait(1.0):
+                with contextlib.suppress(OSError):
+                    self.fetch()
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.fetch()
+
+
+def body(tokens: int, stream: bool) -> bytes:
+    payload: dict[str, Any] = {
+        "model": "sim",
+        "messages": [{"role": "user", "content": "Benchmark the plumbing, not the model."}],
+        "max_tokens": tokens,
+        "stream": stream,
+    }
+    return json.dumps(payload).encode()
+
+
+def _cpu_self() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class Bench:
+    """Runs the slices and pools what they measure."""
+
+    def __init__(self, args: argparse.Namespace, sim_pid: int, sim_url: str) -> None:
+        self.args = args
+        self.sim_pid = sim_pid
+        self.sim_url = sim_url
+        self.interval_s = 1.0 / args.events_per_second
+        self.ttft_s = args.ttft_ms / 1000
+        self.cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
+
+    def slice(self, target: pt.Target, scenario: Scenario, seconds: float) -> None:
+        """Run ``scenario`` against ``target`` for ``seconds`` and pool the figures."""
+        assert target.endpoint is not None
+        cell = self.cells[target.name, scenario.name]
+        log = SimLog(self.sim_url)
+        self._quiesce(log)
+        log.clear()
+        pid = target.pid
+        cpu0 = pt.tree_cpu_s(pid) if pid else 0.0
+        sim0, me0, t0 = pt.tree_cpu_s(self.sim_pid), _cpu_self(), time.monotonic()
+        with log:
+            if scenario.kind == "cancel":
+                exchanges = asyncio.run(self._cancel(target.endpoint, seconds, log, cell))
+            else:
+                stream = scenario.kind == "stream"
+                tokens = STREAM_TOKENS if stream else NONSTREAM_TOKENS
+                payload = body(tokens, stream)
+                exchanges = asyncio.run(
+                    run_load(
+                        target.endpoint,
+                        lambda: payload,
+                        concurrency=scenario.concurrency,
+                        duration_s=seconds,
+                        grace_s=max(5.0, seconds),
+                        record_arrivals=stream and target.passthrough_like,
+                    )
+                )
+        t1 = time.monotonic()
+        cell.wall_s += t1 - t0
+        cell.cpu_s += (pt.tree_cpu_s(pid) if pid else 0.0) - cpu0
+        cell.sim_cpu_s += pt.tree_cpu_s(self.sim_pid) - sim0
+        cell.client_cpu_s += _cpu_self() - me0
+        records = [r for r in log.records.values() if r["path"].endswith("/chat/completions")]
+        cell.upstream_events += sum(r["events"] for r in records)
+        cell.upstream_streams += len(records)
+        if scenario.kind != "cancel":
+            self._pool(target, scenario, exchanges, records, cell)
+
+    def _quiesce(self, log: SimLog) -> None:
+        """Wait (bounded) until no stream of an earlier slice still runs upstream."""
+        deadline = time.monotonic() + 15
+        while log.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def _pool(
+        self,
+        target: pt.Target,
+        scenario: Scenario,
+        exchanges: list[Exchange],
+        records: list[dict[str, Any]],
+        cell: Cell,
+    ) -> None:
+        by_id = {r["id"]: r for r in records}
+        cell.requests += len(exchanges)
+        for ex in exchanges:
+            if not ex.ok:
+                cell.error(ex.error or f"HTTP {ex.status}")
+                continue
+            cell.ok += 1
+            assert ex.done is not None
+            cell.latency_s.append(ex.done - ex.sent)
+            if scenario.kind != "stream":
+                continue
+            if ex.first_content is not None:
+                cell.ttft_s.append(ex.first_content - ex.sent)
+            cell.delivered_events.append(ex.events)
+            record = by_id.get(ex.rid)
+            if record is not None and record["outcome"] == "complete":
+                cell.upstream_events_per_stream.append(record["events"])
+            if ex.arrivals:
+                self._transit(ex, record, cell)
+
+    def _transit(self, ex: Exchange, record: dict[str, Any] | None, cell: Cell) -> None:
+        if record is None or record["first_content"] is None:
+            cell.transit_note = "the simulator did not see the request id (not forwarded)"
+            return
+        first_sent = record["first_content"]
+        due0 = record["started"] + self.ttft_s
+        k = 0
+        for arrived, n in ex.arrivals:
+            for _ in range(n):
+                sent = first_sent if k == 0 else max(first_sent, due0 + k * self.interval_s)
+                cell.transit_s.append(arrived - sent)
+                k += 1
+
+    async def _cancel(
+        self, endpoint: Endpoint, seconds: float, log: SimLog, cell: Cell
+    ) -> list[Exchange]:
+        """Sequential trials: open, read two content events, close; find the upstream close."""
+        payload = body(STREAM_TOKENS, True)
+        deadline = time.monotonic() + seconds
+        done: list[Exchange] = []
+        while time.monotonic() < deadline:
+            ex = await cancel_once(endpoint, payload, CANCEL_AFTER)
+            cell.requests += 1
+            done.append(ex)
+            if ex.closed_at is None:
+                cell.error(ex.error or f"HTTP {ex.status}")
+                continue
+            cell.ok += 1
+            # The simulator ends a stream it is not told about within ~1 s (200 events).
+            record = await asyncio.to_thread(self._closed_record, log, ex, 3.0)
+            if record is None or record["outcome"] != "client_closed":
+                cell.cancel_not_propagated += 1
+            else:
+                cell.cancel_s.append(record["ended"] - ex.closed_at)
+            await asyncio.sleep(0.01)
+        return done
+
+    def _closed_record(self, log: SimLog, ex: Exchange, bound_s: float) -> dict[str, Any] | None:
+        end = time.monotonic() + bound_s
+        while True:
+            records = log.fetch()
+            mine = [r for r in records if r["id"] == ex.rid] or [
+                r for r in records if r["started"] >= ex.sent - 0.001
+            ]
+            if mine and mine[-1]["outcome"] is not None:
+                return mine[-1]
+            if time.monotonic() > end:
+                return mine[-1] if mine else None
+            time.sleep(0.005)
+
+
+def start_targets(names: list[str], sim_url: str, args: argparse.Namespace) -> list[pt.Target]:
+    makers = {
+        "direct": lambda: pt.direct(sim_url),
+        "nginx": lambda: pt.nginx(sim_url),
+        "litellm": lambda: pt.litellm(sim_url),
+        "portkey": lambda: pt.portkey(sim_url, headers_shim=not args.portkey_no_shim),
+        "streamhop-coalesce": lambda: pt.streamhop(sim_url, "coalesce"),
+        "streamhop-passthrough": lambda: pt.streamhop(sim_url, "passthrough"),
+    }
+    targets = []
+    for name in names:
+        print(f"starting {name} ...", flush=True)
+        target = makers[name]()
+        if target.missing:
+            print(f"  MISSING: {target.missing}", flush=True)
+        else:
+            print(f"  {target.label} on 127.0.0.1:{target.endpoint.port}", flush=True)  # type: ignore[union-attr]
+        targets.append(target)
+    return targets
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=10.0,
+        help="seconds per scenario per target, over all rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run: 2 s per scenario, 1 round"
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="comma-separated subset of " + ",".join(TARGETS),
+    )
+    parser.add_argument(
+        "--scenarios", default=",".join(s.name for s in SCENARIOS), help="comma-separated subset"
+    )
+    parser.add_argument("--events-per-second", type=float, default=200.0)
+    parser.add_argument("--tokens-per-event", type=float, default=10.0)
+    parser.add_argument("--ttft-ms", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, default=pt.ROOT / "build" / "peers-report")
+    parser.add_argument(
+        "--portkey-no-shim",
+        action="store_true",
+        help="run Portkey without its mutable-headers preload (does a new version need it?)",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.duration_s, args.rounds = 2.0, 1
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    unknown = set(names) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if "direct" not in names:
+        names.insert(0, "direct")  # the baseline every "added" figure needs
+    wanted = {n.strip() for n in args.scenarios.split(",")}
+    scenarios = [s for s in SCENARIOS if s.name in wanted]
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    command = " ".join(["python bench/peers.py", shlex.join(sys.argv[1:])]).strip()
+    started = dt.datetime.now(dt.UTC)
+    load_before = os.getloadavg()
+    wall0 = time.monotonic()
+    sim, sim_url = pt.start_simulator(args.events_per_second, args.tokens_per_event, args.ttft_ms)
+    targets: list[pt.Target] = []
+    old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        targets = start_targets(names, sim_url, args)
+        live = [t for t in targets if not t.missing]
+        bench = Bench(args, sim.pid, sim_url)
+        seconds = args.duration_s / args.rounds
+        for rnd in range(args.rounds):
+            for si, scenario in enumerate(scenarios):
+                shift = (rnd + si) % len(live)
+                order = live[shift:] + live[:shift]
+                for target in order:
+                    print(
+                        f"round {rnd + 1}/{args.rounds}  {scenario.name:<14} {target.name:<22}",
+                        end="",
+                        flush=True,
+                    )
+                    bench.slice(target, scenario, seconds)
+                    cell = bench.cells[target.name, scenario.name]
+                    print(f" ok {cell.ok}/{cell.requests}", flush=True)
+        peak_rss = {t.name: pt.tree_peak_rss_mb(t.pid) for t in live if t.pid}
+        peak_rss["simulator"] = pt.tree_peak_rss_mb(sim.pid)
+    finally:
+        for target in targets:
+            target.stop()
+        pt.stop_simulator(sim)
+        signal.signal(signal.SIGTERM, old_term)
+    meta = {
+        "command": command,
+        "started": started.isoformat(timespec="seconds"),
+        "duration_total_s": time.monotonic() - wall0,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": pt.python_version(),
+        "upstream": (
+            f"streamhop simulate: {args.events_per_second:g} events/s x {args.tokens_per_event:g} "
+            f"tokens/event, TTFT {args.ttft_ms:g} ms, one write per event"
+        ),
+        "duration_s": args.duration_s,
+        "rounds": args.rounds,
+        "streamhop_tree": source_tree(),
+    }
+    paths = write_outputs(args.out, meta, targets, scenarios, bench.cells, peak_rss)
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    print((args.out / "report.md").read_text())
+    return 0
+
+
+def source_tree() -> str:
+    """The commit streamhop ran from, and whether its code had uncommitted changes."""
+    import subprocess
+
+    def git(*argv: str) -> str:
+        run = subprocess.run(["git", *argv], cwd=pt.ROOT, capture_output=True, text=True)
+        return run.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "middleware", "sidecar").splitlines()
+    return f"{head}" + (f" + uncommitted changes in {len(dirty)} files" if dirty else "")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,487 @@
+"""Starting and stopping what bench/peers.py measures: the simulator and each proxy.
+
+Every process is started by this module, remembered by PID, and stopped by that PID; every
+listener binds 127.0.0.1; every generated config lives in a temp dir that :meth:`Target.stop`
+removes. A peer that is not installed, or does not answer a first request, becomes a
+:class:`Target` with ``missing`` set to the reason, so the report can say so.
+
+Peers, as configured here (the choices a user of each would make for streaming):
+
+* ``nginx``: Debian's package, one worker (streamhop is one process too), ``proxy_buffering
+  off``, HTTP/1.1 keep-alive to the upstream, access log off.
+* ``litellm``: ``litellm --config`` from its own venv (bench/setup_peers.sh), one uvicorn worker,
+  an ``openai/`` model whose ``api_base`` is the simulator, a random master key (LiteLLM refuses
+  to start without one), client ``x-`` headers forwarded (so the simulator sees the request id),
+  uvicorn's access log off.
+* ``portkey``: ``@portkey-ai/gateway`` on Node, ``--headless``; provider ``openai`` with the
+  simulator as ``x-portkey-custom-host``; two preloads from bench/setup_peers.sh:
+  ``loopback-listen.cjs`` (the gateway listens on every interface; this binds it to 127.0.0.1)
+  and ``mutable-fetch-headers.cjs`` (without it, 1.15.2 answers every streamed request 500:
+  it appends ``x-portkey-*`` headers to the upstream fetch Response, whose headers are
+  immutable on Node: "TypeError: immutable").
+* ``streamhop``: ``streamhop serve --upstream``, log level warning, in ``coalesce`` and in
+  ``passthrough`` mode (two processes, so each has its own CPU and RSS figures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from peers_client import Endpoint
+from throughput import start as start_streamhop
+from throughput import stop as stop_streamhop
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "build" / "peers"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PORTKEY_ENTRY = PEERS / "portkey/node_modules/@portkey-ai/gateway/build/start-server.js"
+
+
+@dataclass
+class Target:
+    """One thing the client talks to.
+
+    Attributes:
+        name: short id used in the report (``direct``, ``nginx``, ...).
+        label: what it is, with its version.
+        endpoint: where requests go; ``None`` when missing.
+        proc: the root process we started (``None`` for ``direct`` and missing targets).
+        passthrough_like: forwards each upstream event as its own event (transit is defined).
+        missing: why the target could not be measured, else ``None``.
+        tmpdir: generated config and logs, removed on stop.
+    """
+
+    name: str
+    label: str
+    endpoint: Endpoint | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    passthrough_like: bool = True
+    missing: str | None = None
+    tmpdir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the root of the process tree (``None`` for ``direct``)."""
+        return self.proc.pid if self.proc is not None else None
+
+    def stop(self) -> None:
+        """Stop the process we started (by PID) and remove the temp dir."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1 (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> str | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with status {proc.returncode} while starting"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return None
+        except OSError:
+            time.sleep(0.2)
+    return f"did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s"
+
+
+def _log_tail(tmpdir: Path, name: str) -> str:
+    path = tmpdir / name
+    if not path.exists():
+        return ""
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    # The line that names the error beats the last frame of a stack trace.
+    errors = [ln for ln in lines if "Error" in ln and not ln.startswith("at ")]
+    pick = errors[-1] if errors else lines[-1] if lines else ""
+    return f" — log: {pick[:200]}" if pick else ""
+
+
+def _popen(
+    argv: list[str], tmpdir: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    log = (tmpdir / "out.log").open("wb")
+    try:
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=tmpdir,
+            env={**os.environ, **(env or {})},
+        )
+    finally:
+        log.close()
+
+
+def start_simulator(
+    events_per_second: float, tokens_per_event: float, ttft_ms: float
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``streamhop simulate``; return the process and its base URL.
+
+    One write per event (``--no-split-writes``): split writes exercise decoders in the tests;
+    here they would triple the simulator's writes and make it the bottleneck sooner.
+    """
+    return start_streamhop(
+        [
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--ttft-ms",
+            f"{ttft_ms:g}",
+            "--events-per-second",
+            f"{events_per_second:g}",
+            "--tokens-per-second",
+            f"{events_per_second * tokens_per_event:g}",
+            "--no-split-writes",
+        ]
+    )
+
+
+def stop_simulator(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the simulator started by :func:`start_simulator` (SIGTERM to its PID)."""
+    stop_streamhop(proc)
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def direct(sim_url: str) -> Target:
+    """The simulator itself, no proxy: the baseline."""
+    return Target("direct", "direct (no proxy)", Endpoint("127.0.0.1", _port_of(sim_url)))
+
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream simulator {{
+        server 127.0.0.1:{upstream};
+        keepalive 256;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://simulator;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx(sim_url: str) -> Target:
+    """nginx, ``proxy_buffering off``, as a plain process with a config in a temp dir."""
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if binary is None:
+        return Target("nginx", "nginx", missing=_missing_note("nginx", "nginx is not installed"))
+    version = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="streamhop-peers-nginx-"))
+    tmp.chmod(0o755)  # the worker drops root and must reach its temp paths
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=_port_of(sim_url), port=port))
+    proc = _popen([binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")], tmp)
+    target = Target(
+        "nginx",
+        f"nginx {version.rsplit('/', 1)[-1]} (proxy_buffering off, 1 worker)",
+        Endpoint("127.0.0.1", port),
+        proc,
+        tmpdir=tmp,
+    )
+    return _ready(target, 15, "error.log")
+
+
+LITELLM_CONF = """\
+model_list:
+  - model_name: sim
+    litellm_params:
+      model: openai/sim
+      api_base: {sim_url}/v1
+      api_key: sk-simulator
+general_settings:
+  master_key: {master_key}
+  forward_client_headers_to_llm_api: true
+  trusted_proxy_ranges: []
+litellm_settings:
+  telemetry: false
+"""
+
+# uvicorn's access log off, as for the other targets (nginx: access_log off; streamhop: warning).
+UVICORN_LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "loggers": {"uvicorn.access": {"level": "WARNING"}, "uvicorn.error": {"level": "WARNING"}},
+}
+
+
+def litellm(sim_url: str) -> Target:
+    """LiteLLM proxy from build/peers/litellm-venv, one worker."""
+    venv = PEERS / "litellm-venv"
+    binary = venv / "bin" / "litellm"
+    if not binary.exists():
+        return Target(
+            "litellm", "LiteLLM proxy", missing=_missing_note("litellm", f"{binary} not found")
+        )
+    version = subprocess.run(
+        [
+            str(venv / "bin/python"),
+            "-c",
+            "import importlib.metadata as m; print(m.version('litellm'))",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="streamhop-peers-litellm-"))
+    key = "sk-" + secrets.token_hex(24)
+    (tmp / "config.yaml").write_text(LITELLM_CONF.format(sim_url=sim_url, master_key=key))
+    (tmp / "log.json").write_text(json.dumps(UVICORN_LOG_CONFIG))
+    port = free_port()
+    proc = _popen(
+        [
+            str(binary),
+            "--config",
+            str(tmp / "config.yaml"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+            "--log_config",
+            str(tmp / "log.json"),
+        ],
+        tmp,
+        # The model price map is fetched from the internet at import unless told otherwise.
+        {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"},
+    )
+    target = Target(
+        "litellm",
+        f"LiteLLM proxy {version} (1 uvicorn worker)",
+        Endpoint("127.0.0.1", port, headers=f"Authorization: Bearer {key}\r\n".encode()),
+        proc,
+        tmpdir=tmp,
+    )
+    return _ready(target, 180, "out.log")
+
+
+def portkey(sim_url: str, *, headers_shim: bool = True) -> Target:
+    """The Portkey gateway on Node, with the preloads from bench/setup_peers.sh."""
+    node = shutil.which("node")
+    shims = [PEERS / "portkey/loopback-listen.cjs"]
+    if headers_shim:
+        shims.append(PEERS / "portkey/mutable-fetch-headers.cjs")
+    absent = [p for p in (PORTKEY_ENTRY, *shims) if not p.exists()]
+    if node is None or absent:
+        why = "node is not installed" if node is None else f"{absent[0]} not found"
+        return Target("portkey", "Portkey gateway", missing=_missing_note("portkey", why))
+    package = json.loads((PORTKEY_ENTRY.parent.parent / "package.json").read_text())
+    tmp = Path(tempfile.mkdtemp(prefix="streamhop-peers-portkey-"))
+    port = free_port()
+    argv = [node]
+    for shim in shims:
+        argv += ["--require", str(shim)]
+    proc = _popen([*argv, str(PORTKEY_ENTRY), f"--port={port}", "--headless"], tmp)
+    headers = (
+        "x-portkey-provider: openai\r\n"
+        f"x-portkey-custom-host: {sim_url}/v1\r\n"
+        "x-portkey-forward-headers: x-request-id\r\n"
+        "Authorization: Bearer sk-simulator\r\n"
+    ).encode()
+    shim_note = "mutable-headers shim" if headers_shim else "no shim"
+    target = Target(
+        "portkey",
+        f"Portkey gateway {package['version']} (Node {_node_version(node)}, {shim_note})",
+        Endpoint("127.0.0.1", port, headers=headers),
+        proc,
+        tmpdir=tmp,
+    )
+    return _ready(target, 60, "out.log")
+
+
+def _node_version(node: str) -> str:
+    return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def streamhop(sim_url: str, mode: str) -> Target:
+    """``streamhop serve --upstream`` in ``mode`` (coalesce or passthrough)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"streamhop-peers-{mode}-"))
+    config = tmp / "streamhop.toml"
+    config.write_text(f'[rechunk]\nmode = "{mode}"\n')
+    name = f"streamhop-{mode}"
+    try:
+        proc, url = start_streamhop(
+            [
+                "serve",
+                "--config",
+                str(config),
+                "--upstream",
+                sim_url,
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "warning",
+            ]
+        )
+    except SystemExit as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return Target(name, f"streamhop {mode}", missing=f"did not start: {exc}")
+    from importlib.metadata import version
+
+    target = Target(
+        name,
+        f"streamhop {version('streamhop')} {mode}",
+        Endpoint("127.0.0.1", _port_of(url)),
+        proc,
+        passthrough_like=mode == "passthrough",
+        tmpdir=tmp,
+    )
+    return _ready(target, 10, "out.log")
+
+
+def _missing_note(name: str, why: str) -> str:
+    note = PEERS / f"{name}.missing"
+    setup = f" (bench/setup_peers.sh said: {note.read_text().strip()})" if note.exists() else ""
+    return f"{why}{setup}; run bash bench/setup_peers.sh"
+
+
+def _ready(target: Target, timeout_s: float, log: str) -> Target:
+    """Wait for the listener, then check one small streamed answer end to end."""
+    assert target.endpoint is not None and target.proc is not None
+    problem = _wait_port(target.endpoint.port, target.proc, timeout_s)
+    if problem is None:
+        problem = smoke(target.endpoint)
+    if problem is not None:
+        tail = _log_tail(target.tmpdir, log) if target.tmpdir else ""
+        target.stop()
+        target.missing = f"{problem}{tail}"
+        target.endpoint = None
+        target.proc = None
+    return target
+
+
+def smoke(endpoint: Endpoint) -> str | None:
+    """Return why a 20-token streamed request through ``endpoint`` fails, or ``None``."""
+    body = json.dumps(
+        {
+            "model": "sim",
+            "messages": [{"role": "user", "content": "warm up"}],
+            "max_tokens": 20,
+            "stream": True,
+        }
+    ).encode()
+    headers = {"Content-Type": "application/json"}
+    for line in endpoint.headers.decode().split("\r\n"):
+        if line:
+            key, _, value = line.partition(": ")
+            headers[key] = value
+    url = f"http://{endpoint.host}:{endpoint.port}{endpoint.path}"
+    for _ in range(3):
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                text = response.read()
+        except OSError as exc:
+            detail = exc.read()[:200].decode(errors="replace") if hasattr(exc, "read") else ""
+            return f"first request failed: {exc} {detail}".strip()
+        if not re.search(rb'"content": ?"[^"]', text):
+            return f"first request answered without content: {text[:200]!r}"
+    return None
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its descendants, from /proc.
+
+    Each live thread's ``/proc/PID/task/TID/schedstat`` (time on CPU, in ns: user and system
+    alike), plus each process's reaped children (``cutime + cstime`` from ``/proc/PID/stat``, in
+    clock ticks). The ticks of ``utime``/``stime`` alone are 10 ms coarse: too coarse for one
+    stream of 200 events at ~10 µs each.
+    """
+    try:
+        root = psutil.Process(pid)
+        pids = [pid, *(p.pid for p in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total_ns = 0
+    reaped_ticks = 0
+    for each in pids:
+        try:
+            for task in os.listdir(f"/proc/{each}/task"):
+                with open(f"/proc/{each}/task/{task}/schedstat") as f:
+                    total_ns += int(f.read().split()[0])
+            with open(f"/proc/{each}/stat") as f:
+                # Fields after the parenthesised command name; cutime and cstime are 16 and 17.
+                fields = f.read().rsplit(")", 1)[1].split()
+            reaped_ticks += int(fields[13]) + int(fields[14])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread or process that ended while we read
+    return total_ns / 1e9 + reaped_ticks / CLOCK_TICKS
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    """Sum of the peak RSS (VmHWM) of ``pid`` and its live descendants, in MiB."""
+    try:
+        root = psutil.Process(pid)
+        pids = [pid, *(p.pid for p in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0.0
+    for each in pids:
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        if match:
+            total += int(match.group(1)) / 1024
+    return total
+
+
+def python_version() -> str:
+    """The interpreter that runs streamhop here."""
+    return sys.version.split()[0]
