@@ -12,6 +12,11 @@ Flush rules (DESIGN.md, "The stream engine"):
 * a boundary event (see :mod:`.formats.base`) is due at once together with everything before it;
 * at the end of the stream the caller takes whatever is held.
 
+With a ``flush_boundary`` (:mod:`.boundary`), a window write cuts trailing merged text at its last
+word, sentence or line boundary and keeps the rest held, at most ``max_boundary_wait`` seconds;
+the first content event, boundary events and the end still write everything. With ``none`` (the
+default) nothing of this runs: :meth:`Coalescer.push` does no more work per event.
+
 Deltas merge only with the delta directly before them, so order is kept exactly, and a client
 that accumulates the output gets the same final message as from the input.
 """
@@ -20,6 +25,12 @@ from __future__ import annotations
 
 from typing import Final
 
+from streamhop.middleware.rechunk.boundary import (
+    DEFAULT_MAX_BOUNDARY_WAIT,
+    FlushBoundary,
+    TextHold,
+    finder,
+)
 from streamhop.middleware.rechunk.formats import (
     MALFORMED,
     Format,
@@ -45,21 +56,28 @@ class Coalescer:
             ``0`` writes every event as soon as it is pushed (still merging under backpressure).
         max_flush_bytes: held wire bytes (as received) at which a write is due at once.
         passthrough: forward events one by one, never merging (``X-Streamhop-Mode: passthrough``).
+        flush_boundary: ``none``, ``word``, ``sentence`` or ``line``: where a window write may
+            cut merged text (:mod:`.boundary`).
+        max_boundary_wait: the longest text is held past its window for a boundary, **seconds**.
 
     Raises:
         KeyError: unknown ``format``.
-        ValueError: negative ``flush_interval`` or non-positive ``max_flush_bytes``.
+        ValueError: negative ``flush_interval`` or ``max_boundary_wait``, non-positive
+            ``max_flush_bytes``, unknown ``flush_boundary``.
     """
 
     __slots__ = (
         "_flush_now",
         "_format",
         "_held_since",
+        "_hold_text",
         "_interval",
         "_items",
         "_last_group",
         "_max_bytes",
         "_passthrough",
+        "_tail_deadline",
+        "_whole",
         "content_seen",
         "events_in",
         "events_out",
@@ -82,11 +100,21 @@ class Coalescer:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_flush_bytes: int = DEFAULT_MAX_FLUSH_BYTES,
         passthrough: bool = False,
+        flush_boundary: FlushBoundary = "none",
+        max_boundary_wait: float = DEFAULT_MAX_BOUNDARY_WAIT,
     ) -> None:
         if flush_interval < 0:
             raise ValueError(f"flush_interval must be >= 0 seconds, got {flush_interval}")
         if max_flush_bytes <= 0:
             raise ValueError(f"max_flush_bytes must be > 0, got {max_flush_bytes}")
+        if max_boundary_wait < 0:
+            raise ValueError(f"max_boundary_wait must be >= 0 seconds, got {max_boundary_wait}")
+        find = finder(flush_boundary)
+        self._hold_text = (
+            None if find is None else TextHold(find, max_boundary_wait, max_flush_bytes)
+        )
+        self._whole = False  # the next write is the first content: never cut
+        self._tail_deadline: float | None = None  # a held tail's due time, nothing else held
         self._format: Format | None = None if format == "auto" else get_format(format)
         self._interval = flush_interval
         self._max_bytes = max_flush_bytes
@@ -156,6 +184,7 @@ class Coalescer:
             if not self.content_seen:
                 self.content_seen = True
                 self.first_content_at = now
+                self._whole = True
                 flush = True
             if content == Content.TOOL_ARGS and self.first_tool_args_at is None:
                 self.first_tool_args_at = now
@@ -217,7 +246,7 @@ class Coalescer:
         """
         since = self._held_since
         if since is None:
-            return None
+            return self._tail_deadline
         if self._flush_now:
             return since
         return since + self._interval
@@ -226,24 +255,50 @@ class Coalescer:
         """True when held events should be written at ``now`` (seconds)."""
         since = self._held_since
         if since is None:
-            return False
+            tail = self._tail_deadline
+            return tail is not None and now >= tail
         # Compare with the deadline itself, as :attr:`deadline` computes it: ``now - since``
         # can round below the interval at ``now == deadline`` (0.06 - 0.01 < 0.05).
         return self._flush_now or now >= since + self._interval
 
-    def take(self) -> list[SSEEvent]:
-        """Return every held event, merged, in order, and hold nothing.
+    def take(self, now: float | None = None) -> list[SSEEvent]:
+        """Return the held events, merged, in order, and hold nothing more.
 
-        Call it when :meth:`due`, and once at the end of the stream.
+        Call it when :meth:`due`, and once at the end of the stream. With a flush boundary, a
+        window write (``now`` given) keeps the text after the last boundary held (see
+        :class:`~.boundary.TextHold`); the end of the stream takes everything.
+
+        Args:
+            now: the time of the write (seconds); ``None`` (the end of the stream) takes all.
         """
         items = self._items
         if not items:
             return []
+        hold = self._hold_text
+        tail = None
+        if hold is not None:
+            tail = hold.cut(items, None if self._whole else now)
+            self._whole = False
         out = [item if type(item) is SSEEvent else item.render() for item in items]  # type: ignore[union-attr]
-        self._items = []
-        self._last_group = None
-        self._held_since = None
-        self._flush_now = False
-        self.pending_bytes = 0
         self.events_out += len(out)
+        self._flush_now = False
+        if tail is None:
+            self._items = []
+            self._last_group = None
+            self._held_since = None
+            self._tail_deadline = None
+            self.pending_bytes = 0
+            return out
+        # Held for a boundary: later deltas merge into it. With a window, look again at the
+        # next window end (new text may have brought a boundary), at the latest when the wait
+        # is over; a deadline that never moves earlier keeps the caller's one timer right.
+        assert hold is not None and now is not None
+        self._items = [tail]
+        self._last_group = tail
+        self.pending_bytes = tail.wire_size
+        if self._interval > 0:
+            self._held_since = min(now, hold.until - self._interval)
+        else:
+            self._held_since = None
+            self._tail_deadline = hold.until
         return out

@@ -112,7 +112,10 @@ class AnthropicFormat:
     def open_group(self, event: SSEEvent, parsed: object) -> FieldGroup:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
         obj, field, text = cast(FieldParsed, parsed)
-        return FieldGroup(event, obj, "delta", field, text, _TOP_SKIP)
+        # Text and thinking may be held for a flush boundary; tool input (partial_json) never.
+        return FieldGroup(
+            event, obj, "delta", field, text, _TOP_SKIP, holdable=field != "partial_json"
+        )
 
     def usage(self, event: SSEEvent) -> Usage | None:
         """``message.usage`` of ``message_start``, or ``usage`` of ``message_delta``."""

@@ -4,10 +4,15 @@ Anthropic ``content_block_delta`` (``delta.text`` / ``delta.partial_json`` / ``d
 and OpenAI Responses ``response.*.delta`` (``delta``) events have this shape: consecutive events
 merge when everything but that string (and fields named as per-event, such as
 ``sequence_number``) is equal, and the merged event carries the concatenated string.
+
+A group made ``holdable`` (text, not tool input) can also be cut at a flush boundary
+(:class:`~streamhop.middleware.rechunk.boundary.SplitText`): the part before the cut is rendered
+as one event and the rest becomes a new group with the same envelope.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, cast
 
 import orjson
@@ -42,6 +47,7 @@ class FieldGroup:
             *last* event's value for ``last_wins`` keys and the first's for the others.
         last_wins: keys whose last value is kept (``sequence_number``).
         concat: top-level keys holding lists concatenated in order (``logprobs``).
+        holdable: the field is text that may be held for a flush boundary (not tool input).
     """
 
     __slots__ = (
@@ -52,6 +58,7 @@ class FieldGroup:
         "count",
         "field",
         "first",
+        "holdable",
         "last_id",
         "last_values",
         "obj",
@@ -70,6 +77,7 @@ class FieldGroup:
         skip: frozenset[str],
         last_wins: tuple[str, ...] = (),
         concat: tuple[str, ...] = (),
+        holdable: bool = False,
     ) -> None:
         self.first = event
         self.obj = obj
@@ -84,6 +92,7 @@ class FieldGroup:
         self.last_values: dict[str, Any] = {k: obj[k] for k in last_wins if k in obj}
         self.concat = concat
         self.concat_parts: list[list[Any]] = [[obj.get(k)] for k in concat]
+        self.holdable = holdable
 
     def add(self, event: SSEEvent, parsed: object) -> bool:
         """Merge ``event`` if compatible. Returns False, changing nothing, when it is not.
@@ -116,8 +125,11 @@ class FieldGroup:
         """The merged event (the first event unchanged when nothing was merged into it)."""
         if self.count == 1:
             return self.first
+        return self._render(self._merged("".join(self.pieces)), self.last_id, self.wire_size)
+
+    def _merged(self, text: str) -> dict[str, Any]:
+        """The merged JSON object, with ``text`` as the field's value."""
         merged = dict(self.obj)
-        text = "".join(self.pieces)
         if self.container is None:
             merged[self.field] = text
         else:
@@ -126,9 +138,53 @@ class FieldGroup:
         for key, parts in zip(self.concat, self.concat_parts, strict=True):
             if key in merged and any(parts):
                 merged[key] = [item for part in parts if part for item in part]
+        return merged
+
+    def _render(self, obj: dict[str, Any], event_id: str | None, wire_size: int) -> SSEEvent:
         return SSEEvent(
-            data=orjson.dumps(merged).decode(),
+            data=orjson.dumps(obj).decode(),
             event=self.first.event,
-            id=self.last_id,
-            wire_size=self.wire_size,
+            id=event_id,
+            wire_size=wire_size,
         )
+
+    def boundary_text(self) -> tuple[Hashable, str] | None:
+        """See :meth:`streamhop.middleware.rechunk.boundary.SplitText.boundary_text`: the text
+        of a ``holdable`` group without ``logprobs`` (token lists cannot be cut in a token)."""
+        if not self.holdable or any(any(parts) for parts in self.concat_parts):
+            return None
+        pieces = self.pieces
+        if len(pieces) > 1:
+            pieces[:] = ["".join(pieces)]
+        # Everything that tells this field from another: event name, field, and the scalar
+        # fields that must be equal to merge (Anthropic's index, Responses' item and indexes).
+        lane = (
+            self.first.event,
+            self.field,
+            *((k, v) for k, v in self.obj.items() if k not in self.skip and type(v) in _SCALAR),
+        )
+        return lane, pieces[0]
+
+    def split(self, cut: int) -> tuple[SSEEvent, FieldGroup]:
+        """See :meth:`streamhop.middleware.rechunk.boundary.SplitText.split`."""
+        text = "".join(self.pieces)
+        rest = text[cut:]
+        rest_size = len(rest.encode())
+        head = self._render(self._merged(text[:cut]), None, max(0, self.wire_size - rest_size))
+        obj = self._merged(rest)
+        first = self._render(obj, self.last_id, rest_size)
+        tail = FieldGroup(
+            first,
+            obj,
+            self.container,
+            self.field,
+            rest,
+            self.skip,
+            tuple(self.last_values),
+            self.concat,
+            self.holdable,
+        )
+        return head, tail
+
+
+_SCALAR = (str, int)

@@ -36,6 +36,7 @@ upstream serves (``/v1/completions``, ``/v1/embeddings``).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, Final, cast
 
 import orjson
@@ -377,12 +378,16 @@ class _ChatGroup:
     def render(self) -> SSEEvent:
         if self.count == 1:
             return self.first
+        texts = ["".join(piece) for piece in self.pieces]
+        return self._render(self._merged(texts), self.last_id, self.wire_size)
+
+    def _merged(self, texts: list[str]) -> dict[str, Any]:
+        """The merged chunk, with ``texts[i]`` in slot ``i``."""
         base = self.obj
         choices = [dict(c) for c in base["choices"]]
         deltas = [dict(c["delta"]) for c in choices]
         calls: dict[int, list[dict[str, Any]]] = {}
-        for (pos, where), piece in zip(self.slots, self.pieces, strict=True):
-            text = "".join(piece)
+        for (pos, where), text in zip(self.slots, texts, strict=True):
             if isinstance(where, str):
                 deltas[pos][where] = text
             else:
@@ -398,12 +403,39 @@ class _ChatGroup:
                 choice["logprobs"] = _merge_logprobs(parts)
         merged = dict(base)
         merged["choices"] = choices
+        return merged
+
+    def _render(self, obj: dict[str, Any], event_id: str | None, wire_size: int) -> SSEEvent:
         return SSEEvent(
-            data=orjson.dumps(merged).decode(),
+            data=orjson.dumps(obj).decode(),
             event=self.first.event,
-            id=self.last_id,
-            wire_size=self.wire_size,
+            id=event_id,
+            wire_size=wire_size,
         )
+
+    def boundary_text(self) -> tuple[Hashable, str] | None:
+        """See :meth:`streamhop.middleware.rechunk.boundary.SplitText.boundary_text`: only a
+        group continuing one text field of one choice, without ``logprobs``, may be held."""
+        slots = self.slots
+        if len(slots) != 1 or self.logprobs is not None:
+            return None
+        pos, field = slots[0]
+        if not isinstance(field, str):
+            return None  # tool-call arguments are never held
+        piece = self.pieces[0]
+        if len(piece) > 1:
+            piece[:] = ["".join(piece)]
+        return (self.first.event, self.obj["choices"][pos].get("index"), field), piece[0]
+
+    def split(self, cut: int) -> tuple[SSEEvent, _ChatGroup]:
+        """See :meth:`streamhop.middleware.rechunk.boundary.SplitText.split`."""
+        text = "".join(self.pieces[0])
+        rest = text[cut:]
+        rest_size = len(rest.encode())
+        head = self._render(self._merged([text[:cut]]), None, max(0, self.wire_size - rest_size))
+        obj = self._merged([rest])
+        tail = _ChatGroup(self._render(obj, self.last_id, rest_size), obj, self.slots, [rest])
+        return head, tail
 
 
 def _merge_logprobs(parts: list[Any]) -> Any:

@@ -54,6 +54,16 @@ _DELTA_TYPES: Final = {
     "response.code_interpreter_call_code.delta": Content.TOOL_ARGS,
     "response.audio.transcript.delta": Content.NONE,
 }
+# Text deltas that may be held for a flush boundary (tool input and code never are; nor is an
+# audio transcript, which follows audio already sent).
+_HOLDABLE: Final = frozenset(
+    (
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+    )
+)
 _SKIP: Final = frozenset(("delta", "sequence_number", "logprobs", "obfuscation"))
 _LAST_WINS: Final = ("sequence_number",)
 _CONCAT: Final = ("logprobs",)
@@ -112,7 +122,8 @@ class OpenAIResponsesFormat:
     def open_group(self, event: SSEEvent, parsed: object) -> FieldGroup:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
         obj, field, text = cast(FieldParsed, parsed)
-        return FieldGroup(event, obj, None, field, text, _SKIP, _LAST_WINS, _CONCAT)
+        holdable = obj["type"] in _HOLDABLE
+        return FieldGroup(event, obj, None, field, text, _SKIP, _LAST_WINS, _CONCAT, holdable)
 
     def usage(self, event: SSEEvent) -> Usage | None:
         """``response.usage`` of ``response.completed`` / ``response.incomplete``."""
