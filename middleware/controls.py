@@ -4,6 +4,8 @@ One parser for the sidecar and the middleware, so both accept and refuse the sam
 
 * ``X-Streamhop-Flush-Interval-Ms``: the flush window in milliseconds (finite, ``>= 0``);
 * ``X-Streamhop-Mode``: ``coalesce`` or ``passthrough``;
+* ``X-Streamhop-Flush-Boundary``: ``none``, ``word``, ``sentence`` or ``line``, where a window
+  write may cut merged text (docs/rechunking.md);
 * ``X-Streamhop-Timeout-Ms``: a deadline in milliseconds (``0 <`` value ``<=``
   :data:`MAX_TIMEOUT_MS`); it can only shorten a route's ``timeout_s``
   (:meth:`Controls.deadline_s`);
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from streamhop.middleware.errors import StreamHopError
+from streamhop.middleware.rechunk.boundary import FLUSH_BOUNDARIES, FlushBoundary
 
 PREFIX: Final = b"x-streamhop-"
 MODES: Final = ("coalesce", "passthrough")
@@ -44,12 +47,14 @@ class Controls:
         mode: ``coalesce`` or ``passthrough``.
         timeout_ms: the requested deadline, milliseconds.
         on_disconnect: ``cancel`` or ``detach``.
+        flush_boundary: ``none``, ``word``, ``sentence`` or ``line``.
     """
 
     flush_interval_ms: float | None = None
     mode: str | None = None
     timeout_ms: float | None = None
     on_disconnect: str | None = None
+    flush_boundary: FlushBoundary | None = None
 
     def over(self, base: Controls) -> Controls:
         """These values where set, ``base``'s elsewhere (a WebSocket message over its
@@ -61,6 +66,7 @@ class Controls:
             self.mode if self.mode is not None else base.mode,
             self.timeout_ms if self.timeout_ms is not None else base.timeout_ms,
             self.on_disconnect if self.on_disconnect is not None else base.on_disconnect,
+            self.flush_boundary if self.flush_boundary is not None else base.flush_boundary,
         )
 
     def deadline_s(self, route_timeout_s: float | None) -> float | None:
@@ -87,6 +93,7 @@ def parse_controls(headers: Iterable[tuple[bytes, bytes]]) -> Controls:
         ControlHeaderError: a control header with an invalid value, naming the header.
     """
     flush = mode = timeout = on_disconnect = None
+    boundary: FlushBoundary | None = None
     for name, value in headers:
         if not is_control(name):
             continue
@@ -112,9 +119,26 @@ def parse_controls(headers: Iterable[tuple[bytes, bytes]]) -> Controls:
                     f"X-Streamhop-On-Disconnect must be 'cancel' or 'detach', got {text!r}"
                 )
             on_disconnect = text
-    if flush is None and mode is None and timeout is None and on_disconnect is None:
+        elif key == b"flush-boundary":
+            boundary = _flush_boundary(text)
+    if (
+        flush is None
+        and mode is None
+        and timeout is None
+        and on_disconnect is None
+        and boundary is None
+    ):
         return NO_CONTROLS
-    return Controls(flush, mode, timeout, on_disconnect)
+    return Controls(flush, mode, timeout, on_disconnect, boundary)
+
+
+def _flush_boundary(text: str) -> FlushBoundary:
+    for boundary in FLUSH_BOUNDARIES:
+        if text == boundary:
+            return boundary
+    raise ControlHeaderError(
+        f"X-Streamhop-Flush-Boundary must be one of {', '.join(FLUSH_BOUNDARIES)}, got {text!r}"
+    )
 
 
 def _milliseconds(header: str, text: str) -> float:

@@ -119,6 +119,8 @@ class StreamPump:
             flush_interval=options.flush_interval_s,
             max_flush_bytes=options.max_flush_bytes,
             passthrough=options.passthrough,
+            flush_boundary=options.flush_boundary,
+            max_boundary_wait=options.max_boundary_wait_s,
         )
         self._decoder = SSEDecoder(options.max_event_bytes)
         self._max_pending = options.max_pending_bytes
@@ -368,7 +370,7 @@ class StreamPump:
                     closing = self._closing
                     begin = time.monotonic()
                     if closing or coalescer.due(begin):
-                        events = coalescer.take()
+                        events = coalescer.take(None if closing else begin)
                         if closing and self._tail:
                             events.extend(self._tail)
                             self._tail = []

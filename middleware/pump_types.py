@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from streamhop.middleware.errors import StreamHopError
+from streamhop.middleware.rechunk.boundary import DEFAULT_MAX_BOUNDARY_WAIT, FlushBoundary
 from streamhop.middleware.rechunk.formats import TERMINAL_HINTS
 
 
@@ -51,6 +52,9 @@ class PumpOptions:
         keepalive_interval_s: seconds of silence before a ``: keep-alive`` comment; ``None``:
             never.
         forward_comments: forward upstream comment lines while nothing else is due.
+        flush_boundary: where a window write may cut merged text: ``none`` (anywhere),
+            ``word``, ``sentence`` or ``line`` (see docs/rechunking.md).
+        max_boundary_wait_s: seconds text is held past its window for a boundary, at most.
     """
 
     format: str = "auto"
@@ -62,6 +66,8 @@ class PumpOptions:
     stall_timeout_s: float = 30.0
     keepalive_interval_s: float | None = None
     forward_comments: bool = False
+    flush_boundary: FlushBoundary = "none"
+    max_boundary_wait_s: float = DEFAULT_MAX_BOUNDARY_WAIT
 
 
 DEFAULT_OPTIONS: Final = PumpOptions()
