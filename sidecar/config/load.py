@@ -17,6 +17,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from streamhop.middleware.errors import ConfigError
+from streamhop.middleware.rechunk.boundary import FLUSH_BOUNDARIES
 from streamhop.middleware.rechunk.formats import FORMAT_NAMES
 from streamhop.sidecar.config.model import (
     BackpressureConfig,
@@ -181,11 +182,22 @@ def _rechunk(t: Mapping[str, Any]) -> RechunkConfig:
     mode = _str(t, "rechunk", "mode", d.mode)
     if mode not in ("coalesce", "passthrough"):
         raise ConfigError("rechunk.mode", f"expected 'coalesce' or 'passthrough', got {mode!r}")
+    boundary = _str(t, "rechunk", "flush_boundary", d.flush_boundary)
+    flush_boundary = next((b for b in FLUSH_BOUNDARIES if b == boundary), None)
+    if flush_boundary is None:
+        raise ConfigError(
+            "rechunk.flush_boundary",
+            f"expected one of {', '.join(repr(b) for b in FLUSH_BOUNDARIES)}, got {boundary!r}",
+        )
     return RechunkConfig(
         mode=mode,
         flush_interval_ms=_num(t, "rechunk", "flush_interval_ms", d.flush_interval_ms, minimum=0),
         max_flush_bytes=_int(t, "rechunk", "max_flush_bytes", d.max_flush_bytes, minimum=1),
         max_event_bytes=_int(t, "rechunk", "max_event_bytes", d.max_event_bytes, minimum=64),
+        flush_boundary=flush_boundary,
+        max_boundary_wait_ms=_num(
+            t, "rechunk", "max_boundary_wait_ms", d.max_boundary_wait_ms, minimum=0
+        ),
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from streamhop.middleware.errors import ConfigError
+from streamhop.middleware.rechunk.boundary import DEFAULT_MAX_BOUNDARY_WAIT, FlushBoundary
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8787"
 DEFAULT_ADMIN_LISTEN: Final = "127.0.0.1:9464"
@@ -71,12 +72,18 @@ class RouteConfig:
 
 @dataclass(frozen=True, slots=True)
 class RechunkConfig:
-    """``[rechunk]``: how SSE streams are re-chunked."""
+    """``[rechunk]``: how SSE streams are re-chunked.
+
+    ``flush_boundary``: where a window write may cut merged text (``none``, ``word``,
+    ``sentence``, ``line``); ``max_boundary_wait_ms``: how long text may wait for one.
+    """
 
     mode: str = "coalesce"
     flush_interval_ms: float = 20.0
     max_flush_bytes: int = 16 * 1024
     max_event_bytes: int = 1024 * 1024
+    flush_boundary: FlushBoundary = "none"
+    max_boundary_wait_ms: float = DEFAULT_MAX_BOUNDARY_WAIT * 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,8 @@ def pump_options(config: Config, route: RouteConfig, controls: Controls) -> Pump
         stall_timeout_s=config.backpressure.stall_timeout_s,
         keepalive_interval_s=route.keepalive_interval_s,
         forward_comments=True,
+        flush_boundary=controls.flush_boundary or rechunk.flush_boundary,
+        max_boundary_wait_s=rechunk.max_boundary_wait_ms / 1000.0,
     )
 
 
