@@ -20,6 +20,7 @@ applies), then is cancelled as usual.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import random
 from collections.abc import Callable
@@ -205,9 +206,10 @@ class Proxy:
         opened.register(driver)
         loop = asyncio.get_running_loop()
         work = loop.create_task(driver.run())
-        # DELETE .../streamhop/v1/streams/<id> finds it by the caller-bound key.
-        stop_key = self.binding.log_key(route.prefix, record.stream_id, scope["headers"])
-        state.running[stop_key] = work, driver
+        # DELETE .../streamhop/v1/streams/<id> finds it by route and id, then checks the
+        # caller's credentials (computed only then, not per request).
+        stop_key = (route.prefix, record.stream_id)
+        state.running[stop_key] = work, driver, scope["headers"]
         watcher = loop.create_task(wait_disconnect(receive))
         try:
             await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -244,7 +246,7 @@ class Proxy:
         jitter = self.config.resume.handoff_jitter_ms
         loop = asyncio.get_running_loop()
         count = 0
-        for _, driver in list(self.state.running.values()):
+        for _, driver, _ in list(self.state.running.values()):
             transport = getattr(driver, "transport", None)
             if isinstance(transport, HttpTransport) and transport.reconnects:
                 retry_ms = int(random.uniform(0, jitter))
@@ -261,13 +263,16 @@ class Proxy:
         detached generation of this caller on this route (the resume binding: another route or
         other credentials get the same 404 as an unknown stream), wait for its upstream to be
         closed (at most :data:`STOP_WAIT_S`), answer 204."""
-        key = self.binding.log_key(route.prefix, stream_id, scope["headers"])
-        running = self.state.running.get(key)
-        if running is None:
+        running = self.state.running.get((route.prefix, stream_id))
+        binding = self.binding
+        if running is None or not hmac.compare_digest(
+            binding.log_key(route.prefix, stream_id, scope["headers"]),
+            binding.log_key(route.prefix, stream_id, running[2]),
+        ):
             message = f"no running stream {stream_id!r} for this caller on this route"
             await json_error(send, 404, fmt, "stream_not_found", message)
             return
-        work, driver = running
+        work, driver, _ = running
         driver.stop("stop")
         await asyncio.wait((work,), timeout=STOP_WAIT_S)
         await send({"type": "http.response.start", "status": 204, "headers": []})

@@ -41,8 +41,11 @@ class SidecarState:
     ready: bool = False
     draining: bool = False
     streams: set[Stoppable] = field(default_factory=set)
-    running: dict[str, tuple[asyncio.Task[None], Stoppable]] = field(default_factory=dict)
-    """HTTP streams by caller-bound key, for the stop endpoint (``DELETE``)."""
+    running: dict[
+        tuple[str, str], tuple[asyncio.Task[None], Stoppable, list[tuple[bytes, bytes]]]
+    ] = field(default_factory=dict)
+    """HTTP streams by ``(route prefix, stream id)``, with their task and the client's headers
+    (for the stop endpoint's credential check)."""
     on_drain: list[Callable[[], int]] = field(default_factory=list)
     """Called once when draining starts (the proxy's resume handoff)."""
     receiving: int = 0
