@@ -13,7 +13,7 @@ as one event and the rest becomes a new group with the same envelope.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -188,3 +188,8 @@ class FieldGroup:
 
 
 _SCALAR = (str, int)
+
+if TYPE_CHECKING:
+    from streamhop.middleware.rechunk.boundary import SplitText
+
+    _SPLITS: type[SplitText] = FieldGroup

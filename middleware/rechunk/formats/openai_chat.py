@@ -37,7 +37,7 @@ upstream serves (``/v1/completions``, ``/v1/embeddings``).
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import orjson
 
@@ -449,3 +449,9 @@ def _merge_logprobs(parts: list[Any]) -> Any:
         if any(x is not None for x in lists):
             merged[key] = [tok for lst in lists if lst for tok in lst]
     return merged
+
+
+if TYPE_CHECKING:
+    from streamhop.middleware.rechunk.boundary import SplitText
+
+    _SPLITS: type[SplitText] = _ChatGroup
