@@ -97,6 +97,11 @@ class StreamHopMiddleware:
             middleware writes a ``: keep-alive`` comment line (so idle timeouts of proxies and
             load balancers in between do not cut a stream whose model is still thinking);
             ``None``: never.
+        flush_boundary: where a window write may cut merged text: ``"none"`` (anywhere),
+            ``"word"``, ``"sentence"`` or ``"line"`` (Unicode UAX #29; docs/rechunking.md); a
+            request's ``X-Streamhop-Flush-Boundary`` overrides it.
+        max_boundary_wait_ms: **milliseconds** text may be held past its window waiting for a
+            boundary before it is written anyway.
         mode: ``"coalesce"`` (merge) or ``"passthrough"`` (forward events one by one).
         format: the stream format (``openai-chat``, ``openai-responses``, ``anthropic``, ``sse``)
             or ``"auto"`` to detect it from the first event with data.
@@ -124,6 +129,8 @@ class StreamHopMiddleware:
         stall_timeout_s: float = 30.0,
         stop_grace_s: float = 1.0,
         keepalive_interval_s: float | None = 15.0,
+        flush_boundary: str = "none",
+        max_boundary_wait_ms: float = 250.0,
         mode: str = "coalesce",
         format: str = "auto",
         registry: CollectorRegistry | None = None,
@@ -139,6 +146,8 @@ class StreamHopMiddleware:
             stall_timeout_s=stall_timeout_s,
             stop_grace_s=stop_grace_s,
             keepalive_interval_s=keepalive_interval_s,
+            flush_boundary=flush_boundary,
+            max_boundary_wait_ms=max_boundary_wait_ms,
             mode=mode,
             format=format,
             models=model_names(models),
@@ -156,6 +165,8 @@ class StreamHopMiddleware:
         self.stall_timeout_s = options.stall_timeout_s
         self.stop_grace_s = options.stop_grace_s
         self.keepalive_interval_s = options.keepalive_interval_s
+        self.flush_boundary = options.flush_boundary
+        self.max_boundary_wait_ms = options.max_boundary_wait_ms
         self.mode = options.mode
         self.format = options.format
         self.models = options.models

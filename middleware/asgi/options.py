@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from streamhop.middleware.controls import MODES, Controls
 from streamhop.middleware.errors import ConfigError
 from streamhop.middleware.pump import PumpOptions
+from streamhop.middleware.rechunk.boundary import FLUSH_BOUNDARIES, FlushBoundary
 from streamhop.middleware.rechunk.formats import FORMAT_NAMES
 
 
@@ -38,6 +39,10 @@ class MiddlewareOptions:
         stop_grace_s: seconds a listening app gets to stop by itself when told (``> 0``).
         keepalive_interval_s: seconds of silence on an SSE response before a ``: keep-alive``
             comment (``> 0``), or ``None`` for never.
+        flush_boundary: where a window write may cut merged text (``none``, ``word``,
+            ``sentence``, ``line``; docs/rechunking.md).
+        max_boundary_wait_ms: milliseconds text is held past its window for a boundary, at most
+            (``>= 0``).
         mode: ``coalesce`` or ``passthrough``.
         format: a format name or ``auto``.
         models: model names kept as the ``model`` label (see :func:`model_names`).
@@ -55,6 +60,8 @@ class MiddlewareOptions:
     stall_timeout_s: float = 30.0
     stop_grace_s: float = 1.0
     keepalive_interval_s: float | None = 15.0
+    flush_boundary: str = "none"
+    max_boundary_wait_ms: float = 250.0
     mode: str = "coalesce"
     format: str = "auto"
     models: frozenset[str] = frozenset()
@@ -76,6 +83,15 @@ class MiddlewareOptions:
                 "keepalive_interval_s",
                 _number("keepalive_interval_s", self.keepalive_interval_s, minimum=None),
             )
+        if self.flush_boundary not in FLUSH_BOUNDARIES:
+            raise OptionError(
+                "flush_boundary",
+                f"expected one of {list(FLUSH_BOUNDARIES)}, got {self.flush_boundary!r}",
+            )
+        put(
+            "max_boundary_wait_ms",
+            _number("max_boundary_wait_ms", self.max_boundary_wait_ms, minimum=0.0),
+        )
         if self.mode not in MODES:
             raise OptionError("mode", f"expected one of {list(MODES)}, got {self.mode!r}")
         if self.format not in FORMAT_NAMES:
@@ -92,9 +108,15 @@ class MiddlewareOptions:
         """The format of errors answered before a stream's format is known (``None``: OpenAI)."""
         return None if self.format == "auto" else self.format
 
+    def _boundary(self) -> FlushBoundary:
+        for boundary in FLUSH_BOUNDARIES:  # validated in __post_init__: one matches
+            if boundary == self.flush_boundary:
+                return boundary
+        return "none"
+
     def pump_options(self, controls: Controls) -> PumpOptions:
         """The pump's options for one request: these options, with its control headers'
-        ``flush_interval_ms`` and ``mode`` where it sent them."""
+        ``flush_interval_ms``, ``mode`` and ``flush_boundary`` where it sent them."""
         flush_ms = controls.flush_interval_ms
         if flush_ms is None:
             flush_ms = self.flush_interval_ms
@@ -107,6 +129,8 @@ class MiddlewareOptions:
             max_pending_bytes=self.max_pending_bytes,
             stall_timeout_s=self.stall_timeout_s,
             keepalive_interval_s=self.keepalive_interval_s,
+            flush_boundary=controls.flush_boundary or self._boundary(),
+            max_boundary_wait_s=self.max_boundary_wait_ms / 1000.0,
             # The app's own comments (sse-starlette's ping) go out while the stream idles.
             forward_comments=True,
         )

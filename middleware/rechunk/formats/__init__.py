@@ -19,7 +19,8 @@ Adding a provider format:
 2. an instance of it in :data:`.registry.REGISTERED`, before the formats whose detection is
    looser (``openai-chat``'s ``choices``) and always before plain ``sse``;
 3. tests: a recorded stream in the fixtures, and the per-format cases of
-   ``tests/middleware/rechunk/test_formats.py`` and ``tests/middleware/rechunk/test_format_objects.py``.
+   ``tests/middleware/rechunk/test_formats.py`` and
+   ``tests/middleware/rechunk/test_format_objects.py``.
 """
 
 from __future__ import annotations

@@ -1247,3 +1247,19 @@ async def test_sse_starlette_event_source_response_and_its_pings() -> None:
     assert b"\n: ping - " in b"\n" + raw
     assert accumulate("openai-chat", server.events) == accumulate("openai-chat", upstream)
     assert len(server.bodies) <= len(upstream) // 2
+
+
+async def test_flush_boundary_option_and_header_reach_the_pump() -> None:
+    """``flush_boundary`` as an option and as ``X-Streamhop-Flush-Boundary``; a bad value is an
+    OptionError naming it."""
+    from streamhop.middleware.asgi.options import MiddlewareOptions, OptionError
+    from streamhop.middleware.controls import Controls
+
+    options = MiddlewareOptions(flush_boundary="sentence", max_boundary_wait_ms=100)
+    pump = options.pump_options(Controls())
+    assert pump.flush_boundary == "sentence" and pump.max_boundary_wait_s == 0.1
+    assert options.pump_options(Controls(flush_boundary="word")).flush_boundary == "word"
+    with pytest.raises(OptionError, match="flush_boundary"):
+        MiddlewareOptions(flush_boundary="paragraph")
+    with pytest.raises(OptionError, match="max_boundary_wait_ms"):
+        MiddlewareOptions(max_boundary_wait_ms=-1)
