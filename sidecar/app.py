@@ -92,6 +92,8 @@ def build_proxy_app(
                 metrics.resume_errors.labels(store_name, kind).inc()
 
             proxy.resume = build_store(config.resume, on_error)
+            proxy.resume.listen_stops(proxy.stop_by_key)
+            proxy.websocket.resume = proxy.resume
         state.ready = True
 
     async def shutdown() -> None:

@@ -55,9 +55,13 @@ class ReadyBalancer:
         self.replicas = replicas
         self.routed: list[int] = []
         """Index of the replica each connection went to."""
+        self.sent: list[bytearray] = []
+        """What the client sent on each connection (same order as ``routed``)."""
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.url = ""
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __enter__(self) -> ReadyBalancer:
         self._thread.start()
@@ -77,6 +81,10 @@ class ReadyBalancer:
 
     async def _stop(self) -> None:
         self._server.close()
+        for writer in list(self._writers):  # connections a client still keeps alive
+            writer.close()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
         await self._server.wait_closed()
 
     def _ready(self) -> int | None:
@@ -88,20 +96,46 @@ class ReadyBalancer:
         return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        try:
+            await self._route(reader, writer)
+        finally:
+            self._writers.discard(writer)
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         index = await asyncio.to_thread(self._ready)
         if index is None:
-            writer.close()
             return
         self.routed.append(index)
+        sent = bytearray()
+        self.sent.append(sent)
         host, port = self.replicas[index].url.removeprefix("http://").split(":")
         up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        self._writers.add(up_writer)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bytearray | None = None
+        ) -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await src.read(65536):
+                    if record is not None:
+                        record += data
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(ConnectionError, OSError):
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        try:
+            await asyncio.gather(pipe(reader, up_writer, sent), pipe(up_reader, writer))
+        finally:
+            self._writers.discard(up_writer)
+            up_writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await up_writer.wait_closed()

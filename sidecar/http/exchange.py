@@ -33,6 +33,7 @@ from streamhop.sidecar.admission.headers import response_headers
 from streamhop.sidecar.http.asgi import Scope, Send, json_error
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.resume import LogWriter, ResumeStore
+from streamhop.sidecar.resume.store import close_log
 from streamhop.sidecar.upstream.driver import StreamSink
 from streamhop.sidecar.upstream.pool import UpstreamTiming
 
@@ -176,20 +177,10 @@ class HttpTransport:
 
     def after(self, pump: StreamPump | None) -> None:
         """End the resume log; a stream stopped before its end gets a terminal event first."""
-        log = self.log
-        if log is None:
-            return
-        if not self._ended and pump is not None:
-            reason = self.record.cancel_reason or "cancelled"
-            message = (
-                f"the stream was stopped ({reason}) before it ended; "
-                "a resume replays only what was generated until then"
+        if self.log is not None:
+            close_log(
+                self.log, pump, ended=self._ended, record=self.record, format_hint=self.format_hint
             )
-            try:
-                log.stamp(pump.error_events(Fault("stream_cancelled", message), self.format_hint))
-            except Exception:  # the log must be closed whatever happens
-                logger.exception("stream %s: cannot log the end event", self.record.request_id)
-        log.close()
 
 
 def _reconnects(scope: Scope) -> bool:

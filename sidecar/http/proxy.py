@@ -23,6 +23,7 @@ import asyncio
 import hmac
 import logging
 import random
+import time
 from collections.abc import Callable
 
 from streamhop.middleware.controls import ControlHeaderError
@@ -52,7 +53,7 @@ from streamhop.sidecar.http.asgi import (
 from streamhop.sidecar.http.exchange import HttpTransport
 from streamhop.sidecar.observe.record import StreamRecord, request_facts
 from streamhop.sidecar.observe.tracing import Tracing
-from streamhop.sidecar.resume import ResumeStore
+from streamhop.sidecar.resume import ResumeError, ResumeStore
 from streamhop.sidecar.resume.binding import ResumeBinding
 from streamhop.sidecar.resume.replay import Replay, replay
 from streamhop.sidecar.upstream.driver import StreamDriver, StreamRequest
@@ -66,6 +67,8 @@ __all__ = ["Proxy", "SidecarState"]
 
 STOP_WAIT_S = 5.0
 """Longest a stop request waits for the stopped stream's upstream to be closed."""
+STOP_POLL_S = 0.05
+"""How often a stop sent to other replicas checks whether the stream's log ended."""
 
 
 class Proxy:
@@ -113,7 +116,10 @@ class Proxy:
                 await self._stop(scope, send, route, stream_id, fmt_hint)
                 return
         state = self.state
-        if state.draining:
+        if state.draining and not (self.resume is not None and _has_last_event_id(scope)):
+            # A resume is still served while draining: it starts no generation, and a browser
+            # whose reconnect rides an old keep-alive connection here must not get a 503
+            # (EventSource gives up for good on an error status).
             message = "streamhop is shutting down"
             await json_error(send, 503, fmt_hint, "draining", message, retry_after=True)
             return
@@ -265,18 +271,48 @@ class Proxy:
         closed (at most :data:`STOP_WAIT_S`), answer 204."""
         running = self.state.running.get((route.prefix, stream_id))
         binding = self.binding
-        if running is None or not hmac.compare_digest(
-            binding.log_key(route.prefix, stream_id, scope["headers"]),
-            binding.log_key(route.prefix, stream_id, running[2]),
+        key = binding.log_key(route.prefix, stream_id, scope["headers"])
+        status = 404
+        if running is not None and hmac.compare_digest(
+            key, binding.log_key(route.prefix, stream_id, running[2])
         ):
+            work, driver, _ = running
+            driver.stop("stop")
+            await asyncio.wait((work,), timeout=STOP_WAIT_S)
+            status = 204
+        elif self.resume is not None:
+            # Not here: running on another replica sharing the store? Ask them all, then wait
+            # for its log to end.
+            status = await self._stop_elsewhere(self.resume, key)
+        if status == 404:
             message = f"no running stream {stream_id!r} for this caller on this route"
             await json_error(send, 404, fmt, "stream_not_found", message)
             return
-        work, driver, _ = running
-        driver.stop("stop")
-        await asyncio.wait((work,), timeout=STOP_WAIT_S)
-        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stop_elsewhere(self, store: ResumeStore, key: str) -> int:
+        """204 once the log under ``key`` ended after a published stop, 202 if it did not end
+        within :data:`STOP_WAIT_S`, 404 when no running log has that key."""
+        try:
+            if await store.log_state(key) != "running":
+                return 404
+            await store.publish_stop(key)
+            deadline = time.monotonic() + STOP_WAIT_S
+            while time.monotonic() < deadline:
+                if await store.log_state(key) != "running":
+                    return 204
+                await asyncio.sleep(STOP_POLL_S)
+        except ResumeError as exc:
+            logger.warning("stop: resume store failed: %s", exc)
+        return 202
+
+    def stop_by_key(self, key: str) -> None:
+        """Another replica published a stop: stop the local stream whose caller-bound key is
+        ``key``, if one runs here."""
+        for (prefix, stream_id), (_, driver, headers) in list(self.state.running.items()):
+            if hmac.compare_digest(key, self.binding.log_key(prefix, stream_id, headers)):
+                driver.stop("stop")
 
     async def _admit(
         self, scope: Scope, send: Send
@@ -361,3 +397,7 @@ class Proxy:
         finally:
             watcher.cancel()
             self.state.streams.discard(state)
+
+
+def _has_last_event_id(scope: Scope) -> bool:
+    return any(name == b"last-event-id" for name, _ in scope["headers"])

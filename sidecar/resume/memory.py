@@ -182,6 +182,18 @@ class MemoryStore:
         if timer is not None:
             timer.cancel()
 
+    async def log_state(self, key: str) -> str:
+        log = self._logs.get(key)
+        if log is None:
+            return "missing"
+        return "ended" if log.ended else "running"
+
+    async def publish_stop(self, key: str) -> None:
+        return None  # one process: the caller found no running stream here, so none exists
+
+    def listen_stops(self, on_stop: Callable[[str], None]) -> None:
+        return None
+
     async def aclose(self) -> None:
         for timer in self._timers.values():
             timer.cancel()

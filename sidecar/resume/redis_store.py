@@ -48,6 +48,10 @@ KEY_PREFIX: Final = "streamhop:resume:"
 REDIS_MAXLEN: Final = 1_000_000
 """``XADD ... MAXLEN ~`` bound per stream: a safety net only (``max_stream_bytes`` is the
 working bound), large enough never to trim a log that is still within its byte cap."""
+STOP_CHANNEL: Final = "streamhop:stop"
+"""Pub/sub channel on which a replica asks the others to stop a generation (its log key)."""
+LISTEN_RETRY_S: Final = 1.0
+"""Pause before subscribing again after the stop channel's connection failed."""
 BLOCK_MS: Final = 5000
 """``XREAD BLOCK`` milliseconds; after an empty wait the reader checks the key still exists."""
 _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
@@ -187,6 +191,7 @@ class RedisStore:
         self._on_error = on_error
         self._failing = False
         self._writers: set[asyncio.Task[None]] = set()
+        self._listener: asyncio.Task[None] | None = None
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_connect_timeout=connect_timeout_s,
@@ -221,6 +226,42 @@ class RedisStore:
         headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in pairs]
         return _Reader(self, key, headers)
 
+    async def log_state(self, key: str) -> str:
+        try:
+            last = await self.client.xrevrange(KEY_PREFIX + key, "+", "-", count=1)
+        except _STORE_ERRORS as exc:
+            self.error("read", exc)
+            raise ResumeError(f"resume store failed: {exc}") from exc
+        if not last:
+            return "missing"
+        fields = last[0][1] or {}
+        return "ended" if fields.get(b"k") == b"end" else "running"
+
+    async def publish_stop(self, key: str) -> None:
+        try:
+            await self.client.publish(STOP_CHANNEL, key)
+        except _STORE_ERRORS as exc:
+            self.error("write", exc)
+            raise ResumeError(f"resume store failed: {exc}") from exc
+
+    def listen_stops(self, on_stop: Callable[[str], None]) -> None:
+        """Subscribe to :data:`STOP_CHANNEL` in a background task (resubscribing after a
+        failure, every :data:`LISTEN_RETRY_S`)."""
+
+        async def listen() -> None:
+            while True:
+                try:
+                    async with self.client.pubsub() as pubsub:
+                        await pubsub.subscribe(STOP_CHANNEL)
+                        async for message in pubsub.listen():
+                            if message.get("type") == "message":
+                                on_stop(bytes(message["data"]).decode("ascii", "replace"))
+                except _STORE_ERRORS as exc:
+                    self.error("read", exc)
+                await asyncio.sleep(LISTEN_RETRY_S)
+
+        self._listener = asyncio.get_running_loop().create_task(listen(), name="streamhop-stops")
+
     def error(self, kind: str, exc: BaseException | None) -> None:
         """Count a failure; log the first one of an outage (``exc`` set) once."""
         if self._on_error is not None:
@@ -241,6 +282,9 @@ class RedisStore:
             logger.warning("resume store redis answers again")
 
     async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
         if self._writers:
             await asyncio.wait(set(self._writers), timeout=2.0)
         await self.client.aclose()

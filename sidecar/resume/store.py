@@ -12,12 +12,17 @@ never the stream itself.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final, Protocol
 
 from streamhop.middleware.errors import StreamHopError
+from streamhop.middleware.pump import Fault, StreamPump
 from streamhop.middleware.sse.events import SSEEvent
+from streamhop.sidecar.observe.record import StreamRecord
+
+logger = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -53,6 +58,29 @@ def number_events(prefix: str, seq: int, events: list[SSEEvent]) -> tuple[list[S
         seq += 1
         stamped.append(event._replace(id=f"{prefix}{seq}"))
     return stamped, seq
+
+
+def close_log(
+    log: LogWriter,
+    pump: StreamPump | None,
+    *,
+    ended: bool,
+    record: StreamRecord,
+    format_hint: str | None,
+) -> None:
+    """End a stream's log; a stream stopped before its own end (``ended`` false) gets a
+    terminal ``stream_cancelled`` error event first, so a resume ends cleanly."""
+    if not ended and pump is not None:
+        reason = record.cancel_reason or "cancelled"
+        message = (
+            f"the stream was stopped ({reason}) before it ended; "
+            "a resume replays only what was generated until then"
+        )
+        try:
+            log.stamp(pump.error_events(Fault("stream_cancelled", message), format_hint))
+        except Exception:  # the log must be closed whatever happens
+            logger.exception("stream %s: cannot log the end event", record.request_id)
+    log.close()
 
 
 class LogWriter(Protocol):
@@ -115,6 +143,27 @@ class ResumeStore(Protocol):
             ResumeLogFullError: the log passed its byte cap.
             ResumeError: the store cannot be reached.
         """
+        ...
+
+    async def log_state(self, key: str) -> str:
+        """``missing`` (no such log), ``running`` (no end marker yet) or ``ended``.
+
+        Raises:
+            ResumeError: the store cannot be reached.
+        """
+        ...
+
+    async def publish_stop(self, key: str) -> None:
+        """Ask every replica sharing the store to stop the generation logging under ``key``
+        (the memory store has no other replica: nothing to do).
+
+        Raises:
+            ResumeError: the store cannot be reached.
+        """
+        ...
+
+    def listen_stops(self, on_stop: Callable[[str], None]) -> None:
+        """Call ``on_stop(key)`` for each stop another replica publishes (until :meth:`aclose`)."""
         ...
 
     async def aclose(self) -> None:

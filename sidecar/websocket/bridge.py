@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -53,6 +54,8 @@ from streamhop.sidecar.config import Config, RouteConfig
 from streamhop.sidecar.http.asgi import Receive, Scope, Send
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
+from streamhop.sidecar.resume import ResumeStore
+from streamhop.sidecar.resume.binding import ResumeBinding
 from streamhop.sidecar.upstream.driver import StreamRequest
 from streamhop.sidecar.upstream.opening import open_stream
 from streamhop.sidecar.upstream.pool import UpstreamPool
@@ -61,10 +64,13 @@ from streamhop.sidecar.websocket.messages import (
     CancelMessage,
     MessageError,
     RequestMessage,
+    ResumeMessage,
     done_frame,
     error_frame,
     parse_client_frame,
+    reconnect_frame,
 )
+from streamhop.sidecar.websocket.replay import WsReplay
 
 if TYPE_CHECKING:
     from streamhop.sidecar.upstream.opening import SidecarState
@@ -114,9 +120,38 @@ class WebSocketBridge:
         self.table = table
         self.on_finish = on_finish
         self.tracing = tracing
+        self.resume: ResumeStore | None = None
+        """The resume store (set at startup when ``[resume]`` is on): generations are logged."""
+        self.binding = ResumeBinding.from_config(config.resume)
+        self.sessions: set[_Session] = set()
+        self._handoffs: set[asyncio.Task[None]] = set()
+        state.on_drain.append(self.handoff_all)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _Session(self, scope, receive, send).run()
+        session = _Session(self, scope, receive, send)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    def handoff_all(self) -> int:
+        """Draining with a shared resume store: send each socket with a logged generation a
+        ``reconnect`` message (a random ``retry_ms`` in ``[0, handoff_jitter_ms]``); the
+        generation goes on into the log for the client to ``resume`` on another replica."""
+        if self.resume is None or self.config.resume.store != "redis":
+            return 0
+        jitter = self.config.resume.handoff_jitter_ms
+        loop = asyncio.get_running_loop()
+        count = 0
+        for session in list(self.sessions):
+            gen = session.current
+            if isinstance(gen, Generation) and gen.log is not None and session.running():
+                task = loop.create_task(session.handoff(gen, int(random.uniform(0, jitter))))
+                self._handoffs.add(task)
+                task.add_done_callback(self._handoffs.discard)
+                count += 1
+        return count
 
 
 class _Session:
@@ -128,7 +163,7 @@ class _Session:
         self.receive = receive
         self._send = send
         self._lock = asyncio.Lock()
-        self.current: Generation | None = None
+        self.current: Generation | WsReplay | None = None
         self.task: asyncio.Task[None] | None = None
         self.route: RouteConfig | None = None
         self.forward: list[tuple[str, str]] = []
@@ -228,15 +263,30 @@ class _Session:
                 continue
             if isinstance(parsed, CancelMessage):
                 await self._cancel()
+            elif isinstance(parsed, ResumeMessage):
+                await self._resume(parsed)
             elif not await self._request(parsed):
                 return
 
     async def _error(self, code: str, message: str) -> None:
         await self.send_frames([error_frame(code, message)])
 
+    def running(self) -> bool:
+        """A generation (or replay) runs and has not begun sending its own ``done``."""
+        return self._running()
+
     def _running(self) -> bool:
         gen, task = self.current, self.task
         return gen is not None and task is not None and not task.done() and not gen.ending
+
+    async def handoff(self, gen: Generation, retry_ms: int) -> None:
+        """Tell the client to reconnect elsewhere; ``gen`` goes on into the log only."""
+        if gen is not self.current or gen.log is None or gen.ending:
+            return
+        gen.detached = True
+        frame = reconnect_frame(gen.record.stream_id, gen.log.last_seq, retry_ms)
+        with contextlib.suppress(OSError):
+            await self.send_frames([frame])
 
     def _cancel_current(self, reason: str) -> None:
         if self.current is not None and self.task is not None and not self.task.done():
@@ -247,6 +297,11 @@ class _Session:
         """Cancel the running generation (if any) and wait for it; True if one was cancelled."""
         task = self.task
         if task is None or task.done():
+            return False
+        gen = self.current
+        if isinstance(gen, Generation) and gen.detached:
+            # Handed off: it runs on into the log (bounded by the drain) for a resume elsewhere.
+            await asyncio.wait((task,), timeout=self.bridge.config.resume.window_s)
             return False
         cancelled = self._running()
         if cancelled:
@@ -260,6 +315,25 @@ class _Session:
             return
         if await self._end_current("interrupt"):
             await self.send_frames([done_frame("cancelled")])
+
+    async def _resume(self, message: ResumeMessage) -> None:
+        """Replay a logged generation after ``message.after`` and follow it to its end
+        (cutting over a running one); bound to this route and the handshake's credentials."""
+        bridge = self.bridge
+        route = self.route
+        assert route is not None
+        if bridge.resume is None:
+            await self._error("resume_unavailable", "resume is off ([resume] enabled = false)")
+            return
+        if self._running():
+            if await self._end_current("interrupt"):
+                await self.send_frames([done_frame("interrupted")])
+        elif self.task is not None and not self.task.done():
+            await asyncio.wait((self.task,), timeout=CUTOVER_WAIT_S)
+        key = bridge.binding.log_key(route.prefix, message.stream_id, self.scope["headers"])
+        replay = WsReplay(bridge.resume, key, message, self.send_frames)
+        self.current = replay
+        self.task = asyncio.get_running_loop().create_task(replay.run())
 
     async def _request(self, message: RequestMessage) -> bool:
         """Start a generation, cutting over a running one; False when the socket must close."""
@@ -324,6 +398,10 @@ class _Session:
             on_finish=bridge.on_finish,
         )
         record = opened.record
+        log = None
+        if bridge.resume is not None:
+            key = bridge.binding.log_key(route.prefix, record.stream_id, self.scope["headers"])
+            log = (bridge.resume, key)
         gen = Generation(
             StreamRequest(
                 config=bridge.config,
@@ -340,6 +418,7 @@ class _Session:
                 format_hint=None if route.format == "auto" else route.format,
             ),
             self.send_frames,
+            log,
         )
         opened.register(gen)
 

@@ -31,6 +31,8 @@ import orjson
 from streamhop.middleware.pump import Fault, StreamPump
 from streamhop.middleware.sse.events import SSEEvent
 from streamhop.sidecar.observe.record import StreamRecord
+from streamhop.sidecar.resume import LogWriter, ResumeStore
+from streamhop.sidecar.resume.store import close_log
 from streamhop.sidecar.upstream.driver import StreamDriver, StreamRequest, StreamSink
 from streamhop.sidecar.upstream.pool import UpstreamTiming
 from streamhop.sidecar.websocket.messages import done_frame, error_frame, event_frame
@@ -41,6 +43,8 @@ SendFrames = Callable[[Sequence[str]], Awaitable[None]]
 Terminal = tuple[str, dict[str, Any] | None]
 """``(done reason, error object or None)``."""
 
+_LOG_HEADERS: Final = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+"""Headers an HTTP resume of a WebSocket generation's log answers with."""
 ERROR_BODY_LIMIT: Final = 64 * 1024
 """Bytes of an upstream error body included in the ``error`` message."""
 
@@ -53,9 +57,21 @@ class Generation:
         send_frames: sends text frames to the client in order, one send in flight per socket.
     """
 
-    def __init__(self, request: StreamRequest, send_frames: SendFrames) -> None:
+    def __init__(
+        self,
+        request: StreamRequest,
+        send_frames: SendFrames,
+        log: tuple[ResumeStore, str] | None = None,
+    ) -> None:
         self.record: StreamRecord = request.record
         self.send_frames = send_frames
+        self._log_at = log
+        self.log: LogWriter | None = None
+        """The generation's resume log (``[resume]`` on), else ``None``."""
+        self.detached = False
+        """True once the client was told to reconnect: events go to the log only."""
+        self._format_hint = request.format_hint
+        self._ended = False
         self.started = False
         self.ending = False
         """True once the generation sends its own ``done``: too late to cancel or interrupt."""
@@ -125,6 +141,8 @@ class Generation:
         send_frames = self.send_frames
 
         async def write_events(events: list[SSEEvent]) -> int:
+            if self.detached:
+                return 0
             frames = [event_frame(e) for e in events if e.data is not None]
             if frames:
                 await send_frames(frames)
@@ -133,17 +151,29 @@ class Generation:
         async def unused(data: bytes) -> None:  # the pump hands this transport events only
             raise AssertionError("the WebSocket transport takes events, not bytes")
 
-        return StreamSink(unused, write_events=write_events)
+        if self._log_at is None:
+            return StreamSink(unused, write_events=write_events)
+        store, key = self._log_at
+        self.log = store.open_writer(self.record.stream_id, _LOG_HEADERS, key)
+        return StreamSink(unused, write_events=write_events, on_events=self.log.stamp)
 
     async def close(self, pump: StreamPump, fault: Fault | None) -> None:
         await pump.finish()
+        if fault is not None and self.log is not None:
+            # A follower resuming from the log learns how the generation ended (this client
+            # gets the ``error`` message instead).
+            self.log.stamp(pump.error_events(fault, self._format_hint))
+        self._ended = True
         if fault is None:
             self._terminal = ("complete", None)
         else:
             self._terminal = ("error", _error(fault.code, fault.message))
 
     def after(self, pump: StreamPump | None) -> None:
-        return None
+        if self.log is not None:
+            close_log(
+                self.log, pump, ended=self._ended, record=self.record, format_hint=self._format_hint
+            )
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The WebSocket bridge's message protocol, without IO: parse client frames, build server frames.
 
 Every frame is a text frame holding one JSON object with a ``type`` (``docs/websocket.md`` is the
-user-facing reference). Client → server: ``request`` and ``cancel``. Server → client: ``event``,
-``done`` and ``error``.
+user-facing reference). Client → server: ``request``, ``cancel`` and ``resume``. Server → client:
+``event``, ``done``, ``error`` and ``reconnect``.
 
 Parsing is strict about what the bridge needs and lenient about the rest: unknown keys in a
 message are ignored, so a client may send fields a later version understands. A frame that cannot
@@ -25,6 +25,7 @@ DONE_REASONS: Final = ("complete", "cancelled", "interrupted", "error")
 # RFC 9110 §5.6.2 token; header values must not carry CR, LF or NUL (§5.5).
 _TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
+_STREAM_ID: Final = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 
 
 class MessageError(StreamHopError):
@@ -57,7 +58,22 @@ class CancelMessage:
     """``{"type": "cancel"}``."""
 
 
-ClientMessage = RequestMessage | CancelMessage
+@dataclass(frozen=True, slots=True)
+class ResumeMessage:
+    """``{"type": "resume", "stream_id": "...", "after": <seq>}``: replay a logged generation
+    after event ``after`` (0: from the start) and follow it live to its end.
+
+    Attributes:
+        stream_id: the stream id of the generation (from a ``reconnect`` message or an event's
+            ``id``).
+        after: the ``seq`` of the last event the client has.
+    """
+
+    stream_id: str
+    after: int
+
+
+ClientMessage = RequestMessage | CancelMessage | ResumeMessage
 
 
 def parse_client_frame(text: str) -> ClientMessage:
@@ -88,9 +104,17 @@ def parse_client_frame(text: str) -> ClientMessage:
         raise MessageError("invalid_message", "expected a string 'type' in the message")
     if kind == "cancel":
         return CancelMessage()
+    if kind == "resume":
+        stream_id, after = obj.get("stream_id"), obj.get("after", 0)
+        if type(stream_id) is not str or not _STREAM_ID.match(stream_id):
+            raise MessageError("invalid_message", "a resume needs 'stream_id', a stream id")
+        if type(after) is not int or after < 0:
+            raise MessageError("invalid_message", "'after' must be an integer >= 0")
+        return ResumeMessage(stream_id, after)
     if kind != "request":
         raise MessageError(
-            "unknown_type", f"unknown message type {kind!r}; expected 'request' or 'cancel'"
+            "unknown_type",
+            f"unknown message type {kind!r}; expected 'request', 'cancel' or 'resume'",
         )
     body = obj.get("body")
     if type(body) is not dict:
@@ -132,7 +156,8 @@ def _headers(raw: object) -> tuple[tuple[str, str], ...]:
 
 
 def event_frame(event: SSEEvent) -> str:
-    """``{"type": "event", "event": ..., "data": ...}`` for one re-chunked SSE event.
+    """``{"type": "event", "event": ..., "data": ...}`` for one re-chunked SSE event, plus
+    ``"id": "<stream-id>:<seq>"`` when the generation is logged for resumption.
 
     ``data`` is the event's data parsed as JSON, or the raw string when it is not JSON (OpenAI's
     ``[DONE]``).
@@ -150,7 +175,20 @@ def event_frame(event: SSEEvent) -> str:
     name = event.event
     if name is not None and not name.isascii():
         name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if event.id is not None:
+        return orjson.dumps(
+            {"type": "event", "event": name, "data": parsed, "id": event.id}
+        ).decode()
     return orjson.dumps({"type": "event", "event": name, "data": parsed}).decode()
+
+
+def reconnect_frame(stream_id: str, last_seq: int, retry_ms: int) -> str:
+    """``{"type": "reconnect", "stream_id": ..., "last_seq": ..., "retry_ms": ...}``: this
+    replica is shutting down; the generation goes on into the shared resume log. Reconnect after
+    ``retry_ms`` and send ``{"type": "resume", "stream_id": ..., "after": last_seq}``."""
+    return orjson.dumps(
+        {"type": "reconnect", "stream_id": stream_id, "last_seq": last_seq, "retry_ms": retry_ms}
+    ).decode()
 
 
 def done_frame(reason: str) -> str:

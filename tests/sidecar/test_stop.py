@@ -117,3 +117,26 @@ def test_on_disconnect_header_is_refused_where_the_route_forbids_it(
         timeout=30,
     )
     assert bad.status_code == 400
+
+
+def test_delete_on_another_replica_stops_the_generation_through_the_shared_store(
+    simulator: StreamhopProcess, start_sidecar: StartSidecar, shared_redis: str
+) -> None:
+    """Behind a Service the DELETE may land on another replica than the generation: it finds
+    the running log in Redis, publishes the stop, and answers once the log ended."""
+    resume = (
+        f'[resume]\nenabled = true\nstore = "redis"\nredis_url = "{shared_redis}"\n'
+        'binding_key = "shared"\nwindow_s = 60'
+    )
+    a = start_sidecar(simulator.url, sections=resume, route='on_disconnect = "detach"')
+    b = start_sidecar(simulator.url, sections=resume)
+    assert a.admin_url is not None
+    rid = uuid.uuid4().hex
+    mine = {"authorization": "Bearer caller-a"}
+    stream_id, _ = _start_and_drop(a, rid, mine)
+    assert _delete(b, stream_id, authorization="Bearer caller-b").status_code == 404
+    assert _delete(b, stream_id, **mine).status_code == 204
+    assert sim_record(simulator.url, rid)["outcome"] == "client_closed"
+    wait_idle(a.admin_url, "/")
+    assert metric(a.admin_url, "streamhop_cancellations_total", reason="stop") == 1
+    assert _delete(b, stream_id, **mine).status_code == 404  # its log has ended

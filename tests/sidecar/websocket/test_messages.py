@@ -75,7 +75,11 @@ def test_cancel(frame: str) -> None:
         ('{"kind": "request"}', "invalid_message"),
         ('{"type": 1}', "invalid_message"),
         ('{"type": null}', "invalid_message"),
-        ('{"type": "resume"}', "unknown_type"),
+        ('{"type": "pause"}', "unknown_type"),
+        ('{"type": "resume"}', "invalid_message"),
+        ('{"type": "resume", "stream_id": "a b"}', "invalid_message"),
+        ('{"type": "resume", "stream_id": "abc", "after": -1}', "invalid_message"),
+        ('{"type": "resume", "stream_id": "abc", "after": "3"}', "invalid_message"),
         ('{"type": "Request"}', "unknown_type"),
         ('{"type": "request"}', "invalid_body"),
         ('{"type": "request", "body": null}', "invalid_body"),
@@ -170,4 +174,19 @@ def test_error_frame_with_and_without_extra_fields() -> None:
             "status": 429,
             "body": {"e": 1},
         },
+    }
+
+
+def test_resume_message_and_reconnect_frame() -> None:
+    from streamhop.sidecar.websocket.messages import ResumeMessage, reconnect_frame
+
+    assert parse_client_frame('{"type": "resume", "stream_id": "ab12", "after": 7}') == (
+        ResumeMessage("ab12", 7)
+    )
+    assert parse_client_frame('{"type": "resume", "stream_id": "ab12"}') == ResumeMessage("ab12", 0)
+    assert orjson.loads(reconnect_frame("ab12", 7, 150)) == {
+        "type": "reconnect",
+        "stream_id": "ab12",
+        "last_seq": 7,
+        "retry_ms": 150,
     }

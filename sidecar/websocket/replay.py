@@ -1,0 +1,113 @@
+"""A WebSocket ``resume``: a logged generation replayed after a ``seq``, then followed live.
+
+The resume log holds each written event in SSE wire form (with its ``id: <stream-id>:<seq>``);
+here each is decoded back into an event and sent as one ``event`` message, the ``id`` included,
+so a client sees exactly the messages the generation's own socket would have sent. The replay
+ends with ``done``: ``complete`` when the log ends with the format's normal end (``[DONE]``,
+``message_stop``, ``response.completed``), ``error`` when it ends with an error event (the
+generation failed or was stopped), or ``error`` + ``done`` ``error`` when the log is unknown
+(``stream_not_found``: expired, another route, other credentials), was closed at its byte cap
+(``resume_log_full``) or the store fails (``resume_unavailable``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+
+from streamhop.middleware.rechunk.formats import detect_format
+from streamhop.middleware.sse.decoder import SSEDecoder
+from streamhop.middleware.sse.events import SSEEvent
+from streamhop.sidecar.resume import (
+    ResumeError,
+    ResumeLogFullError,
+    ResumeStore,
+    StreamNotFoundError,
+)
+from streamhop.sidecar.websocket.messages import (
+    ResumeMessage,
+    done_frame,
+    error_frame,
+    event_frame,
+)
+
+SendFrames = Callable[[Sequence[str]], Awaitable[None]]
+_REDECODE_LIMIT = 1 << 40  # the log holds whole events only; its own byte cap bounds them
+
+
+class WsReplay:
+    """One ``resume`` on a socket (the session treats it like a running generation: ``cancel``
+    or a new ``request`` ends it).
+
+    Args:
+        store: the resume store.
+        key: the caller-bound log key (route, stream id, handshake credentials).
+        message: the client's ``resume`` message.
+        send_frames: sends text frames in order.
+    """
+
+    def __init__(
+        self, store: ResumeStore, key: str, message: ResumeMessage, send_frames: SendFrames
+    ) -> None:
+        self._store = store
+        self._key = key
+        self._message = message
+        self._send_frames = send_frames
+        self.ending = False
+        """True once the replay sends its own ``done``."""
+
+    def mark_cancel(self, reason: str) -> None:
+        """A replay has no upstream to account a cancellation for."""
+
+    async def run(self) -> None:
+        """Replay, follow, end with ``done`` (``OSError``: the client left; nothing to send)."""
+        with contextlib.suppress(OSError):
+            reason, error = await self._replay()
+            self.ending = True
+            frames = [] if error is None else [error_frame(*error)]
+            frames.append(done_frame(reason))
+            await self._send_frames(frames)
+
+    async def _replay(self) -> tuple[str, tuple[str, str] | None]:
+        message = self._message
+        try:
+            reader = await self._store.open_reader(self._key, message.stream_id)
+        except StreamNotFoundError as exc:
+            return "error", ("stream_not_found", str(exc))
+        except ResumeLogFullError as exc:
+            return "error", ("resume_log_full", str(exc))
+        except ResumeError as exc:
+            return "error", ("resume_unavailable", str(exc))
+        decoder = SSEDecoder(_REDECODE_LIMIT)
+        first: SSEEvent | None = None
+        last: SSEEvent | None = None
+        try:
+            async for batch in reader.events_after(message.after):
+                frames = []
+                for data in batch:
+                    for event in decoder.feed(data):
+                        if event.data is None:
+                            continue
+                        first = first or event
+                        last = event
+                        frames.append(event_frame(event))
+                if frames:
+                    await self._send_frames(frames)
+        except ResumeLogFullError as exc:
+            return "error", ("resume_log_full", str(exc))
+        except ResumeError as exc:
+            return "error", ("resume_unavailable", str(exc))
+        return ("complete" if _normal_end(first, last) else "error"), None
+
+
+def _normal_end(first: SSEEvent | None, last: SSEEvent | None) -> bool:
+    """True when ``last`` is its format's terminal event and not an error event. A replay
+    after the last event (nothing new) counts as complete."""
+    if last is None:
+        return True
+    fmt = detect_format(first or last)
+    if fmt is None or not fmt.has_terminal:
+        return True
+    data = last.data or ""
+    is_error = last.event == "error" or data.lstrip().startswith('{"error"')
+    return fmt.is_terminal(last) and not is_error
