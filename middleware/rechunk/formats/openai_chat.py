@@ -36,8 +36,7 @@ upstream serves (``/v1/completions``, ``/v1/embeddings``).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 
 import orjson
 
@@ -53,32 +52,23 @@ from streamhop.middleware.rechunk.formats.base import (
     token_count,
     usage_object,
 )
-from streamhop.middleware.rechunk.formats.field_group import same_except
+from streamhop.middleware.rechunk.formats.openai_chat_group import (
+    ChatGroup,
+    Parsed,
+    Slot,
+)
 from streamhop.middleware.sse.events import SSEEvent
 
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "reasoning", "refusal")
 _TEXT_SET: Final = frozenset(_TEXT_FIELDS)
 _TOOL_KEYS: Final = frozenset(("index", "id", "type", "function"))
 _FUNCTION_KEYS: Final = frozenset(("arguments", "name"))
-_MISSING: Final = object()
-# Top-level chunk fields that may differ between merged chunks; the merged chunk keeps the first
-# chunk's value. The openai SDK's ChatCompletionStreamState takes them from the first chunk only
-# (openai/lib/streaming/chat/_completions.py: _convert_initial_chunk_into_snapshot builds the
-# snapshot from the first chunk; _accumulate_chunk then merges only choices and replaces usage,
-# system_fingerprint and moderation), and some OpenAI-compatible servers change them on every
-# chunk (Groq's compound models: id; older llama.cpp servers: id and created).
-_FIRST_CHUNK_KEYS: Final = ("id", "created")
 # path suffix -> gen_ai.operation.name, longest first ("/chat/completions" ends "/completions")
 _OPERATIONS: Final = (
     ("/chat/completions", "chat"),
     ("/completions", "text_completion"),
     ("/embeddings", "embeddings"),
 )
-
-# A slot names where one merged string goes: (choice position, text field name) or
-# (choice position, tool-call position in delta.tool_calls).
-Slot = tuple[int, "str | int"]
-_Parsed = tuple[dict[str, Any], tuple[Slot, ...], list[str]]
 
 
 class OpenAIChatFormat:
@@ -165,10 +155,10 @@ class OpenAIChatFormat:
             return Kind.HOLD, _has_content(choices), None
         return Kind.DELTA, content, (obj, tuple(slots), strings)
 
-    def open_group(self, event: SSEEvent, parsed: object) -> _ChatGroup:
+    def open_group(self, event: SSEEvent, parsed: object) -> ChatGroup:
         """Start a merge group with a ``DELTA`` event (``parsed`` from :meth:`classify`)."""
-        obj, slots, strings = cast(_Parsed, parsed)
-        return _ChatGroup(event, obj, slots, strings)
+        obj, slots, strings = cast(Parsed, parsed)
+        return ChatGroup(event, obj, slots, strings)
 
     def usage(self, event: SSEEvent) -> Usage | None:
         """``usage.prompt_tokens`` / ``usage.completion_tokens`` of the usage chunk."""
@@ -259,199 +249,3 @@ def _has_content(choices: object) -> Content:
                 if type(args) is str and args:
                     found = Content.TOOL_ARGS
     return found
-
-
-_CALL_SKIP: Final = frozenset(("function",))
-_FUNCTION_SKIP: Final = frozenset(("arguments",))
-
-
-def _same_envelope(obj: dict[str, Any], base: dict[str, Any]) -> bool:
-    """True when two chunks are equal outside ``choices`` and ``obfuscation``, and outside
-    ``id`` and ``created`` (:data:`_FIRST_CHUNK_KEYS`: the merged chunk keeps the first's).
-
-    Swaps ``base``'s values into ``obj`` for one C-level dict comparison, then restores them:
-    several times faster than a Python loop over the keys, and this runs once per delta. The
-    ``id``/``created`` swap is tried only when that comparison fails, so providers that keep
-    them constant pay nothing for it.
-    """
-    choices = obj["choices"]
-    obj["choices"] = base["choices"]
-    obfuscation = obj.get("obfuscation", _MISSING)
-    if obfuscation is not _MISSING and "obfuscation" in base:
-        obj["obfuscation"] = base["obfuscation"]
-    saved: list[tuple[str, Any]] | None = None
-    try:
-        if obj == base:
-            return True
-        for key in _FIRST_CHUNK_KEYS:
-            value = obj.get(key, _MISSING)
-            if value is not _MISSING and key in base and value != base[key]:
-                if saved is None:
-                    saved = []
-                saved.append((key, value))
-                obj[key] = base[key]
-        return saved is not None and obj == base
-    finally:
-        obj["choices"] = choices
-        if obfuscation is not _MISSING:
-            obj["obfuscation"] = obfuscation
-        if saved is not None:
-            for key, value in saved:
-                obj[key] = value
-
-
-def _same_choice(choice: dict[str, Any], base: dict[str, Any]) -> bool:
-    """True when two choices are equal outside ``delta`` and ``logprobs`` and both or neither
-    carry ``logprobs`` (same swap technique as :func:`_same_envelope`)."""
-    logprobs = choice.get("logprobs", _MISSING)
-    base_logprobs = base.get("logprobs", _MISSING)
-    if (logprobs is None or logprobs is _MISSING) != (
-        base_logprobs is None or base_logprobs is _MISSING
-    ):
-        return False
-    delta = choice["delta"]
-    choice["delta"] = base["delta"]
-    if logprobs is not _MISSING and base_logprobs is not _MISSING:
-        choice["logprobs"] = base_logprobs
-    try:
-        return choice == base
-    finally:
-        choice["delta"] = delta
-        if logprobs is not _MISSING:
-            choice["logprobs"] = logprobs
-
-
-class _ChatGroup:
-    __slots__ = ("count", "first", "last_id", "logprobs", "obj", "pieces", "slots", "wire_size")
-
-    def __init__(
-        self, event: SSEEvent, obj: dict[str, Any], slots: tuple[Slot, ...], strings: list[str]
-    ) -> None:
-        self.first = event
-        self.obj = obj
-        self.slots = slots
-        self.pieces: list[list[str]] = [[s] for s in strings]
-        self.count = 1
-        self.wire_size = event.wire_size
-        self.last_id = event.id
-        choices: list[dict[str, Any]] = obj["choices"]
-        self.logprobs: list[list[Any]] | None = None
-        if any(c.get("logprobs") is not None for c in choices):
-            self.logprobs = [[c.get("logprobs")] for c in choices]
-
-    def add(self, event: SSEEvent, parsed: object) -> bool:
-        obj, slots, strings = cast(_Parsed, parsed)
-        if slots != self.slots or event.event != self.first.event:
-            return False
-        base = self.obj
-        choices = obj["choices"]
-        base_choices = base["choices"]
-        if len(choices) != len(base_choices) or not _same_envelope(obj, base):
-            return False
-        for choice, bchoice in zip(choices, base_choices, strict=True):
-            delta = choice["delta"]
-            bdelta = bchoice["delta"]
-            # classify() let only known fields through (text, tool_calls, null role), and the
-            # slots say which carry text: equal key sets leave only tool calls to compare.
-            if delta.keys() != bdelta.keys() or not _same_choice(choice, bchoice):
-                return False
-            calls = delta.get("tool_calls")
-            if calls:
-                # Same positions are guaranteed by the slots; the calls must also be the same
-                # calls (index, type) with only the arguments differing.
-                for call, bcall in zip(calls, bdelta["tool_calls"], strict=True):
-                    if not same_except(call, bcall, _CALL_SKIP):
-                        return False
-                    if not same_except(call["function"], bcall["function"], _FUNCTION_SKIP):
-                        return False
-        for piece, text in zip(self.pieces, strings, strict=True):
-            piece.append(text)
-        if self.logprobs is not None:
-            for acc, choice in zip(self.logprobs, choices, strict=True):
-                acc.append(choice.get("logprobs"))
-        self.count += 1
-        self.wire_size += event.wire_size
-        if event.id is not None:
-            self.last_id = event.id
-        return True
-
-    def render(self) -> SSEEvent:
-        if self.count == 1:
-            return self.first
-        texts = ["".join(piece) for piece in self.pieces]
-        return self._render(self._merged(texts), self.last_id, self.wire_size)
-
-    def _merged(self, texts: list[str]) -> dict[str, Any]:
-        """The merged chunk, with ``texts[i]`` in slot ``i``."""
-        base = self.obj
-        choices = [dict(c) for c in base["choices"]]
-        deltas = [dict(c["delta"]) for c in choices]
-        calls: dict[int, list[dict[str, Any]]] = {}
-        for (pos, where), text in zip(self.slots, texts, strict=True):
-            if isinstance(where, str):
-                deltas[pos][where] = text
-            else:
-                if pos not in calls:
-                    calls[pos] = [dict(c) for c in deltas[pos]["tool_calls"]]
-                    deltas[pos]["tool_calls"] = calls[pos]
-                call = calls[pos][where]
-                call["function"] = {**call["function"], "arguments": text}
-        for choice, delta in zip(choices, deltas, strict=True):
-            choice["delta"] = delta
-        if self.logprobs is not None:
-            for choice, parts in zip(choices, self.logprobs, strict=True):
-                choice["logprobs"] = _merge_logprobs(parts)
-        merged = dict(base)
-        merged["choices"] = choices
-        return merged
-
-    def _render(self, obj: dict[str, Any], event_id: str | None, wire_size: int) -> SSEEvent:
-        return SSEEvent(
-            data=orjson.dumps(obj).decode(),
-            event=self.first.event,
-            id=event_id,
-            wire_size=wire_size,
-        )
-
-    def boundary_text(self) -> tuple[Hashable, str] | None:
-        """See :meth:`streamhop.middleware.rechunk.boundary.SplitText.boundary_text`: only a
-        group continuing one text field of one choice, without ``logprobs``, may be held."""
-        slots = self.slots
-        if len(slots) != 1 or self.logprobs is not None:
-            return None
-        pos, field = slots[0]
-        if not isinstance(field, str):
-            return None  # tool-call arguments are never held
-        piece = self.pieces[0]
-        if len(piece) > 1:
-            piece[:] = ["".join(piece)]
-        return (self.first.event, self.obj["choices"][pos].get("index"), field), piece[0]
-
-    def split(self, cut: int) -> tuple[SSEEvent, _ChatGroup]:
-        """See :meth:`streamhop.middleware.rechunk.boundary.SplitText.split`."""
-        text = "".join(self.pieces[0])
-        rest = text[cut:]
-        rest_size = len(rest.encode())
-        head = self._render(self._merged([text[:cut]]), None, max(0, self.wire_size - rest_size))
-        obj = self._merged([rest])
-        tail = _ChatGroup(self._render(obj, self.last_id, rest_size), obj, self.slots, [rest])
-        return head, tail
-
-
-def _merge_logprobs(parts: list[Any]) -> Any:
-    """Concatenate ``logprobs.content`` / ``logprobs.refusal`` token lists in order."""
-    first = parts[0]
-    if type(first) is not dict:
-        return first
-    merged = dict(first)
-    for key in ("content", "refusal"):
-        lists = [p.get(key) for p in parts if type(p) is dict]
-        if any(x is not None for x in lists):
-            merged[key] = [tok for lst in lists if lst for tok in lst]
-    return merged
-
-
-if TYPE_CHECKING:
-    from streamhop.middleware.rechunk.boundary import SplitText
-
-    _SPLITS: type[SplitText] = _ChatGroup
