@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 from streamhop.middleware.errors import EventTooLargeError
 from streamhop.middleware.pump_types import (
@@ -42,9 +42,13 @@ from streamhop.middleware.pump_types import (
     TERMINAL_EVENTS,
     ClientStallError,
     Fault,
+    OnEvents,
+    PumpObserver,
     PumpOptions,
     PumpStats,
     StreamFault,
+    Write,
+    WriteEvents,
 )
 from streamhop.middleware.rechunk.coalescer import Coalescer
 from streamhop.middleware.rechunk.formats import error_format
@@ -67,22 +71,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-Write = Callable[[bytes], Awaitable[None]]
-WriteEvents = Callable[[list[SSEEvent]], Awaitable[int]]
-"""Sends a batch of events its own way; returns the bytes it wrote (for accounting)."""
-OnEvents = Callable[[list[SSEEvent]], list[SSEEvent]]
-"""A hook given each merged batch right before it is encoded; returns the events to write
-(e.g. the same events with ``id`` set, see ``SSEEvent._replace``)."""
-
-
-class PumpObserver(Protocol):
-    """Receives the pump's measurements (``StreamMetrics`` implements it)."""
-
-    def upstream_read(self, events: int, size: int, seconds: float, at: float) -> None: ...
-
-    def downstream_write(self, events: int, size: int, start: float, end: float) -> None: ...
-
-    def flush_overhead(self, seconds: float) -> None: ...
 
 
 class StreamPump:

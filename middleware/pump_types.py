@@ -3,12 +3,14 @@ errors out (see :mod:`streamhop.middleware.pump`)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 from streamhop.middleware.errors import StreamHopError
 from streamhop.middleware.rechunk.boundary import DEFAULT_MAX_BOUNDARY_WAIT, FlushBoundary
 from streamhop.middleware.rechunk.formats import TERMINAL_HINTS
+from streamhop.middleware.sse.events import SSEEvent
 
 
 class ClientStallError(StreamHopError, TimeoutError):
@@ -97,3 +99,21 @@ class PumpStats:
     """The model that answered, as the stream reported it."""
     finish_reasons: tuple[str, ...] = ()
     """The finish reasons the stream reported, in order (one per finished choice)."""
+
+
+Write = Callable[[bytes], Awaitable[None]]
+WriteEvents = Callable[[list[SSEEvent]], Awaitable[int]]
+"""Sends a batch of events its own way; returns the bytes it wrote (for accounting)."""
+OnEvents = Callable[[list[SSEEvent]], list[SSEEvent]]
+"""A hook given each merged batch right before it is encoded; returns the events to write
+(e.g. the same events with ``id`` set, see ``SSEEvent._replace``)."""
+
+
+class PumpObserver(Protocol):
+    """Receives the pump's measurements (``StreamMetrics`` implements it)."""
+
+    def upstream_read(self, events: int, size: int, seconds: float, at: float) -> None: ...
+
+    def downstream_write(self, events: int, size: int, start: float, end: float) -> None: ...
+
+    def flush_overhead(self, seconds: float) -> None: ...
