@@ -97,6 +97,9 @@ class StreamHopMiddleware:
             middleware writes a ``: keep-alive`` comment line (so idle timeouts of proxies and
             load balancers in between do not cut a stream whose model is still thinking);
             ``None``: never.
+        burst_gap_ms, burst_events: the upstream burst detector's thresholds (**milliseconds**
+            of silence, then at least this many events within 1 ms: a buffering hop between the
+            app and its provider; ``streamhop_upstream_bursts_total``).
         flush_boundary: where a window write may cut merged text: ``"none"`` (anywhere),
             ``"word"``, ``"sentence"`` or ``"line"`` (Unicode UAX #29; docs/rechunking.md); a
             request's ``X-Streamhop-Flush-Boundary`` overrides it.
@@ -129,6 +132,8 @@ class StreamHopMiddleware:
         stall_timeout_s: float = 30.0,
         stop_grace_s: float = 1.0,
         keepalive_interval_s: float | None = 15.0,
+        burst_gap_ms: float = 500.0,
+        burst_events: int = 20,
         flush_boundary: str = "none",
         max_boundary_wait_ms: float = 250.0,
         mode: str = "coalesce",
@@ -146,6 +151,8 @@ class StreamHopMiddleware:
             stall_timeout_s=stall_timeout_s,
             stop_grace_s=stop_grace_s,
             keepalive_interval_s=keepalive_interval_s,
+            burst_gap_ms=burst_gap_ms,
+            burst_events=burst_events,
             flush_boundary=flush_boundary,
             max_boundary_wait_ms=max_boundary_wait_ms,
             mode=mode,
@@ -165,6 +172,8 @@ class StreamHopMiddleware:
         self.stall_timeout_s = options.stall_timeout_s
         self.stop_grace_s = options.stop_grace_s
         self.keepalive_interval_s = options.keepalive_interval_s
+        self.burst_gap_ms = options.burst_gap_ms
+        self.burst_events = options.burst_events
         self.flush_boundary = options.flush_boundary
         self.max_boundary_wait_ms = options.max_boundary_wait_ms
         self.mode = options.mode

@@ -39,6 +39,9 @@ class MiddlewareOptions:
         stop_grace_s: seconds a listening app gets to stop by itself when told (``> 0``).
         keepalive_interval_s: seconds of silence on an SSE response before a ``: keep-alive``
             comment (``> 0``), or ``None`` for never.
+        burst_gap_ms: upstream silence, milliseconds, that counts as a burst when at least
+            ``burst_events`` events then arrive within 1 ms (``> 0``; docs/observability.md).
+        burst_events: events arriving together after such a gap to count a burst (``>= 2``).
         flush_boundary: where a window write may cut merged text (``none``, ``word``,
             ``sentence``, ``line``; docs/rechunking.md).
         max_boundary_wait_ms: milliseconds text is held past its window for a boundary, at most
@@ -60,6 +63,8 @@ class MiddlewareOptions:
     stall_timeout_s: float = 30.0
     stop_grace_s: float = 1.0
     keepalive_interval_s: float | None = 15.0
+    burst_gap_ms: float = 500.0
+    burst_events: int = 20
     flush_boundary: str = "none"
     max_boundary_wait_ms: float = 250.0
     mode: str = "coalesce"
@@ -83,6 +88,10 @@ class MiddlewareOptions:
                 "keepalive_interval_s",
                 _number("keepalive_interval_s", self.keepalive_interval_s, minimum=None),
             )
+        put("burst_gap_ms", _number("burst_gap_ms", self.burst_gap_ms, minimum=None))
+        put("burst_events", _positive_int("burst_events", self.burst_events))
+        if self.burst_events < 2:
+            raise OptionError("burst_events", f"expected an integer >= 2, got {self.burst_events}")
         if self.flush_boundary not in FLUSH_BOUNDARIES:
             raise OptionError(
                 "flush_boundary",

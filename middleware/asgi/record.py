@@ -99,7 +99,14 @@ class RequestRecord:
 
     def open_stream(self) -> StreamMetrics:
         """The metric children of the SSE response that starts now (counted as active)."""
-        observed = self._observed = StreamMetrics(self._metrics, self._route(), self._model())
+        options = self._options
+        observed = self._observed = StreamMetrics(
+            self._metrics,
+            self._route(),
+            self._model(),
+            burst_gap_s=options.burst_gap_ms / 1000.0,
+            burst_events=options.burst_events,
+        )
         observed.active.inc()
         return observed
 

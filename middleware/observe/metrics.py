@@ -223,6 +223,8 @@ class StreamMetrics:
         route, model: the labels (``model`` already mapped, see :meth:`Metrics.model_label`).
         started_at: ``time.monotonic()`` when the stream started (default: now); the burst
             detector measures the wait for the first upstream events from it.
+        burst_gap_s, burst_events: this stream's burst thresholds (``None``: the families'
+            ``burst_gap_s`` / ``burst_events``).
     """
 
     __slots__ = (
@@ -246,7 +248,14 @@ class StreamMetrics:
     )
 
     def __init__(
-        self, metrics: Metrics, route: str, model: str, *, started_at: float | None = None
+        self,
+        metrics: Metrics,
+        route: str,
+        model: str,
+        *,
+        started_at: float | None = None,
+        burst_gap_s: float | None = None,
+        burst_events: int | None = None,
     ) -> None:
         self.metrics = metrics
         self.route = route
@@ -263,8 +272,8 @@ class StreamMetrics:
         self.inter_event = metrics.upstream_inter_event.labels(route, model)
         self.bursts = metrics.upstream_bursts.labels(route, model)
         self.detector = BurstDetector(
-            metrics.burst_gap_s,
-            metrics.burst_events,
+            metrics.burst_gap_s if burst_gap_s is None else burst_gap_s,
+            metrics.burst_events if burst_events is None else burst_events,
             started_at=time.monotonic() if started_at is None else started_at,
         )
         self.last_write: float | None = None

@@ -1263,3 +1263,36 @@ async def test_flush_boundary_option_and_header_reach_the_pump() -> None:
         MiddlewareOptions(flush_boundary="paragraph")
     with pytest.raises(OptionError, match="max_boundary_wait_ms"):
         MiddlewareOptions(max_boundary_wait_ms=-1)
+
+
+async def test_burst_thresholds_are_options() -> None:
+    """An app whose provider call sits behind a buffering hop: a silence, then events arriving
+    together. With ``burst_gap_ms=50, burst_events=3`` the middleware counts it; the defaults
+    (500 ms, 20 events) do not."""
+    chunks = [chat_chunk({"content": f"w{i} "}) for i in range(4)]
+
+    def buffered_app() -> ASGIApp:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            await read_body(receive)
+            await send(sse_start())
+            await send(body(encode_events(chunks[:1])))
+            await asyncio.sleep(0.12)  # the hop holds the provider's events (its pace)
+            await send(body(encode_events(chunks[1:]) + b"data: [DONE]\n\n"))
+            await send(FINAL)
+
+        return app
+
+    counts = []
+    settings: list[dict[str, Any]] = [{"burst_gap_ms": 50, "burst_events": 3}, {}]
+    for options in settings:
+        registry = CollectorRegistry()
+        app = StreamHopMiddleware(buffered_app(), registry=registry, **options)
+        server = Server()
+        async with asyncio.timeout(10):
+            await app(http_scope("GET", "/events"), server.receive, server.send)
+        counts.append(
+            sample(registry, "streamhop_upstream_bursts_total", route="asgi", model="other")
+        )
+    assert counts == [1, 0]
+    with pytest.raises(ValueError, match="burst_events"):
+        StreamHopMiddleware(buffered_app(), burst_events=1)
