@@ -33,6 +33,8 @@ def redis_server() -> Iterator[str]:
     )
 
     def accepts() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except OSError:

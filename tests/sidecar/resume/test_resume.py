@@ -3,10 +3,7 @@ sidecar processes, the real simulator, and a real ``redis-server`` for the share
 
 from __future__ import annotations
 
-import shutil
 import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +14,7 @@ import httpx2
 import orjson
 import pytest
 
+from tests.cluster import redis_server
 from tests.support import (
     CHAT,
     SLOW_SIM,
@@ -34,32 +32,9 @@ from tests.support import (
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A private ``redis-server`` (no persistence) on a free loopback port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not on PATH (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def accepts() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    try:
-        wait_for(accepts, 10, "redis-server to accept connections")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    """One private ``redis-server`` for this module's tests (tests/cluster.py)."""
+    with redis_server() as url:
+        yield url
 
 
 def _start(
