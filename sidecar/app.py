@@ -91,9 +91,7 @@ def build_proxy_app(
             def on_error(kind: str) -> None:
                 metrics.resume_errors.labels(store_name, kind).inc()
 
-            proxy.resume = build_store(config.resume, on_error)
-            proxy.resume.listen_stops(proxy.stop_by_key)
-            proxy.websocket.resume = proxy.resume
+            proxy.attach_resume(build_store(config.resume, on_error))
         state.ready = True
 
     async def shutdown() -> None:

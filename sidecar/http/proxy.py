@@ -97,7 +97,7 @@ class Proxy:
         self._handoffs: set[asyncio.Task[bool]] = set()
         state.on_drain.append(self.handoff_all)
         self.websocket = WebSocketBridge(
-            config, pool, state, metrics, self.table, on_finish, tracing
+            config, pool, state, metrics, self.table, self.binding, on_finish, tracing
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -241,6 +241,12 @@ class Proxy:
             watcher.cancel()
             state.running.pop(stop_key, None)
             opened.close()
+
+    def attach_resume(self, store: ResumeStore) -> None:
+        """Use ``store`` for resumes, stops and handoffs, over HTTP and WebSocket alike (called
+        at startup, inside the server's loop)."""
+        self.resume = self.websocket.resume = store
+        store.listen_stops(self.stop_by_key)
 
     def handoff_all(self) -> int:
         """Draining with a shared resume store: tell every reconnecting SSE client to come back

@@ -57,6 +57,8 @@ class WebSocketBridge:
         state: the process state (draining, open streams).
         metrics: the metric families.
         table: the route table.
+        binding: the resume binding (the proxy's, so a log a generation writes here can be
+            resumed over HTTP and the other way round).
         on_finish: called with each generation's record once it ended (the JSON log line).
         tracing: spans per generation, or ``None``.
     """
@@ -68,6 +70,7 @@ class WebSocketBridge:
         state: SidecarState,
         metrics: Metrics,
         table: RouteTable,
+        binding: ResumeBinding,
         on_finish: Callable[[StreamRecord], None] | None = None,
         tracing: Tracing | None = None,
     ) -> None:
@@ -80,7 +83,8 @@ class WebSocketBridge:
         self.tracing = tracing
         self.resume: ResumeStore | None = None
         """The resume store (set at startup when ``[resume]`` is on): generations are logged."""
-        self.binding = ResumeBinding.from_config(config.resume)
+        self.binding = binding
+        """The proxy's own binding: HTTP and WebSocket resumes must agree on a log's key."""
         self.sessions: set[Session] = set()
         self._handoffs: set[asyncio.Task[None]] = set()
         state.on_drain.append(self.handoff_all)

@@ -114,3 +114,14 @@ async def test_resume_with_other_credentials_is_not_found(
         refused = await _frames_until(ws, "done")
     assert refused[0]["type"] == "error" and refused[0]["error"]["code"] == "stream_not_found"
     assert refused[-1] == {"type": "done", "reason": "error"}
+    # The same log over HTTP (Last-Event-ID), with the same credentials: one binding for both
+    # transports, even with a per-process random binding key.
+    over_http = httpx2.post(
+        side.url + CHAT,
+        json=body,
+        headers={"authorization": "Bearer a", "last-event-id": frames[1]["id"]},
+        timeout=30,
+    )
+    assert over_http.status_code == 200
+    events, _ = sse_events(over_http.content)
+    assert [e["id"] for e in events] == [f["id"] for f in frames[2:-1]]
