@@ -7,6 +7,7 @@ milliseconds); sizes are bytes.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -173,8 +174,12 @@ def redact_url(url: str) -> str:
     return _USERINFO.sub(r"\1***@", url)
 
 
+@functools.lru_cache(maxsize=16)
 def effective_allowed_hosts(server: ServerConfig) -> frozenset[str] | None:
     """The ``Host`` names the proxy accepts (lower-case, no port); ``None`` means any.
+
+    Cached per (frozen, hashable) ``ServerConfig``: every request checks its ``Host``, and the
+    answer depends on the config only.
 
     ``allowed_hosts`` when set (``"*"`` in it: any). Otherwise: bound to a loopback address,
     the listen host, ``localhost`` and the loopback literals — the DNS-rebinding defence for a

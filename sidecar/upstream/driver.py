@@ -62,7 +62,6 @@ _END_CODES: Final = {"stop": "stream_cancelled"}
 """Error code of an early end whose cancel reason differs from it."""
 _END_STATUS: Final = {"shutdown": 503, "timeout": 504, "stop": 409}
 """HTTP status of an early end before the response started."""
-_TRACE_HEADERS: Final = frozenset(("traceparent", "tracestate"))
 
 
 @dataclass(slots=True)
@@ -297,11 +296,6 @@ def _decompressor(encoding: str) -> Any:
     return None
 
 
-def format_hint(route: RouteConfig, path_format: str | None) -> str | None:
-    """The format errors use before the stream's own is known: the route's, else the path's."""
-    return route.format if route.format != "auto" else path_format
-
-
 __all__ = [
     "END_MESSAGES",
     "OpenStream",
@@ -310,7 +304,6 @@ __all__ = [
     "StreamRequest",
     "StreamSink",
     "Transport",
-    "format_hint",
     "open_stream",
     "pump_options",
 ]

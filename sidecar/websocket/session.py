@@ -56,7 +56,6 @@ CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
 # Handshake headers that belong to the WebSocket, not to the generation.
 _HANDSHAKE_ONLY: Final = ("origin", "accept-encoding")
-_TRACE_HEADERS: Final = frozenset(("traceparent", "tracestate"))
 _DROP_ALWAYS: Final = frozenset(("accept-encoding", "content-type"))
 
 
