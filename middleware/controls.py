@@ -19,12 +19,14 @@ Header names are matched in any case (RFC 9110 §5.1); other ``X-Streamhop-*`` n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
 from streamhop.middleware.errors import StreamHopError
+from streamhop.middleware.pump_types import PumpOptions
 from streamhop.middleware.rechunk.boundary import FLUSH_BOUNDARIES, FlushBoundary
 
 PREFIX: Final = b"x-streamhop-"
@@ -67,6 +69,20 @@ class Controls:
             self.timeout_ms if self.timeout_ms is not None else base.timeout_ms,
             self.on_disconnect if self.on_disconnect is not None else base.on_disconnect,
             self.flush_boundary if self.flush_boundary is not None else base.flush_boundary,
+        )
+
+    def apply(self, options: PumpOptions) -> PumpOptions:
+        """``options`` with this request's flush interval, mode and flush boundary where it
+        sent them (the one place where control headers override a pump's settings)."""
+        if self.flush_interval_ms is None and self.mode is None and self.flush_boundary is None:
+            return options
+        return dataclasses.replace(
+            options,
+            flush_interval_s=options.flush_interval_s
+            if self.flush_interval_ms is None
+            else self.flush_interval_ms / 1000.0,
+            passthrough=options.passthrough if self.mode is None else self.mode == "passthrough",
+            flush_boundary=self.flush_boundary or options.flush_boundary,
         )
 
     def deadline_s(self, route_timeout_s: float | None) -> float | None:

@@ -125,20 +125,22 @@ class MiddlewareOptions:
 
     def pump_options(self, controls: Controls) -> PumpOptions:
         """The pump's options for one request: these options, with its control headers'
-        ``flush_interval_ms``, ``mode`` and ``flush_boundary`` where it sent them."""
-        flush_ms = controls.flush_interval_ms
-        if flush_ms is None:
-            flush_ms = self.flush_interval_ms
+        ``flush_interval_ms``, ``mode`` and ``flush_boundary`` where it sent them
+        (:meth:`Controls.apply`)."""
+        return controls.apply(self._pump_options)
+
+    @property
+    def _pump_options(self) -> PumpOptions:
         return PumpOptions(
             format=self.format,
-            flush_interval_s=flush_ms / 1000.0,
+            flush_interval_s=self.flush_interval_ms / 1000.0,
             max_flush_bytes=self.max_flush_bytes,
-            passthrough=(controls.mode or self.mode) == "passthrough",
+            passthrough=self.mode == "passthrough",
             max_event_bytes=self.max_event_bytes,
             max_pending_bytes=self.max_pending_bytes,
             stall_timeout_s=self.stall_timeout_s,
             keepalive_interval_s=self.keepalive_interval_s,
-            flush_boundary=controls.flush_boundary or self._boundary(),
+            flush_boundary=self._boundary(),
             max_boundary_wait_s=self.max_boundary_wait_ms / 1000.0,
             # The app's own comments (sse-starlette's ping) go out while the stream idles.
             forward_comments=True,

@@ -126,23 +126,22 @@ class StreamRequest:
 
 def pump_options(config: Config, route: RouteConfig, controls: Controls) -> PumpOptions:
     """The route's format and the config's window, sizes and bounds, where a request's
-    ``X-Streamhop-*`` controls override the config."""
+    ``X-Streamhop-*`` controls override the config (:meth:`Controls.apply`)."""
     rechunk = config.rechunk
-    flush_ms = controls.flush_interval_ms
-    if flush_ms is None:
-        flush_ms = rechunk.flush_interval_ms
-    return PumpOptions(
-        format=route.format,
-        flush_interval_s=flush_ms / 1000.0,
-        max_flush_bytes=rechunk.max_flush_bytes,
-        passthrough=(controls.mode or rechunk.mode) == "passthrough",
-        max_event_bytes=rechunk.max_event_bytes,
-        max_pending_bytes=config.backpressure.max_pending_bytes,
-        stall_timeout_s=config.backpressure.stall_timeout_s,
-        keepalive_interval_s=route.keepalive_interval_s,
-        forward_comments=True,
-        flush_boundary=controls.flush_boundary or rechunk.flush_boundary,
-        max_boundary_wait_s=rechunk.max_boundary_wait_ms / 1000.0,
+    return controls.apply(
+        PumpOptions(
+            format=route.format,
+            flush_interval_s=rechunk.flush_interval_ms / 1000.0,
+            max_flush_bytes=rechunk.max_flush_bytes,
+            passthrough=rechunk.mode == "passthrough",
+            max_event_bytes=rechunk.max_event_bytes,
+            max_pending_bytes=config.backpressure.max_pending_bytes,
+            stall_timeout_s=config.backpressure.stall_timeout_s,
+            keepalive_interval_s=route.keepalive_interval_s,
+            forward_comments=True,
+            flush_boundary=rechunk.flush_boundary,
+            max_boundary_wait_s=rechunk.max_boundary_wait_ms / 1000.0,
+        )
     )
 
 

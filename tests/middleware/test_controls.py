@@ -56,3 +56,18 @@ def test_message_controls_over_handshake_controls() -> None:
     handshake = Controls(flush_interval_ms=5, mode="coalesce", timeout_ms=1000)
     message = Controls(mode="passthrough")
     assert message.over(handshake) == Controls(5, "passthrough", 1000)
+
+
+def test_apply_overrides_only_what_the_request_sent() -> None:
+    from streamhop.middleware.pump_types import PumpOptions
+
+    base = PumpOptions(flush_interval_s=0.02, passthrough=False, flush_boundary="none")
+    assert Controls().apply(base) is base
+    changed = Controls(flush_interval_ms=5, mode="passthrough", flush_boundary="word").apply(base)
+    assert (changed.flush_interval_s, changed.passthrough, changed.flush_boundary) == (
+        0.005,
+        True,
+        "word",
+    )
+    assert changed.max_pending_bytes == base.max_pending_bytes
+    assert Controls(mode="coalesce").apply(changed).passthrough is False
