@@ -125,7 +125,9 @@ class FieldGroup:
         """The merged event (the first event unchanged when nothing was merged into it)."""
         if self.count == 1:
             return self.first
-        return self._render(self._merged("".join(self.pieces)), self.last_id, self.wire_size)
+        return render_like(
+            self.first, self._merged("".join(self.pieces)), self.last_id, self.wire_size
+        )
 
     def _merged(self, text: str) -> dict[str, Any]:
         """The merged JSON object, with ``text`` as the field's value."""
@@ -139,14 +141,6 @@ class FieldGroup:
             if key in merged and any(parts):
                 merged[key] = [item for part in parts if part for item in part]
         return merged
-
-    def _render(self, obj: dict[str, Any], event_id: str | None, wire_size: int) -> SSEEvent:
-        return SSEEvent(
-            data=orjson.dumps(obj).decode(),
-            event=self.first.event,
-            id=event_id,
-            wire_size=wire_size,
-        )
 
     def boundary_text(self) -> tuple[Hashable, str] | None:
         """See :meth:`streamhop.middleware.rechunk.boundary.SplitText.boundary_text`: the text
@@ -170,9 +164,11 @@ class FieldGroup:
         text = "".join(self.pieces)
         rest = text[cut:]
         rest_size = len(rest.encode())
-        head = self._render(self._merged(text[:cut]), None, max(0, self.wire_size - rest_size))
+        head = render_like(
+            self.first, self._merged(text[:cut]), None, max(0, self.wire_size - rest_size)
+        )
         obj = self._merged(rest)
-        first = self._render(obj, self.last_id, rest_size)
+        first = render_like(self.first, obj, self.last_id, rest_size)
         tail = FieldGroup(
             first,
             obj,
@@ -193,3 +189,13 @@ if TYPE_CHECKING:
     from streamhop.middleware.rechunk.boundary import SplitText
 
     _SPLITS: type[SplitText] = FieldGroup
+
+
+def render_like(
+    first: SSEEvent, obj: dict[str, Any], event_id: str | None, wire_size: int
+) -> SSEEvent:
+    """A merged (or split) group's event: ``obj`` as its data, ``first``'s event name, the
+    given ``id`` and upstream ``wire_size`` (bytes it stands for)."""
+    return SSEEvent(
+        data=orjson.dumps(obj).decode(), event=first.event, id=event_id, wire_size=wire_size
+    )

@@ -7,9 +7,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, cast
 
-import orjson
-
-from streamhop.middleware.rechunk.formats.field_group import same_except
+from streamhop.middleware.rechunk.formats.field_group import render_like, same_except
 from streamhop.middleware.sse.events import SSEEvent
 
 MISSING: Final = object()
@@ -145,7 +143,7 @@ class ChatGroup:
         if self.count == 1:
             return self.first
         texts = ["".join(piece) for piece in self.pieces]
-        return self._render(self._merged(texts), self.last_id, self.wire_size)
+        return render_like(self.first, self._merged(texts), self.last_id, self.wire_size)
 
     def _merged(self, texts: list[str]) -> dict[str, Any]:
         """The merged chunk, with ``texts[i]`` in slot ``i``."""
@@ -171,14 +169,6 @@ class ChatGroup:
         merged["choices"] = choices
         return merged
 
-    def _render(self, obj: dict[str, Any], event_id: str | None, wire_size: int) -> SSEEvent:
-        return SSEEvent(
-            data=orjson.dumps(obj).decode(),
-            event=self.first.event,
-            id=event_id,
-            wire_size=wire_size,
-        )
-
     def boundary_text(self) -> tuple[Hashable, str] | None:
         """See :meth:`streamhop.middleware.rechunk.boundary.SplitText.boundary_text`: only a
         group continuing one text field of one choice, without ``logprobs``, may be held."""
@@ -198,9 +188,13 @@ class ChatGroup:
         text = "".join(self.pieces[0])
         rest = text[cut:]
         rest_size = len(rest.encode())
-        head = self._render(self._merged([text[:cut]]), None, max(0, self.wire_size - rest_size))
+        head = render_like(
+            self.first, self._merged([text[:cut]]), None, max(0, self.wire_size - rest_size)
+        )
         obj = self._merged([rest])
-        tail = ChatGroup(self._render(obj, self.last_id, rest_size), obj, self.slots, [rest])
+        tail = ChatGroup(
+            render_like(self.first, obj, self.last_id, rest_size), obj, self.slots, [rest]
+        )
         return head, tail
 
 
