@@ -38,9 +38,13 @@ def _openai(base: str, name: str, pace: int) -> openai.OpenAI:
 
 
 def _chat_final(client: openai.OpenAI) -> dict[str, Any]:
-    with client.chat.completions.stream(
-        model="m", messages=[{"role": "user", "content": "hi"}]
-    ) as stream:
+    """The final completion; closes ``client`` (its connection pool) when done."""
+    with (
+        client,
+        client.chat.completions.stream(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        ) as stream,
+    ):
         for _ in stream:
             pass
         return stream.get_final_completion().model_dump()
@@ -72,7 +76,7 @@ def test_openai_responses_fixture_through_sidecar(
 ) -> None:
     def final(base: str) -> dict[str, Any]:
         client = _openai(base, name, pace)
-        with client.responses.stream(model="m", input="hi") as stream:
+        with client, client.responses.stream(model="m", input="hi") as stream:
             for _ in stream:
                 pass
             return stream.get_final_response().model_dump()
@@ -91,9 +95,12 @@ def test_anthropic_fixture_through_sidecar(
         client = anthropic.Anthropic(
             base_url=f"{base}/fx/{name}/pace/{pace}", api_key="x", max_retries=0
         )
-        with client.messages.stream(
-            model="m", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
-        ) as stream:
+        with (
+            client,
+            client.messages.stream(
+                model="m", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+            ) as stream,
+        ):
             for _ in stream:
                 pass
             return stream.get_final_message().model_dump()
