@@ -426,16 +426,18 @@ def test_provider_closing_without_done_ends_with_upstream_incomplete(
 
 
 def test_sdks_see_an_error_for_an_incomplete_stream(side: StreamhopProcess) -> None:
-    client = openai.OpenAI(base_url=side.url + "/x/sse/no-done#", api_key="k", max_retries=0)
-    with pytest.raises(openai.APIError, match="without its terminal event"):
+    with (
+        openai.OpenAI(base_url=side.url + "/x/sse/no-done#", api_key="k", max_retries=0) as client,
+        pytest.raises(openai.APIError, match="without its terminal event"),
+    ):
         for _ in client.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "hi"}], stream=True
         ):
             pass
-    claude = anthropic.Anthropic(
-        base_url=side.url + "/x/sse/anthropic-no-stop#", api_key="k", max_retries=0
-    )
     with (
+        anthropic.Anthropic(
+            base_url=side.url + "/x/sse/anthropic-no-stop#", api_key="k", max_retries=0
+        ) as claude,
         pytest.raises(anthropic.APIError, match="without its terminal event"),
         claude.messages.stream(
             model="c", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
