@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
 from collections.abc import Generator
+from typing import Final
 
 import orjson
 import uvicorn
@@ -198,10 +200,27 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
     return 0
 
 
+GC_GEN0_THRESHOLD: Final = 50_000
+"""Allocations between two young-generation collections once serving (CPython's default: 700).
+Every upstream event allocates a few short-lived dicts and strings (its parsed JSON); at the
+default, the collector ran every few events (1-4 % of the CPU under load, measured with py-spy)."""
+
+
+def tune_gc() -> None:
+    """Once serving: move what start-up built (modules, config, app) out of the collector's
+    view (``gc.freeze``, made for long-running servers) and collect the young generation less
+    often (:data:`GC_GEN0_THRESHOLD`). Reference cycles are still collected, only later."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 async def _announce(proxy: uvicorn.Server, admin: uvicorn.Server) -> None:
     """Print the line tests and the demo wait for, with the ports really bound (port 0 works)."""
     while not (proxy.started and admin.started):
         await asyncio.sleep(0.005)
+    tune_gc()
     addr = proxy.servers[0].sockets[0].getsockname()
     admin_addr = admin.servers[0].sockets[0].getsockname()
     sys.stdout.write(
