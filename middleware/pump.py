@@ -116,7 +116,8 @@ class StreamPump:
         self._observer = observer
         self.on_events = on_events
         """The :data:`OnEvents` hook (settable until the first event is fed)."""
-        self._wake = asyncio.Event()
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self._room = asyncio.Event()
         self._room.set()
         self._timer: asyncio.TimerHandle | None = None
@@ -206,12 +207,24 @@ class StreamPump:
         Raises:
             StreamFault: an event exceeded ``max_event_bytes`` (code ``event_too_large``).
         """
+        if self.feed_nowait(data):
+            await self.wait_for_room()
+
+    def feed_nowait(self, data: bytes) -> bool:
+        """:meth:`feed` without the wait: take ``data`` (non-empty) and schedule writes.
+
+        Returns:
+            True when more than ``max_pending_bytes`` are held: the caller must then ``await``
+            :meth:`wait_for_room` before feeding more (a read loop saves a coroutine per read).
+
+        Raises:
+            StreamFault: an event exceeded ``max_event_bytes`` (code ``event_too_large``).
+        """
         try:
             self._feed(data)
         except EventTooLargeError as exc:
             raise StreamFault(Fault("event_too_large", str(exc))) from exc
-        if self._coalescer.pending_bytes > self._max_pending:
-            await self._wait_for_room()
+        return self._coalescer.pending_bytes > self._max_pending
 
     def feed_eof(
         self, *, expect_terminal: bool = False, format_hint: str | None = None
@@ -268,14 +281,15 @@ class StreamPump:
             decoder.comment = None
             if self._forward_comments and self._idle():
                 self._idle_write = comment + b"\n\n"
-                self._wake.set()
+                self._wake()
         if self._observer is not None:
             self._observer.upstream_read(len(events), len(data), time.monotonic() - now, now)
 
-    async def _wait_for_room(self) -> None:
+    async def wait_for_room(self) -> None:
+        """Wait until at most ``max_pending_bytes`` are held, or the writer stopped."""
         while self._coalescer.pending_bytes > self._max_pending and not self.writer.done():
             self._room.clear()
-            self._wake.set()
+            self._wake()
             await self._room.wait()
 
     async def finish(self, tail: Sequence[SSEEvent] = ()) -> None:
@@ -286,7 +300,7 @@ class StreamPump:
         """
         self._tail = list(tail)
         self._closing = True
-        self._wake.set()
+        self._wake()
         await self.writer
 
     def close(self) -> None:
@@ -307,7 +321,7 @@ class StreamPump:
         if deadline is None:
             return
         if deadline <= now:
-            self._wake.set()
+            self._wake()
         elif self._timer is None:
             self._timer = self._loop.call_later(deadline - now, self._on_timer)
 
@@ -325,9 +339,17 @@ class StreamPump:
         self._stalled = True
         self.writer.cancel()
 
+    def _wake(self) -> None:
+        """Wake the writer task (a plain future rather than an ``asyncio.Event``: the writer
+        waits once per write, and ``Event.wait`` looks the running loop up each time)."""
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def _on_timer(self) -> None:
         self._timer = None
-        self._wake.set()
+        self._wake()
 
     def _idle(self) -> bool:
         """Nothing held, nothing being written."""
@@ -344,7 +366,7 @@ class StreamPump:
         if left <= 0:
             if self._idle():
                 self._idle_write = b": keep-alive\n\n"
-                self._wake.set()
+                self._wake()
             left = interval
         self._keepalive = self._loop.call_later(left, self._on_keepalive)
 
@@ -352,8 +374,13 @@ class StreamPump:
         coalescer = self._coalescer
         try:
             while True:
-                await self._wake.wait()
-                self._wake.clear()
+                while not self._woken:
+                    self._waiter = waiter = self._loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        self._waiter = None
+                self._woken = False
                 while True:
                     closing = self._closing
                     begin = time.monotonic()
