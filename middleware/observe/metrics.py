@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -91,6 +91,7 @@ class Metrics:
         self.burst_gap_s = burst_gap_s
         self.burst_events = burst_events
         self._seen: set[tuple[str, str]] = set()
+        self._children: dict[tuple[str, str], tuple[Any, ...]] = {}
         r = self.registry
         rm = ("route", "model")
         self.ttft = Histogram(
@@ -198,6 +199,30 @@ class Metrics:
         """The ``model`` label for a request's model name."""
         return model if model is not None and model in self.models else OTHER_MODEL
 
+    def children(self, route: str, model: str) -> tuple[Any, ...]:
+        """The label children one stream uses, bound once per ``(route, model)`` (``model``
+        already mapped): ``labels()`` takes a lock and builds a key each call, ten per stream.
+
+        Bound on a route's first request, so the upstream inter-event and burst series exist
+        (at 0) from then on.
+        """
+        key = (route, model)
+        bound = self._children.get(key)
+        if bound is None:
+            bound = self._children[key] = (
+                self.active.labels(route),
+                self.events.labels(route, model, "upstream"),
+                self.events.labels(route, model, "downstream"),
+                self.bytes.labels(route, model, "upstream"),
+                self.bytes.labels(route, model, "downstream"),
+                self.inter_chunk.labels(route, model),
+                self.overhead.labels(route, model, "event"),
+                self.overhead.labels(route, model, "flush"),
+                self.upstream_inter_event.labels(route, model),
+                self.upstream_bursts.labels(route, model),
+            )
+        return bound
+
     def stream(self, route: str, model: str | None) -> StreamMetrics:
         """Label children bound for one stream (cheap to call per request).
 
@@ -260,17 +285,18 @@ class StreamMetrics:
         self.metrics = metrics
         self.route = route
         self.model = model
-        self.active = metrics.active.labels(route)
-        self.events_up = metrics.events.labels(route, model, "upstream")
-        self.events_down = metrics.events.labels(route, model, "downstream")
-        self.bytes_up = metrics.bytes.labels(route, model, "upstream")
-        self.bytes_down = metrics.bytes.labels(route, model, "downstream")
-        self.inter_chunk = metrics.inter_chunk.labels(route, model)
-        self.overhead_event = metrics.overhead.labels(route, model, "event")
-        self.overhead_flush = metrics.overhead.labels(route, model, "flush")
-        # Bound here, so both series exist (at 0) from a route's first request on.
-        self.inter_event = metrics.upstream_inter_event.labels(route, model)
-        self.bursts = metrics.upstream_bursts.labels(route, model)
+        (
+            self.active,
+            self.events_up,
+            self.events_down,
+            self.bytes_up,
+            self.bytes_down,
+            self.inter_chunk,
+            self.overhead_event,
+            self.overhead_flush,
+            self.inter_event,
+            self.bursts,
+        ) = metrics.children(route, model)
         self.detector = BurstDetector(
             metrics.burst_gap_s if burst_gap_s is None else burst_gap_s,
             metrics.burst_events if burst_events is None else burst_events,

@@ -129,7 +129,6 @@ class UpstreamPool:
         session = self.session(route)
         timing.start = time.monotonic()
         target = url
-        shown = route.upstream_display
         attempt = 0
         while True:
             try:
@@ -149,21 +148,22 @@ class UpstreamPool:
                 if attempt >= route.retries:
                     reason = redact_url(str(exc.os_error or exc))
                     raise UpstreamConnectError(
-                        f"cannot connect to upstream {shown}: {reason}"
+                        f"cannot connect to upstream {route.upstream_display}: {reason}"
                     ) from exc
             except TimeoutError as exc:
                 raise UpstreamTimeoutError(
-                    f"upstream {shown} sent no response headers within {headers_timeout:g} s"
+                    f"upstream {route.upstream_display} sent no response headers within "
+                    f"{headers_timeout:g} s"
                 ) from exc
             except aiohttp.ClientError as exc:
                 raise UpstreamConnectError(
-                    f"upstream {shown} failed: {redact_url(str(exc))}"
+                    f"upstream {route.upstream_display} failed: {redact_url(str(exc))}"
                 ) from exc
             attempt += 1
             delay = RETRY_BACKOFF_S * 2 ** (attempt - 1)
             logger.warning(
                 "upstream %s: connect failed, retry %d/%d in %.0f ms",
-                shown,
+                route.upstream_display,
                 attempt,
                 route.retries,
                 delay * 1000,
