@@ -200,7 +200,7 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
 
 
 def tune_gc() -> None:
-    """Once serving, move what start-up built (modules, config, app: some 10^5 objects) out of
+    """Once serving, move what start-up built (modules, config, app: some 50,000 objects) out of
     the cyclic collector's view with ``gc.freeze`` (made for long-running servers): the older
     generations' collections no longer walk them while streams run.
 
