@@ -19,6 +19,7 @@ import orjson
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from streamhop.middleware.engine_build import engine_build
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.admission.limits import HeadLimits, limited_httptools_protocol
 from streamhop.sidecar.app import build_admin_app, build_proxy_app
@@ -96,6 +97,7 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
         OSError: a port cannot be bound.
     """
     registry = registry or CollectorRegistry()
+    logger.info("stream engine: %s", engine_build())
     metrics = Metrics(
         registry,
         config.metrics.models,

@@ -88,8 +88,9 @@ def test_each_registered_format_implements_the_protocol(fmt: Format) -> None:
     assert isinstance(fmt.name, str) and fmt.name
     assert isinstance(fmt.has_terminal, bool)
     assert (fmt.terminal_hint is not None) == fmt.has_terminal
-    # Stateless and shared: no per-instance state.
-    assert vars(fmt) == {}
+    # Stateless and shared: no per-instance state (a class compiled with mypyc has no
+    # ``__dict__`` at all).
+    assert getattr(fmt, "__dict__", {}) == {}
 
 
 def test_registry_names_are_unique_and_match_the_lookups() -> None:
