@@ -14,6 +14,7 @@ point for new formats and must stay a plain module attribute).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +56,21 @@ def engine_extensions() -> list[Any]:
     if not link.is_symlink():
         link.symlink_to(root / "middleware", target_is_directory=True)
     os.environ["MYPYPATH"] = str(tree.parent)
-    extensions = mypycify(
-        [
-            "--explicit-package-bases",
-            # The build environment has mypy but not the runtime dependencies (orjson, ...):
-            # their values are Any to the compiler, as they are dynamic calls at run time.
-            "--ignore-missing-imports",
-            "--no-warn-return-any",
-            *(str(link / path) for path in ENGINE),
-        ],
-        group_name="streamhop_engine",
-    )
+    try:
+        extensions = mypycify(
+            [
+                "--explicit-package-bases",
+                # The build environment has mypy but not the runtime dependencies (orjson,
+                # ...): their values are Any to the compiler, as they are dynamic calls anyway.
+                "--ignore-missing-imports",
+                "--no-warn-return-any",
+                *(str(link / path) for path in ENGINE),
+            ],
+            group_name="streamhop_engine",
+        )
+    except (Exception, SystemExit) as exc:  # mypyc refused a module: say so, stay pure
+        warnings.warn(f"streamhop: engine not compiled, pure Python: {exc!r}", stacklevel=1)
+        return []
     for extension in extensions:
         # No compiler or headers: install pure Python rather than fail.
         extension.optional = True
