@@ -3,9 +3,10 @@
 #   docker build -t streamhop:0.1.0 .                          # from python:3.12-slim
 #   docker build --build-arg BASE=my-registry/python:3.12 .    # any Debian-like base with python3 -m venv
 #
-# The first stage builds streamhop's wheel and the wheels of its dependencies (all of them ship
-# binary wheels, so no compiler is needed, and none is in the final stage); the final stage
-# installs them into /opt/streamhop without network access. The process runs as UID 10001 and
+# The first stage builds streamhop's wheel, its engine compiled with mypyc (setup.py; gcc and the
+# Python headers are installed there, and the build fails if the engine came out uncompiled),
+# and the wheels of its dependencies (all binary); the final stage has no compiler and installs
+# them into /opt/streamhop without network access. The process runs as UID 10001 and
 # writes nothing to the root filesystem, so it runs with readOnlyRootFilesystem. `streamhop` is
 # PID 1 (exec form), so SIGTERM reaches it and starts the drain ([server] drain_timeout_s).
 ARG BASE=python:3.12-slim
@@ -17,8 +18,16 @@ ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
+# A C compiler and the Python headers for the engine's mypyc build, in this stage only (an
+# official python image has the headers; Debian's python3 needs python3-dev).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && { python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+      || apt-get install -y --no-install-recommends python3-dev; } \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY middleware/ middleware/
 COPY sidecar/ sidecar/
 RUN python3 -m venv /opt/build \
@@ -26,7 +35,8 @@ RUN python3 -m venv /opt/build \
  && python3 -m venv /opt/streamhop \
  && /opt/streamhop/bin/pip install --no-index --find-links /wheels /wheels/streamhop-*.whl \
  && /opt/streamhop/bin/python -m pip uninstall --yes pip \
- && /opt/streamhop/bin/streamhop --help >/dev/null
+ && /opt/streamhop/bin/streamhop --help >/dev/null \
+ && /opt/streamhop/bin/python -c 'from streamhop.middleware.engine_build import engine_build as b; assert b() == "compiled", b()'
 
 FROM ${BASE}
 ARG UID=10001
