@@ -61,6 +61,10 @@ ERROR_KINDS: Final = (
     "malformed_event",
 )
 OTHER_MODEL: Final = "other"
+COUNTER_FLUSH_S: Final = 0.1
+"""Longest a stream holds its event and byte counts before adding them to the counters (each
+``inc`` takes a lock: per read and per write they cost more than the rest of the metrics). A
+scrape sees a running stream's counts at most this late; a finished stream's are all in."""
 
 
 class Metrics:
@@ -260,6 +264,7 @@ class StreamMetrics:
         "detector",
         "events_down",
         "events_up",
+        "flushed_at",
         "inter_chunk",
         "inter_event",
         "last_write",
@@ -267,7 +272,9 @@ class StreamMetrics:
         "model",
         "overhead_event",
         "overhead_flush",
+        "pending_bytes_down",
         "pending_bytes_up",
+        "pending_events_down",
         "pending_events_up",
         "route",
     )
@@ -297,21 +304,26 @@ class StreamMetrics:
             self.inter_event,
             self.bursts,
         ) = metrics.children(route, model)
+        started = time.monotonic() if started_at is None else started_at
         self.detector = BurstDetector(
             metrics.burst_gap_s if burst_gap_s is None else burst_gap_s,
             metrics.burst_events if burst_events is None else burst_events,
-            started_at=time.monotonic() if started_at is None else started_at,
+            started_at=started,
         )
         self.last_write: float | None = None
         self.pending_events_up = 0
         self.pending_bytes_up = 0
+        self.pending_events_down = 0
+        self.pending_bytes_down = 0
+        self.flushed_at = started
 
     def upstream_read(self, events: int, size: int, seconds: float, at: float) -> None:
         """One upstream read: ``events`` decoded, ``size`` bytes, ``seconds`` spent on it,
         read at ``at`` (``time.monotonic()``).
 
-        The counters are added to at the next write (or :meth:`flush`), not per read: a
-        Prometheus ``inc`` takes a lock, and reads outnumber writes several times. A read that
+        The counters are added to at most every :data:`COUNTER_FLUSH_S` (at a write) and at
+        :meth:`flush`, not per read: a Prometheus ``inc`` takes a lock, and a fast stream reads
+        hundreds of times a second. A read that
         completes events feeds the burst detector: one gap observation, and a burst counted at
         once (rare, and a dashboard should see it while a long stream still runs).
         """
@@ -332,20 +344,29 @@ class StreamMetrics:
         return self.detector.bursts
 
     def flush(self) -> None:
-        """Add the upstream counts gathered since the last write to the counters."""
+        """Add the event and byte counts gathered since the last flush to the counters (called
+        at the stream's end, and by :meth:`downstream_write` every :data:`COUNTER_FLUSH_S`)."""
         if self.pending_events_up:
             self.events_up.inc(self.pending_events_up)
             self.pending_events_up = 0
         if self.pending_bytes_up:
             self.bytes_up.inc(self.pending_bytes_up)
             self.pending_bytes_up = 0
+        if self.pending_events_down:
+            self.events_down.inc(self.pending_events_down)
+            self.pending_events_down = 0
+        if self.pending_bytes_down:
+            self.bytes_down.inc(self.pending_bytes_down)
+            self.pending_bytes_down = 0
 
     def downstream_write(self, events: int, size: int, start: float, end: float) -> None:
         """One downstream write of ``events`` events and ``size`` bytes, from ``start`` to
         ``end`` (monotonic seconds)."""
-        self.flush()
-        self.events_down.inc(events)
-        self.bytes_down.inc(size)
+        self.pending_events_down += events
+        self.pending_bytes_down += size
+        if start - self.flushed_at >= COUNTER_FLUSH_S:
+            self.flushed_at = start
+            self.flush()
         if self.last_write is not None:
             self.inter_chunk.observe(start - self.last_write)
         self.last_write = start
