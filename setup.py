@@ -34,6 +34,7 @@ ENGINE = (
     "rechunk/formats/plain.py",
     "pump.py",
     "observe/bursts.py",
+    "observe/metrics.py",
 )
 """Modules under ``middleware/`` that are compiled (the per-event path)."""
 
