@@ -190,10 +190,9 @@ class Bench:
         log = SimLog(self.sim_url)
         self._quiesce(log)
         log.clear()
-        pid = target.pid
-        cpu0 = pt.tree_cpu_s(pid) if pid else 0.0
-        sim0, me0, t0 = pt.tree_cpu_s(self.sim_pid), _cpu_self(), time.monotonic()
-        with log:
+        proxy_cpu, sim_cpu = pt.TreeCpu(target.pid or None), pt.TreeCpu(self.sim_pid)
+        me0, t0 = _cpu_self(), time.monotonic()
+        with log, proxy_cpu, sim_cpu:
             if scenario.kind == "cancel":
                 exchanges = asyncio.run(self._cancel(target.endpoint, seconds, log, cell))
             else:
@@ -212,8 +211,8 @@ class Bench:
                 )
         t1 = time.monotonic()
         cell.wall_s += t1 - t0
-        cell.cpu_s += (pt.tree_cpu_s(pid) if pid else 0.0) - cpu0
-        cell.sim_cpu_s += pt.tree_cpu_s(self.sim_pid) - sim0
+        cell.cpu_s += proxy_cpu.seconds
+        cell.sim_cpu_s += sim_cpu.seconds
         cell.client_cpu_s += _cpu_self() - me0
         records = [r for r in log.records.values() if r["path"].endswith("/chat/completions")]
         cell.upstream_events += sum(r["events"] for r in records)

@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -47,7 +48,6 @@ from throughput import stop as stop_streamhop
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "build" / "peers"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PORTKEY_ENTRY = PEERS / "portkey/node_modules/@portkey-ai/gateway/build/start-server.js"
 
 
@@ -434,33 +434,75 @@ def smoke(endpoint: Endpoint) -> str | None:
     return None
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds used so far by ``pid`` and its descendants, from /proc.
-
-    Each live thread's ``/proc/PID/task/TID/schedstat`` (time on CPU, in ns: user and system
-    alike), plus each process's reaped children (``cutime + cstime`` from ``/proc/PID/stat``, in
-    clock ticks). The ticks of ``utime``/``stime`` alone are 10 ms coarse: too coarse for one
-    stream of 200 events at ~10 µs each.
-    """
+def _tree_tasks(pid: int) -> dict[tuple[int, int], int]:
+    """CPU time so far of every thread of ``pid`` and its descendants, in ns, keyed by
+    ``(pid, tid)``, from ``/proc/PID/task/TID/schedstat`` (time on CPU: user and system alike;
+    the ticks of ``utime``/``stime`` are 10 ms coarse, too coarse for one stream of 200 events
+    at ~10 µs each)."""
     try:
         root = psutil.Process(pid)
         pids = [pid, *(p.pid for p in root.children(recursive=True))]
     except psutil.NoSuchProcess:
-        return 0.0
-    total_ns = 0
-    reaped_ticks = 0
+        return {}
+    tasks: dict[tuple[int, int], int] = {}
     for each in pids:
         try:
             for task in os.listdir(f"/proc/{each}/task"):
                 with open(f"/proc/{each}/task/{task}/schedstat") as f:
-                    total_ns += int(f.read().split()[0])
-            with open(f"/proc/{each}/stat") as f:
-                # Fields after the parenthesised command name; cutime and cstime are 16 and 17.
-                fields = f.read().rsplit(")", 1)[1].split()
-            reaped_ticks += int(fields[13]) + int(fields[14])
+                    tasks[each, int(task)] = int(f.read().split()[0])
         except (OSError, IndexError, ValueError):
             continue  # a thread or process that ended while we read
-    return total_ns / 1e9 + reaped_ticks / CLOCK_TICKS
+    return tasks
+
+
+class TreeCpu:
+    """CPU seconds a process tree uses over an interval, threads that come and go included.
+
+    Two snapshots of the live threads undercount a tree whose threads or worker processes end
+    within the interval (their time leaves the sum: LiteLLM's figure came out negative that
+    way). This samples every thread's ``schedstat`` every ``every_s`` seconds on a background
+    thread and keeps, per thread, the first and last value seen: a thread first seen after the
+    start counts from 0 (it was born in the interval), one that ended counts up to its last
+    sample (at most ``every_s`` of its time is lost). Reaped children's ``cutime`` is not used,
+    so nothing is counted twice.
+
+    Use as a context manager; :attr:`seconds` holds the result after exit.
+    """
+
+    def __init__(self, pid: int | None, every_s: float = 0.1) -> None:
+        self.pid = pid
+        self.every_s = every_s
+        self.seconds = 0.0
+        self._first: dict[tuple[int, int], int] = {}
+        self._last: dict[tuple[int, int], int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self, *, initial: bool = False) -> None:
+        if self.pid is None:
+            return
+        for key, ns in _tree_tasks(self.pid).items():
+            if key not in self._first:
+                self._first[key] = ns if initial else 0
+            self._last[key] = ns
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._sample()
+
+    def __enter__(self) -> TreeCpu:
+        self._sample(initial=True)
+        self._thread = threading.Thread(target=self._run, name="tree-cpu", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+        total = sum(self._last[key] - first for key, first in self._first.items())
+        self.seconds = total / 1e9
 
 
 def tree_peak_rss_mb(pid: int) -> float:
