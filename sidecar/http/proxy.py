@@ -25,6 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from streamhop.middleware.controls import ControlHeaderError
 from streamhop.middleware.observe.metrics import Metrics
@@ -248,16 +249,16 @@ class Proxy:
         self.resume = self.websocket.resume = store
         store.listen_stops(self.stop_by_key)
 
-    def handoff_all(self) -> int:
+    def handoff_all(self) -> list[asyncio.Task[Any]]:
         """Draining with a shared resume store: tell every reconnecting SSE client to come back
         through another replica (see :meth:`~.exchange.HttpTransport.handoff`), each after a
         random delay in ``[0, handoff_jitter_ms]`` so they do not all arrive at once. Their
-        generations go on into the log. Returns how many handoffs were started."""
+        generations go on into the log. Returns the handoff tasks started."""
         if self.resume is None or self.config.resume.store != "redis":
-            return 0
+            return []
         jitter = self.config.resume.handoff_jitter_ms
         loop = asyncio.get_running_loop()
-        count = 0
+        started: list[asyncio.Task[Any]] = []
         for _, driver, _ in list(self.state.running.values()):
             transport = getattr(driver, "transport", None)
             if isinstance(transport, HttpTransport) and transport.reconnects:
@@ -265,8 +266,8 @@ class Proxy:
                 task = loop.create_task(transport.handoff(retry_ms))
                 self._handoffs.add(task)
                 task.add_done_callback(self._handoffs.discard)
-                count += 1
-        return count
+                started.append(task)
+        return started
 
     async def _stop(
         self, scope: Scope, send: Send, route: RouteConfig, stream_id: str, fmt: str | None

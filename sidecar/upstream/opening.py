@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from streamhop.middleware.controls import Controls
 from streamhop.middleware.observe.metrics import Metrics, StreamMetrics
@@ -46,8 +46,10 @@ class SidecarState:
     ] = field(default_factory=dict)
     """HTTP streams by ``(route prefix, stream id)``, with their task and the client's headers
     (for the stop endpoint's credential check)."""
-    on_drain: list[Callable[[], int]] = field(default_factory=list)
-    """Called once when draining starts (the proxy's resume handoff)."""
+    on_drain: list[Callable[[], list[asyncio.Task[Any]]]] = field(default_factory=list)
+    """Called once when draining starts (the resume handoffs of HTTP and WebSocket streams);
+    each returns the tasks it started, which the server lets finish before it closes
+    connections."""
     receiving: int = 0
     """Requests whose body is being read (they count toward ``max_streams`` too)."""
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.admission.routing import RouteTable
@@ -97,20 +97,20 @@ class WebSocketBridge:
         finally:
             self.sessions.discard(session)
 
-    def handoff_all(self) -> int:
+    def handoff_all(self) -> list[asyncio.Task[Any]]:
         """Draining with a shared resume store: send each socket with a logged generation a
         ``reconnect`` message (a random ``retry_ms`` in ``[0, handoff_jitter_ms]``); the
         generation goes on into the log for the client to ``resume`` on another replica."""
         if self.resume is None or self.config.resume.store != "redis":
-            return 0
+            return []
         jitter = self.config.resume.handoff_jitter_ms
         loop = asyncio.get_running_loop()
-        count = 0
+        started: list[asyncio.Task[Any]] = []
         for session in list(self.sessions):
             gen = session.current
             if isinstance(gen, Generation) and gen.log is not None and session.running():
                 task = loop.create_task(session.handoff(gen, int(random.uniform(0, jitter))))
                 self._handoffs.add(task)
                 task.add_done_callback(self._handoffs.discard)
-                count += 1
-        return count
+                started.append(task)
+        return started
