@@ -43,11 +43,11 @@ def test_drop_mid_stream_ends_with_error_event(sidecar: StreamhopProcess) -> Non
 
 
 def test_drop_mid_stream_raises_in_the_openai_sdk(sidecar: StreamhopProcess) -> None:
-    client = openai.OpenAI(base_url=sidecar.url + "/fault/drop", api_key="x", max_retries=0)
-    stream = client.chat.completions.create(model="m", messages=[], stream=True)
-    with pytest.raises(openai.APIError, match="mid-stream"):
-        for _ in stream:
-            pass
+    with openai.OpenAI(base_url=sidecar.url + "/fault/drop", api_key="x", max_retries=0) as client:
+        stream = client.chat.completions.create(model="m", messages=[], stream=True)
+        with pytest.raises(openai.APIError, match="mid-stream"):
+            for _ in stream:
+                pass
 
 
 def test_no_headers_in_time_is_504_and_upstream_closed(sidecar: StreamhopProcess) -> None:

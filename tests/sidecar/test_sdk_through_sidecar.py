@@ -148,11 +148,10 @@ def test_sse_response_headers(sidecar: StreamhopProcess) -> None:
 
 def test_non_streaming_json_equal(simulator: StreamhopProcess, sidecar: StreamhopProcess) -> None:
     def final(base: str) -> dict[str, Any]:
-        out = (
-            _openai(base)
-            .chat.completions.create(model="sim", messages=MESSAGES, max_tokens=50)
-            .model_dump()
-        )
+        with _openai(base) as client:
+            out = client.chat.completions.create(
+                model="sim", messages=MESSAGES, max_tokens=50
+            ).model_dump()
         out.pop("created", None)
         return out
 
