@@ -75,8 +75,6 @@ class _Server(uvicorn.Server):
         counter = 0
         while not await self.on_tick(counter):
             counter = (counter + ticks_per_tick) % 864000
-            if self._should_exit:
-                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TICK_S):
                     await requested.wait()
@@ -212,7 +210,7 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
         drain = config.server.drain_timeout_s
         logger.info("%s: draining, open streams may finish for %g s", sig.name, drain)
         state.draining = True
-        handoffs = [task for hook in state.on_drain for task in hook()]
+        handoffs = [loop.create_task(handoff) for hook in state.on_drain for handoff in hook()]
         loop.call_later(drain, stop_streams)
         if not handoffs:
             proxy.should_exit = True
@@ -272,7 +270,8 @@ def tune_gc() -> None:
 
 
 async def _announce(proxy: uvicorn.Server, admin: uvicorn.Server) -> None:
-    """Print the line tests and the demo wait for, with the ports really bound (port 0 works)."""
+    """Once both servers serve: freeze start-up objects (:func:`tune_gc`), then print the line
+    tests and the demo wait for, with the ports really bound (port 0 works)."""
     while not (proxy.started and admin.started):
         await asyncio.sleep(0.005)
     tune_gc()

@@ -24,7 +24,7 @@ import hmac
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from streamhop.middleware.controls import ControlHeaderError
@@ -95,7 +95,6 @@ class Proxy:
         self.resume: ResumeStore | None = None
         """The resume store, set by the app's lifespan when ``[resume]`` is on."""
         self.binding = ResumeBinding.from_config(config.resume)
-        self._handoffs: set[asyncio.Task[bool]] = set()
         state.on_drain.append(self.handoff_all)
         self.websocket = WebSocketBridge(
             config, pool, state, metrics, self.table, self.binding, on_finish, tracing
@@ -249,25 +248,20 @@ class Proxy:
         self.resume = self.websocket.resume = store
         store.listen_stops(self.stop_by_key)
 
-    def handoff_all(self) -> list[asyncio.Task[Any]]:
+    def handoff_all(self) -> list[Coroutine[Any, Any, Any]]:
         """Draining with a shared resume store: tell every reconnecting SSE client to come back
         through another replica (see :meth:`~.exchange.HttpTransport.handoff`), each after a
         random delay in ``[0, handoff_jitter_ms]`` so they do not all arrive at once. Their
-        generations go on into the log. Returns the handoff tasks started."""
+        generations go on into the log. Returns the handoffs, for the server to run."""
         if self.resume is None or self.config.resume.store != "redis":
             return []
         jitter = self.config.resume.handoff_jitter_ms
-        loop = asyncio.get_running_loop()
-        started: list[asyncio.Task[Any]] = []
-        for _, driver, _ in list(self.state.running.values()):
-            transport = getattr(driver, "transport", None)
-            if isinstance(transport, HttpTransport) and transport.reconnects:
-                retry_ms = int(random.uniform(0, jitter))
-                task = loop.create_task(transport.handoff(retry_ms))
-                self._handoffs.add(task)
-                task.add_done_callback(self._handoffs.discard)
-                started.append(task)
-        return started
+        return [
+            transport.handoff(int(random.uniform(0, jitter)))
+            for _, driver, _ in list(self.state.running.values())
+            if isinstance(transport := getattr(driver, "transport", None), HttpTransport)
+            and transport.reconnects
+        ]
 
     async def _stop(
         self, scope: Scope, send: Send, route: RouteConfig, stream_id: str, fmt: str | None

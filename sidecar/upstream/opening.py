@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -46,9 +46,9 @@ class SidecarState:
     ] = field(default_factory=dict)
     """HTTP streams by ``(route prefix, stream id)``, with their task and the client's headers
     (for the stop endpoint's credential check)."""
-    on_drain: list[Callable[[], list[asyncio.Task[Any]]]] = field(default_factory=list)
+    on_drain: list[Callable[[], list[Coroutine[Any, Any, Any]]]] = field(default_factory=list)
     """Called once when draining starts (the resume handoffs of HTTP and WebSocket streams);
-    each returns the tasks it started, which the server lets finish before it closes
+    each returns its handoffs, which the server runs and lets finish before it closes
     connections."""
     receiving: int = 0
     """Requests whose body is being read (they count toward ``max_streams`` too)."""

@@ -27,9 +27,8 @@ are cancelled with reason ``shutdown``.
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from streamhop.middleware.observe.metrics import Metrics
@@ -86,7 +85,6 @@ class WebSocketBridge:
         self.binding = binding
         """The proxy's own binding: HTTP and WebSocket resumes must agree on a log's key."""
         self.sessions: set[Session] = set()
-        self._handoffs: set[asyncio.Task[None]] = set()
         state.on_drain.append(self.handoff_all)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,20 +95,18 @@ class WebSocketBridge:
         finally:
             self.sessions.discard(session)
 
-    def handoff_all(self) -> list[asyncio.Task[Any]]:
+    def handoff_all(self) -> list[Coroutine[Any, Any, Any]]:
         """Draining with a shared resume store: send each socket with a logged generation a
         ``reconnect`` message (a random ``retry_ms`` in ``[0, handoff_jitter_ms]``); the
-        generation goes on into the log for the client to ``resume`` on another replica."""
+        generation goes on into the log for the client to ``resume`` on another replica.
+        Returns the handoffs, for the server to run."""
         if self.resume is None or self.config.resume.store != "redis":
             return []
         jitter = self.config.resume.handoff_jitter_ms
-        loop = asyncio.get_running_loop()
-        started: list[asyncio.Task[Any]] = []
-        for session in list(self.sessions):
-            gen = session.current
-            if isinstance(gen, Generation) and gen.log is not None and session.running():
-                task = loop.create_task(session.handoff(gen, int(random.uniform(0, jitter))))
-                self._handoffs.add(task)
-                task.add_done_callback(self._handoffs.discard)
-                started.append(task)
-        return started
+        return [
+            session.handoff(gen, int(random.uniform(0, jitter)))
+            for session in list(self.sessions)
+            if isinstance(gen := session.current, Generation)
+            and gen.log is not None
+            and session.running()
+        ]
