@@ -434,16 +434,21 @@ def smoke(endpoint: Endpoint) -> str | None:
     return None
 
 
+def _tree_pids(pid: int) -> list[int]:
+    """``pid`` and its live descendants; empty if ``pid`` is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [pid, *(p.pid for p in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def _tree_tasks(pid: int) -> dict[tuple[int, int], int]:
     """CPU time so far of every thread of ``pid`` and its descendants, in ns, keyed by
     ``(pid, tid)``, from ``/proc/PID/task/TID/schedstat`` (time on CPU: user and system alike;
     the ticks of ``utime``/``stime`` are 10 ms coarse, too coarse for one stream of 200 events
     at ~10 µs each)."""
-    try:
-        root = psutil.Process(pid)
-        pids = [pid, *(p.pid for p in root.children(recursive=True))]
-    except psutil.NoSuchProcess:
-        return {}
+    pids = _tree_pids(pid)
     tasks: dict[tuple[int, int], int] = {}
     for each in pids:
         try:
@@ -507,10 +512,8 @@ class TreeCpu:
 
 def tree_peak_rss_mb(pid: int) -> float:
     """Sum of the peak RSS (VmHWM) of ``pid`` and its live descendants, in MiB."""
-    try:
-        root = psutil.Process(pid)
-        pids = [pid, *(p.pid for p in root.children(recursive=True))]
-    except psutil.NoSuchProcess:
+    pids = _tree_pids(pid)
+    if not pids:
         return float("nan")
     total = 0.0
     for each in pids:
