@@ -7,6 +7,10 @@ Flush rules (DESIGN.md, "The stream engine"):
 
 * the first *content* event of a stream (text, reasoning or tool-call data) is due at once, so
   re-chunking never adds to time to first token;
+* so is the first content of every new phase: a content event whose kind (answer text,
+  reasoning, tool-call arguments: :class:`~.formats.base.Content`) differs from the content
+  before it, or the first content after a boundary event (a new tool call, a new content block
+  or output item). For a reasoning model the first answer token is the TTFT its user sees;
 * held events are due ``flush_interval`` seconds after the first of them was held;
 * they are due at once when their wire size reaches ``max_flush_bytes``;
 * a boundary event (see :mod:`.formats.base`) is due at once together with everything before it;
@@ -67,12 +71,15 @@ class Coalescer:
     """
 
     __slots__ = (
+        "_after_boundary",
+        "_completion",
         "_flush_now",
         "_format",
         "_held_since",
         "_hold_text",
         "_interval",
         "_items",
+        "_last_content",
         "_last_group",
         "_max_bytes",
         "_passthrough",
@@ -82,6 +89,7 @@ class Coalescer:
         "events_in",
         "events_out",
         "finish_reasons",
+        "first_answer_at",
         "first_content_at",
         "first_event_at",
         "first_tool_args_at",
@@ -89,7 +97,6 @@ class Coalescer:
         "pending_bytes",
         "response_id",
         "response_model",
-        "terminal_seen",
         "usage_input_tokens",
         "usage_output_tokens",
     )
@@ -116,6 +123,9 @@ class Coalescer:
         self._whole = False  # the next write is the first content: never cut
         self._tail_deadline: float | None = None  # a held tail's due time, nothing else held
         self._format: Format | None = None if format == "auto" else get_format(format)
+        self._completion = None if self._format is None else self._format.completion()
+        self._last_content: Content | bool = Content.NONE  # kind of the last content event
+        self._after_boundary = False  # a boundary came after the last content event
         self._interval = flush_interval
         self._max_bytes = max_flush_bytes
         self._passthrough = passthrough
@@ -137,9 +147,9 @@ class Coalescer:
         """``now`` of the first content event, in the caller's clock (seconds)."""
         self.first_tool_args_at: float | None = None
         """``now`` of the first non-empty tool-call argument fragment (seconds)."""
-        self.terminal_seen = False
-        """True once the format's terminal event (``[DONE]``, ``message_stop``,
-        ``response.completed``, an error event) was pushed."""
+        self.first_answer_at: float | None = None
+        """``now`` of the first answer text (:attr:`Content.TEXT`: not reasoning, not tool-call
+        arguments), seconds; ``None`` while the stream has only reasoned or called tools."""
         self.usage_input_tokens: int | None = None
         """Input (prompt) tokens the stream reported, if it did."""
         self.usage_output_tokens: int | None = None
@@ -154,12 +164,20 @@ class Coalescer:
         """Every finish reason the stream reported, in order (one per finished choice)."""
 
     @property
+    def finished(self) -> bool:
+        """True once the stream said it is over, as its format defines it
+        (:meth:`~.formats.base.Format.completion`): ``[DONE]`` or every choice's
+        ``finish_reason``, ``message_stop``, ``response.completed``, or its own error event."""
+        completion = self._completion
+        return completion is not None and completion.finished
+
+    @property
     def incomplete(self) -> bool:
-        """True when the stream so far lacks its format's terminal event: at a clean upstream
+        """True when the stream so far is not finished (:attr:`finished`): at a clean upstream
         close this means the answer was cut short (plain ``sse`` is never incomplete; a stream
         with no event at all is, once its format is known from the route)."""
         fmt = self._format
-        return fmt is not None and fmt.has_terminal and not self.terminal_seen
+        return fmt is not None and fmt.has_terminal and not self.finished
 
     @property
     def format_name(self) -> str | None:
@@ -176,6 +194,7 @@ class Coalescer:
                 self._hold(event, now, flush=True)
                 return
             self._format = fmt
+            self._completion = fmt.completion()
         kind, content, parsed = fmt.classify(event)
         if parsed is MALFORMED:
             self.malformed += 1
@@ -186,12 +205,23 @@ class Coalescer:
                 self.first_content_at = now
                 self._whole = True
                 flush = True
+            elif self._after_boundary or content != self._last_content:
+                # A new phase: written at once with what is held, never cut (as the first).
+                self._whole = True
+                flush = True
+            self._last_content = content
+            self._after_boundary = False
+            if content == Content.TEXT and self.first_answer_at is None:
+                self.first_answer_at = now
             if content == Content.TOOL_ARGS and self.first_tool_args_at is None:
                 self.first_tool_args_at = now
-                flush = True
         if kind is Kind.FLUSH or self.first_event_at is None:
             # Boundaries and the first event only: never a delta in between.
             self._boundary(fmt, event, kind, now)
+            if kind is Kind.FLUSH and not content and event.data is not None:
+                # The next content opens a phase (a boundary with content of its own, say a
+                # role chunk with the first text, was that opening itself).
+                self._after_boundary = True
         if kind is Kind.DELTA and not self._passthrough:
             group = self._last_group
             if group is None or not group.add(event, parsed):
@@ -220,8 +250,9 @@ class Coalescer:
             self.finish_reasons.extend(facts.finish_reasons)
         if kind is not Kind.FLUSH:
             return
-        if fmt.is_terminal(event):
-            self.terminal_seen = True
+        completion = self._completion
+        if completion is not None:
+            completion.observe(event)
         usage = fmt.usage(event)
         if usage is not None:
             if usage[0] is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -204,7 +205,7 @@ def accumulate_openai_chat(events: Sequence[SSEEvent]) -> dict[str, Json]:
                 sdk_events.append(_dump(sdk_event))
         chunks += 1
     return {
-        "sdk": _chat_snapshot(state) if chunks else None,
+        "sdk": _chat_snapshot(state, plain) if chunks else None,
         "sdk_done_events": sdk_events,
         "plain": plain.state(),
         "errors": errors,
@@ -212,7 +213,24 @@ def accumulate_openai_chat(events: Sequence[SSEEvent]) -> dict[str, Json]:
     }
 
 
-def _chat_snapshot(state: ChatCompletionStreamState[Any]) -> dict[str, Json]:
+def _label_runs(accumulated: str, values: list[Json]) -> Json:
+    """The SDK's accumulation of a label field (gpt-oss ``channel``), told apart from the count.
+
+    The openai SDK concatenates every string field of a delta, so a label that rides on every
+    delta accumulates once per *event*: ``"analysisanalysis…"``. streamhop writes it once per
+    merged event (docs/rechunking.md), so only the run structure is invariant: the values in
+    order, each repeated one or more times. Returns those values when ``accumulated`` is exactly
+    such runs of the changes the plain accumulator saw, else the raw string (which then differs).
+    """
+    labels = [v for v in values if isinstance(v, str)]
+    if labels and len(labels) == len(values):
+        pattern = "".join(f"(?:{re.escape(v)})+" for v in labels if v)
+        if re.fullmatch(pattern, accumulated):
+            return {"label_runs": labels}
+    return accumulated
+
+
+def _chat_snapshot(state: ChatCompletionStreamState[Any], plain: PlainChat) -> dict[str, Json]:
     snap = state.current_completion_snapshot
     choices = []
     for choice in snap.choices:
@@ -227,8 +245,15 @@ def _chat_snapshot(state: ChatCompletionStreamState[Any]) -> dict[str, Json]:
                 "refusal": message.refusal,
                 "reasoning": extra.get("reasoning"),
                 "reasoning_content": extra.get("reasoning_content"),
-                # every other extra field as the SDK accumulated it (it concatenates strings)
-                "extra": {k: v for k, v in extra.items() if k not in CHAT_TEXT_FIELDS},
+                # every other extra field as the SDK accumulated it (it concatenates strings:
+                # label fields are compared by their runs, see _label_runs)
+                "extra": {
+                    k: _label_runs(v, _delta_extras(plain, choice.index, k))
+                    if isinstance(v, str)
+                    else v
+                    for k, v in extra.items()
+                    if k not in CHAT_TEXT_FIELDS
+                },
                 "tool_calls": [
                     {
                         "index": getattr(call, "index", None),
@@ -250,6 +275,12 @@ def _chat_snapshot(state: ChatCompletionStreamState[Any]) -> dict[str, Json]:
         "usage": _dump(snap.usage),
         "choices": choices,
     }
+
+
+def _delta_extras(plain: PlainChat, index: int, key: str) -> list[Json]:
+    """The changes of value of delta field ``key`` of choice ``index`` (plain accumulator)."""
+    choice = plain.choices.get(index)
+    return [] if choice is None else list(choice["extras"].get("delta." + key, []))
 
 
 def _note_extra(seen: dict[str, list[Json]], key: str, value: Json) -> None:

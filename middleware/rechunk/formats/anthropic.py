@@ -32,6 +32,7 @@ from streamhop.middleware.rechunk.formats.base import (
     Kind,
     Match,
     ResponseFacts,
+    TerminalCompletion,
     Usage,
     json_type,
     parse_object,
@@ -50,7 +51,7 @@ _DELTA_FIELDS: Final = {
 _CONTENT: Final = {
     "text": Content.TEXT,
     "partial_json": Content.TOOL_ARGS,
-    "thinking": Content.TEXT,
+    "thinking": Content.REASONING,
 }
 _TOP_SKIP: Final = frozenset(("delta",))
 _FACT_EVENTS: Final = frozenset(("message_start", "message_delta"))
@@ -89,6 +90,10 @@ class AnthropicFormat:
         kind = event.event or json_type(event)
         return kind in ("message_stop", "error")
 
+    def completion(self) -> TerminalCompletion:
+        """Finished at the terminal event (:meth:`is_terminal`)."""
+        return TerminalCompletion(self)
+
     def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """See :meth:`streamhop.middleware.rechunk.formats.base.Format.classify`."""
         obj = parse_object(event)
@@ -101,7 +106,11 @@ class AnthropicFormat:
             return Kind.FLUSH, False, None
         field = _DELTA_FIELDS.get(delta.get("type"))  # type: ignore[arg-type]
         if field is None:
-            return Kind.FLUSH, True, None
+            # signature_delta closes a thinking block; citations_delta and unknown delta types
+            # belong to the answer.
+            if delta.get("type") == "signature_delta":
+                return Kind.FLUSH, Content.REASONING, None
+            return Kind.FLUSH, Content.TEXT, None
         text = delta.get(field)
         if type(text) is not str:
             return Kind.FLUSH, False, None

@@ -16,6 +16,14 @@ The merge rules: a format classifies each event once (parsing its JSON once) as:
   ``message_delta``, ``message_stop``, ``error``, any event type the format does not know): never
   merged across; it and everything held before it are written at once.
 
+A change of phase (a content event whose :class:`Content` kind differs from the content before
+it, or the first content after a boundary: the answer after reasoning, a tool call's first
+argument bytes, a new content block) is written at once, as the stream's first content is.
+
+Whether a stream is *finished* is the format's to say, per stream: :meth:`Format.completion`
+returns a :class:`Completion` that the coalescer shows every boundary event. A clean upstream
+close before it is finished is ``upstream_incomplete``; a finished stream passes as it came.
+
 Cost: :meth:`Format.classify` runs once per upstream event and is the only per-event hook;
 :meth:`Format.detect` runs once per ``auto`` stream; :meth:`Format.is_terminal`,
 :meth:`Format.usage` and :meth:`Format.response_facts` run on ``FLUSH`` events only (a few per
@@ -50,9 +58,51 @@ class Content(IntEnum):
 
     NONE = 0
     TEXT = 1
-    """Text, reasoning, refusal (or any content whose kind is not told apart)."""
+    """Answer text or a refusal (or any content whose kind is not told apart): the first one is
+    the answer's first token, timed on its own
+    (``streamhop_time_to_first_answer_token_seconds``)."""
     TOOL_ARGS = 2
     """A non-empty tool-call argument fragment (its first one is timed on its own)."""
+    REASONING = 3
+    """Reasoning or thinking text (``reasoning_content``, ``reasoning``, ``thinking_delta``,
+    ``response.reasoning_summary_text.delta``): content for TTFT, but not the answer."""
+
+
+class Completion(Protocol):
+    """Whether one stream has said it is over (one object per stream, from
+    :meth:`Format.completion`).
+
+    :meth:`observe` is shown every ``FLUSH`` event of the stream, in order (it may also be shown
+    deltas: it must ignore them). Once :attr:`finished` is true it stays true.
+    """
+
+    finished: bool
+    """True once the stream said it is over: its normal end (``openai-chat``: every choice
+    reported a ``finish_reason``, or ``[DONE]``; ``anthropic``: ``message_stop``; Responses:
+    ``response.completed`` / ``response.incomplete`` / ``response.failed``) or its own error
+    event."""
+
+    def observe(self, event: SSEEvent) -> None:
+        """Take one event of the stream (cheap for events that cannot end it)."""
+
+
+class TerminalCompletion:
+    """The :class:`Completion` of a format whose streams end with one terminal event: finished
+    once :meth:`Format.is_terminal` says so of an event."""
+
+    __slots__ = ("_format", "finished")
+
+    def __init__(self, fmt: Format) -> None:
+        self._format = fmt
+        self.finished = False
+
+    def observe(self, event: SSEEvent) -> None:
+        """Finished at the format's terminal event."""
+        if not self.finished and self._format.is_terminal(event):
+            self.finished = True
+
+    def __repr__(self) -> str:
+        return f"<TerminalCompletion {self._format.name} finished={self.finished}>"
 
 
 class MergeGroup(Protocol):
@@ -128,8 +178,9 @@ class Format(Protocol):
 
     @property
     def has_terminal(self) -> bool:
-        """True when the format ends every complete stream with a terminal event, so a clean
-        close without one is a truncated answer (``upstream_incomplete``)."""
+        """True when the format can tell a finished stream from a cut one (:meth:`completion`),
+        so a clean close before the stream is finished is a truncated answer
+        (``upstream_incomplete``)."""
 
     @property
     def terminal_hint(self) -> str | None:
@@ -178,7 +229,13 @@ class Format(Protocol):
         """
 
     def is_terminal(self, event: SSEEvent) -> bool:
-        """True when ``event`` (a ``FLUSH`` event) ends the stream: a normal end or an error."""
+        """True when ``event`` (a ``FLUSH`` event) ends the stream by itself: its terminal event
+        (``[DONE]``, ``message_stop``, ``response.completed``) or an error event. A stream may
+        also be finished without one (:meth:`completion`)."""
+
+    def completion(self) -> Completion:
+        """A new :class:`Completion` for one stream of this format: whether the stream said it
+        is over. Formats without such a state return :class:`TerminalCompletion`."""
 
     def usage(self, event: SSEEvent) -> Usage | None:
         """Token usage reported by ``event`` (a ``FLUSH`` event), or ``None`` if it reports none.

@@ -15,10 +15,24 @@ servers change them on every chunk (Groq's compound models change the id on ever
 the ``openai`` SDK's stream accumulator takes both from the first chunk only, so a merged chunk
 that carries the first one's builds the same message (see docs/rechunking.md).
 
-A delta carrying a field streamhop does not know (Groq's ``channel``, say) is ``HOLD``: batched
-into the window's write but never rewritten. The ``openai`` SDK's accumulator concatenates every
-string field of a delta, so merging two ``"channel": "analysis"`` deltas into one would change the
-message it builds, while keeping one value per event would change what a per-event reader sees.
+A delta field streamhop does not know is a *label* when its value is a string (gpt-oss's
+``channel: "analysis"`` on Groq and Cerebras): deltas merge when their labels are equal, and the
+merged delta carries the label once, as ``id`` and ``obfuscation`` carry the first chunk's value.
+The ``openai`` SDK's accumulator concatenates every string field of a delta, so it builds
+``"analysis"`` repeated once per *written* event instead of once per upstream event (see
+docs/rechunking.md). Any other unknown field (a number such as ``token_id``, a list, an object)
+is per-token data that a merge could lose: such a delta is ``HOLD``, batched into the window's
+write but never rewritten.
+
+Content kinds: ``content`` and ``refusal`` are the answer (:attr:`Content.TEXT`);
+``reasoning_content`` (DeepSeek, xAI) and ``reasoning`` (Groq, Cerebras, OpenRouter, vLLM) are
+:attr:`Content.REASONING`; argument fragments :attr:`Content.TOOL_ARGS`. The coalescer writes the
+first delta of each new kind at once (the answer after reasoning).
+
+Finished (:meth:`OpenAIChatFormat.completion`): once every choice the stream named has reported a
+``finish_reason``, or at ``[DONE]`` or an ``error`` object. ``[DONE]`` is OpenAI's convention, not
+a rule of every OpenAI-compatible server (Cerebras closes right after the chunk with
+``finish_reason`` and ``usage``); a usage chunk may follow the finish and is not awaited.
 
 A role, a tool call's ``id``/``name``, ``finish_reason``, a non-null ``usage``, an
 empty ``choices``, ``error`` and ``[DONE]`` are boundaries.
@@ -61,6 +75,7 @@ from streamhop.middleware.sse.events import SSEEvent
 
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "reasoning", "refusal")
 _TEXT_SET: Final = frozenset(_TEXT_FIELDS)
+_REASONING_SET: Final = frozenset(("reasoning_content", "reasoning"))
 _TOOL_KEYS: Final = frozenset(("index", "id", "type", "function"))
 _FUNCTION_KEYS: Final = frozenset(("arguments", "name"))
 # path suffix -> gen_ai.operation.name, longest first ("/chat/completions" ends "/completions")
@@ -98,6 +113,10 @@ class OpenAIChatFormat:
         obj = parse_object(event)
         return type(obj) is dict and obj.get("error") is not None and "choices" not in obj
 
+    def completion(self) -> ChatCompletionState:
+        """See :meth:`streamhop.middleware.rechunk.formats.base.Format.completion`."""
+        return ChatCompletionState()
+
     def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """See :meth:`streamhop.middleware.rechunk.formats.base.Format.classify`."""
         if event.data == "[DONE]":
@@ -126,7 +145,10 @@ class OpenAIChatFormat:
                     if type(value) is not str:
                         return Kind.FLUSH, False, None
                     if value:
-                        content = Content.TEXT
+                        if key in _REASONING_SET:
+                            content = content or Content.REASONING
+                        else:
+                            content = Content.TEXT
                         slots.append((pos, key))
                         strings.append(value)
                 elif key == "tool_calls":
@@ -139,18 +161,18 @@ class OpenAIChatFormat:
                             # Content only if it already carries argument text (an id, a name
                             # and `arguments: ""` are not: the first argument byte is TTFT).
                             return Kind.FLUSH, _has_content(choices), None
-                        if args:
-                            content = content or Content.TOOL_ARGS
+                        if args and content != Content.TEXT:
+                            content = Content.TOOL_ARGS
                         slots.append((pos, tpos))
                         strings.append(args)
                 elif key == "role":
                     return Kind.FLUSH, _has_content(choices), None
-                else:
-                    # SDKs accumulate unknown delta fields too (the openai SDK concatenates
-                    # strings, e.g. Groq's `channel`); a merge would change what they build.
+                elif type(value) is not str:
+                    # Per-token data (`token_id`, a list, an object): a merge could lose it.
                     # Keep scanning: a role or a new tool call later in the delta is still a
                     # boundary (key order carries no meaning).
                     unknown = True
+                # else: a label (gpt-oss `channel`): merges with equal labels (ChatGroup.add).
         if unknown:
             return Kind.HOLD, _has_content(choices), None
         return Kind.DELTA, content, (obj, tuple(slots), strings)
@@ -211,6 +233,62 @@ class OpenAIChatFormat:
         return None
 
 
+class ChatCompletionState:
+    """Whether a ``chat.completion.chunk`` stream is finished (:class:`~.base.Completion`).
+
+    Finished at ``[DONE]``, at an ``error`` object, or once every choice the stream has named
+    (by ``index``) has reported a non-null ``finish_reason``. Only chunks that carry a role, a
+    ``finish_reason`` or an error are parsed: a choice opens with its role chunk (or at latest
+    with its ``finish_reason``), so deltas need not be looked at.
+    """
+
+    __slots__ = ("_done", "_open", "finished")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self._open: set[object] = set()
+        self._done: set[object] = set()
+
+    def observe(self, event: SSEEvent) -> None:
+        """Take one event; parses only chunks that may open or finish a choice."""
+        if self.finished:
+            return
+        data = event.data
+        if data is None:
+            return
+        if data == "[DONE]":
+            self.finished = True
+            return
+        if '"role"' not in data and '"finish_reason"' not in data and '"error"' not in data:
+            return
+        obj = parse_object(event)
+        if type(obj) is not dict:
+            return
+        choices = obj.get("choices")
+        if type(choices) is not list:
+            if obj.get("error") is not None:
+                self.finished = True  # the provider's in-stream error: it closes next
+            return
+        for pos, choice in enumerate(choices):
+            if type(choice) is not dict:
+                continue
+            index = choice.get("index", pos)
+            if type(index) is not int:
+                index = pos
+            if choice.get("finish_reason") is not None:
+                self._done.add(index)
+            else:
+                self._open.add(index)
+        if self._done and self._open <= self._done:
+            self.finished = True
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChatCompletionState finished={self.finished} "
+            f"choices={len(self._open | self._done)} done={len(self._done)}>"
+        )
+
+
 def _continued_arguments(call: object) -> str | None:
     """Return the ``arguments`` fragment of a tool call that continues one, else ``None``."""
     if type(call) is not dict or not call.keys() <= _TOOL_KEYS or call.get("id"):
@@ -227,9 +305,10 @@ def _continued_arguments(call: object) -> str | None:
 
 
 def _has_content(choices: object) -> Content:
-    """What a boundary chunk carries: :attr:`Content.TEXT` for non-empty text in any choice,
-    else :attr:`Content.TOOL_ARGS` for a non-empty tool-call ``arguments`` fragment, else
-    :attr:`Content.NONE` (a tool call's id and name alone are not content)."""
+    """What a boundary chunk carries: :attr:`Content.TEXT` for non-empty answer text in any
+    choice, else :attr:`Content.TOOL_ARGS` for a non-empty tool-call ``arguments`` fragment, else
+    :attr:`Content.REASONING` for reasoning text, else :attr:`Content.NONE` (a tool call's id and
+    name alone are not content)."""
     if type(choices) is not list:
         return Content.NONE
     found = Content.NONE
@@ -240,7 +319,10 @@ def _has_content(choices: object) -> Content:
         for field in _TEXT_FIELDS:
             text = delta.get(field)
             if type(text) is str and text:
-                return Content.TEXT
+                if field not in _REASONING_SET:
+                    return Content.TEXT
+                if found == Content.NONE:
+                    found = Content.REASONING
         calls = delta.get("tool_calls")
         if type(calls) is list:
             for call in calls:

@@ -26,6 +26,12 @@ Parsed = tuple[dict[str, Any], tuple[Slot, ...], list[str]]
 
 
 _CALL_SKIP: Final = frozenset(("function",))
+# Delta keys that are not labels: the text fields (in the slots) and the tool calls (compared
+# call by call). Every other key classify() lets through is a string label or null, and must be
+# equal for two deltas to merge (the merged delta carries it once).
+_NOT_LABELS: Final = frozenset(
+    ("content", "reasoning_content", "reasoning", "refusal", "tool_calls")
+)
 _FUNCTION_SKIP: Final = frozenset(("arguments",))
 
 
@@ -115,10 +121,14 @@ class ChatGroup:
         for choice, bchoice in zip(choices, base_choices, strict=True):
             delta = choice["delta"]
             bdelta = bchoice["delta"]
-            # classify() let only known fields through (text, tool_calls, null role), and the
-            # slots say which carry text: equal key sets leave only tool calls to compare.
+            # classify() let only text fields, tool_calls, null values and string labels
+            # through, and the slots say which carry text: equal key sets leave labels and
+            # tool calls to compare.
             if delta.keys() != bdelta.keys() or not _same_choice(choice, bchoice):
                 return False
+            for key, value in delta.items():
+                if key not in _NOT_LABELS and value != bdelta[key]:
+                    return False
             calls = delta.get("tool_calls")
             if calls:
                 # Same positions are guaranteed by the slots; the calls must also be the same

@@ -31,6 +31,7 @@ from streamhop.middleware.rechunk.formats.base import (
     Kind,
     Match,
     ResponseFacts,
+    TerminalCompletion,
     Usage,
     json_type,
     openai_error_object,
@@ -46,8 +47,8 @@ from streamhop.middleware.sse.events import SSEEvent
 _DELTA_TYPES: Final = {
     "response.output_text.delta": Content.TEXT,
     "response.refusal.delta": Content.TEXT,
-    "response.reasoning_text.delta": Content.TEXT,
-    "response.reasoning_summary_text.delta": Content.TEXT,
+    "response.reasoning_text.delta": Content.REASONING,
+    "response.reasoning_summary_text.delta": Content.REASONING,
     "response.function_call_arguments.delta": Content.TOOL_ARGS,
     "response.custom_tool_call_input.delta": Content.TOOL_ARGS,
     "response.mcp_call_arguments.delta": Content.TOOL_ARGS,
@@ -105,6 +106,10 @@ class OpenAIResponsesFormat:
         (OpenAI API reference, "Streaming events" of the Responses API)."""
         kind = event.event or json_type(event)
         return kind in _TERMINAL
+
+    def completion(self) -> TerminalCompletion:
+        """Finished at the terminal event (:meth:`is_terminal`)."""
+        return TerminalCompletion(self)
 
     def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """See :meth:`streamhop.middleware.rechunk.formats.base.Format.classify`."""

@@ -20,6 +20,7 @@ from streamhop.middleware.rechunk.formats.base import (
     Match,
     MergeGroup,
     ResponseFacts,
+    TerminalCompletion,
     Usage,
     openai_error_object,
 )
@@ -51,6 +52,10 @@ class PlainSSEFormat:
     def is_terminal(self, event: SSEEvent) -> bool:
         """Plain SSE has no terminal event: the server closing ends the stream."""
         return False
+
+    def completion(self) -> TerminalCompletion:
+        """Never finished by an event (:attr:`has_terminal` is false: a close ends it)."""
+        return TerminalCompletion(self)
 
     def usage(self, event: SSEEvent) -> Usage | None:
         """Plain SSE reports no usage streamhop could read."""

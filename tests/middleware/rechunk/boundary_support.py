@@ -160,8 +160,8 @@ def lane_deltas(format_name: str, events: Sequence[SSEEvent]) -> dict[Lane, list
 def misaligned(format_name: str, events: Sequence[SSEEvent], boundary: str) -> list[str]:
     """Written text deltas that do not end at a ``boundary`` of their field's whole text.
 
-    Exempt, as the feature promises nothing for them: the stream's first text delta (the first
-    content goes out at once), each field's last delta, and a delta followed by anything but
+    Exempt, as the feature promises nothing for them: each field's first text delta (the first
+    content of every phase goes out at once, never cut), each field's last delta, and a delta followed by anything but
     the next delta of its field (a boundary event writes everything held before it).
 
     Returns:
@@ -172,16 +172,15 @@ def misaligned(format_name: str, events: Sequence[SSEEvent], boundary: str) -> l
     cuts = {lane: BOUNDARIES[boundary](text) for lane, text in texts.items()}
     done: dict[Lane, int] = {}
     bad: list[str] = []
-    first = True
     for index, item in enumerate(found):
         if item is None or not item[1]:
             continue
         lane, text = item
+        first = lane not in done
         end = done.get(lane, 0) + len(text)
         done[lane] = end
         following = found[index + 1] if index + 1 < len(found) else None
         exempt = first or end == len(texts[lane]) or following is None or following[0] != lane
-        first = False
         if not exempt and end not in cuts[lane]:
             whole = texts[lane]
             bad.append(f"{lane}: {whole[max(0, end - 20) : end]!r} | {whole[end : end + 20]!r}")

@@ -284,16 +284,31 @@ def test_text_with_logprobs_is_not_held() -> None:
     assert [texts_of("openai-chat", b) for _, b in batches] == ["Hel", "lo world"]
 
 
-def test_chunks_with_unknown_fields_are_forwarded_as_they_came() -> None:
-    """A chat chunk with a field streamhop does not know is batched, never rewritten, so never
-    cut either (Groq's reasoning ``channel``)."""
+def test_chunks_with_per_token_fields_are_forwarded_as_they_came() -> None:
+    """A chat chunk with an unknown field that is not a string (vLLM's ``token_ids``) is
+    batched, never rewritten, so never cut either."""
+    events = [
+        chat_chunk({"reasoning": "Think", "token_ids": [1]}),
+        chat_chunk({"reasoning": "ing ab", "token_ids": [2]}),
+        chat_chunk({"reasoning": "out it", "token_ids": [3]}),
+    ]
+    batches = replay_timed(coalescer("openai-chat", "word"), events, [0.0, 0.005, 0.010])
+    assert flat(batches) == events
+
+
+def test_labelled_chunks_merge_and_are_cut_with_their_label() -> None:
+    """gpt-oss's ``channel`` label merges (once per written event) and a cut keeps it."""
     events = [
         chat_chunk({"reasoning": "Think", "channel": "analysis"}),
         chat_chunk({"reasoning": "ing ab", "channel": "analysis"}),
         chat_chunk({"reasoning": "out it", "channel": "analysis"}),
     ]
     batches = replay_timed(coalescer("openai-chat", "word"), events, [0.0, 0.005, 0.010])
-    assert flat(batches) == events
+    out = flat(batches)
+    deltas = [json.loads(e.data or "")["choices"][0]["delta"] for e in out]
+    assert all(d["channel"] == "analysis" for d in deltas)
+    assert "".join(d["reasoning"] for d in deltas) == "Thinking about it"
+    assert len(out) < len(events)
 
 
 # ---- the envelope of a cut -------------------------------------------------------------------

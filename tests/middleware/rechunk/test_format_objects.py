@@ -33,7 +33,11 @@ from streamhop.middleware.rechunk.formats import (
     provider_for,
     registry,
 )
-from streamhop.middleware.rechunk.formats.base import token_count, usage_object
+from streamhop.middleware.rechunk.formats.base import (
+    TerminalCompletion,
+    token_count,
+    usage_object,
+)
 from streamhop.middleware.rechunk.formats.field_group import FieldGroup, FieldParsed
 
 from ..conftest import FIXTURE_FORMATS, FIXTURE_NAMES, fixture_events
@@ -66,6 +70,7 @@ def test_protocol_has_every_member_a_format_owns() -> None:
         "classify",
         "open_group",
         "is_terminal",
+        "completion",
         "usage",
         "response_facts",
         "error_event",
@@ -426,6 +431,9 @@ class _ToyFormat:
 
     def is_terminal(self, event: SSEEvent) -> bool:
         return event.event in ("done", "error")
+
+    def completion(self) -> TerminalCompletion:
+        return TerminalCompletion(self)
 
     def usage(self, event: SSEEvent) -> tuple[int | None, int | None] | None:
         obj = usage_object(event)
