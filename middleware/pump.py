@@ -408,9 +408,13 @@ class StreamPump:
             self._cancel_timers()
 
     async def _send_bytes(self, data: bytes) -> None:
-        """Write a comment (keep-alive): not an event, so no hook, no event accounting."""
-        await self._timed(self._write(data), time.monotonic(), f"{len(data)} bytes")
+        """Write a comment (keep-alive, a forwarded provider comment): not an event, so no hook
+        and no event counted, but its bytes count like every byte the client gets."""
+        start = time.monotonic()
+        await self._timed(self._write(data), start, f"{len(data)} bytes")
         self.bytes_out += len(data)
+        if self._observer is not None:
+            self._observer.downstream_write(0, len(data), start, self._last_write)
 
     async def _timed(self, write: Awaitable[_T], start: float, pending: str) -> _T:
         """Await one downstream write under the stall watchdog; sets ``_last_write`` when done.

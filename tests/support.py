@@ -41,7 +41,7 @@ from prometheus_client.samples import Sample
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 _READY = re.compile(rb"listening on (http://[0-9.]+:\d+)(?: \(admin (http://[0-9.]+:\d+)\))?")
 
 T = TypeVar("T")

@@ -199,7 +199,9 @@ def accumulate_openai_chat(events: Sequence[SSEEvent]) -> dict[str, Json]:
             errors.append(obj["error"])  # the SDK raises APIError
             break
         plain.add(obj)
-        chunk = ChatCompletionChunk.model_validate(obj)
+        # built as the SDK's Stream builds it (construct, no validation: providers send values
+        # the SDK's literals do not list, such as Groq's service_tier "on_demand")
+        chunk = construct_type(type_=ChatCompletionChunk, value=obj)
         for sdk_event in state.handle_chunk(chunk):
             if sdk_event.type.endswith(".done"):
                 sdk_events.append(_dump(sdk_event))
@@ -335,8 +337,10 @@ class PlainChat:
                 acc["role"] = delta["role"]
             for field in CHAT_TEXT_FIELDS:
                 text = delta.get(field)
-                if text is not None:
+                if isinstance(text, str):
                     acc["text"][field] = acc["text"].get(field, "") + text
+                elif text is not None:  # Mistral's content parts (a list): kept whole, in order
+                    acc["text"].setdefault(field + "[]", []).append(text)
             for key, value in delta.items():
                 if key not in _CHAT_DELTA_KNOWN:
                     _note_extra(acc["extras"], "delta." + key, value)
@@ -434,6 +438,8 @@ def accumulate_openai_responses(events: Sequence[SSEEvent]) -> dict[str, Json]:
     for event in events:
         if event.data is None:
             continue
+        if event.data.startswith("[DONE]"):
+            break  # the SDK's Stream stops reading here (OpenRouter sends it after completed)
         obj = _loads(event)
         if obj.get("type") == "error":
             errors.append(obj)

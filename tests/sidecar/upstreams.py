@@ -2,7 +2,7 @@
 
 Routes (any method unless noted):
 
-* ``POST /fx/{name}/pace/{ms}/...``: replays ``../shared/fixtures/{name}.sse`` as
+* ``POST /fx/{name}/pace/{ms}/...``: replays ``tests/fixtures/{name}.sse`` as
   ``text/event-stream``; ``ms`` = 0 writes the whole recording in one write (a burst), otherwise
   one event every ``ms`` milliseconds, each event in two writes cut inside a UTF-8 sequence
   when it has one, else in the middle.

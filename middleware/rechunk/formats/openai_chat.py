@@ -142,6 +142,12 @@ class OpenAIChatFormat:
                 if value is None:
                     continue
                 if key in _TEXT_SET:
+                    if type(value) is list and value:
+                        # Content parts (Mistral's magistral sends thinking as
+                        # `[{"type": "thinking", ...}]`): per-part data, held unmerged.
+                        unknown = True
+                        content = content or _parts_content(value)
+                        continue
                     if type(value) is not str:
                         return Kind.FLUSH, False, None
                     if value:
@@ -302,6 +308,15 @@ def _continued_arguments(call: object) -> str | None:
     if args is None:
         return ""
     return args if type(args) is str else None
+
+
+def _parts_content(parts: list[Any]) -> Content:
+    """The content kind of a list of content parts: :attr:`Content.REASONING` when a part is
+    ``thinking``, else :attr:`Content.TEXT`."""
+    for part in parts:
+        if type(part) is dict and part.get("type") == "thinking":
+            return Content.REASONING
+    return Content.TEXT
 
 
 def _has_content(choices: object) -> Content:

@@ -113,6 +113,10 @@ class OpenAIResponsesFormat:
 
     def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """See :meth:`streamhop.middleware.rechunk.formats.base.Format.classify`."""
+        if event.data == "[DONE]":
+            # OpenAI-compatible Responses servers (OpenRouter) end with chat's `[DONE]` after
+            # `response.completed`; the openai SDK stops reading there. Not malformed.
+            return Kind.FLUSH, False, None
         obj = parse_object(event)
         if type(obj) is not dict:
             return Kind.FLUSH, False, obj

@@ -110,7 +110,8 @@ async def test_fixture_streams_are_rechunked_losslessly(fixture_name: str) -> No
     assert all(m["type"] == "http.response.body" and m["more_body"] for m in middle)
     fmt = FIXTURE_FORMATS[fixture_name]
     assert accumulate(fmt, server.events) == accumulate(fmt, upstream)
-    assert len(middle) <= len(upstream)
+    comments = data.count(b"\n\n:") + data.startswith(b":")  # forwarded while idle
+    assert len(middle) <= len(upstream) + comments
     if fixture_name in LONG_TEXT_FIXTURES:
         assert len(middle) <= len(upstream) // 2, (len(middle), len(upstream))
 

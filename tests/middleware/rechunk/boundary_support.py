@@ -142,7 +142,10 @@ def text_delta(format_name: str, event: SSEEvent) -> tuple[Lane, str] | None:
     if format_name == "openai-responses":
         if obj.get("type") not in _RESPONSES_TEXT:
             return None
-        lane = tuple(obj.get(k) for k in ("type", "item_id", "output_index", "content_index"))
+        lane = tuple(
+            obj.get(k)
+            for k in ("type", "item_id", "output_index", "content_index", "summary_index")
+        )
         return lane, obj["delta"]
     return None
 

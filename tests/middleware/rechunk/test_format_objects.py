@@ -296,6 +296,22 @@ FIXTURE_USAGE: Final = {
     "openai_chat_tool_call.sse": (48, 19),
     "openai_responses_function_call.sse": (255, 16),
     "openai_responses_text.sse": (278, 9),
+    "cerebras_chat_gpt_oss_reasoning_no_done.sse": (102, 77),
+    "cerebras_chat_qwen_thinking_length_no_done.sse": (32, 100),
+    "cerebras_chat_text_no_done.sse": (30, 21),
+    "deepseek_chat_reasoning_content.sse": (6, 212),
+    "evroc_chat_kimi_no_finish_no_done.sse": (None, None),
+    "groq_chat_gpt_oss_error_event_no_done.sse": (None, None),
+    "groq_chat_gpt_oss_reasoning.sse": (91, 63),
+    "groq_chat_think_in_content.sse": (20, 116),
+    "mistral_chat_magistral_thinking.sse": (10, 232),
+    "openai_responses_reasoning_summary.sse": (13, 1680),
+    "openrouter_chat_error_chunk_no_done.sse": (41, 243),
+    "openrouter_chat_reasoning_details_encrypted.sse": (9, 104),
+    "openrouter_chat_reasoning_details_text.sse": (43, 36),
+    "openrouter_responses_reasoning_text.sse": (78, 37),
+    "xai_chat_grok4_text.sse": (173, 12),
+    "xai_chat_reasoning_content.sse": (28, 14),
 }
 
 

@@ -91,8 +91,11 @@ def test_fixture_reencodes_to_identical_events(fixture_name: str) -> None:
     events = fixture_events(fixture_name)
     again = roundtrip(events)
     assert [without_size(e) for e in again] == [without_size(e) for e in events]
-    # The recordings use exactly the encoder's syntax, so even the bytes are the same.
-    assert encode_events(events) == fixture_bytes(fixture_name)
+    # The recordings use exactly the encoder's syntax, so even the bytes are the same (but for
+    # comment blocks, which are no events).
+    blocks = fixture_bytes(fixture_name).split(b"\n\n")
+    body = b"".join(b + b"\n\n" for b in blocks[:-1] if not b.startswith(b":"))
+    assert encode_events(events) == body
 
 
 _NO_SURROGATES = st.characters(blacklist_categories=("Cs",))
