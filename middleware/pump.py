@@ -141,6 +141,7 @@ class StreamPump:
         """``time.monotonic()`` when the first write completed."""
         self.first_content_write_at: float | None = None
         self.first_tool_args_write_at: float | None = None
+        self.first_answer_write_at: float | None = None
         self.writer = self._loop.create_task(self._write_loop(), name="streamhop-writer")
         """The writer task: done when the stream is fully written, or failed (client gone:
         the writer's exception; :class:`ClientStallError`). Add a done callback to react."""
@@ -182,6 +183,7 @@ class StreamPump:
             upstream_first_content_at=c.first_content_at,
             first_content_write_at=self.first_content_write_at,
             first_tool_args_write_at=self.first_tool_args_write_at,
+            first_answer_write_at=self.first_answer_write_at,
             usage_input_tokens=c.usage_input_tokens,
             usage_output_tokens=c.usage_output_tokens,
             upstream_first_event_at=c.first_event_at,
@@ -452,6 +454,8 @@ class StreamPump:
             self.first_content_write_at = start
         if self.first_tool_args_write_at is None and coalescer.first_tool_args_at is not None:
             self.first_tool_args_write_at = start
+        if self.first_answer_write_at is None and coalescer.first_answer_at is not None:
+            self.first_answer_write_at = start
         if self._write_events is not None:
             size = await self._timed(self._write_events(events), start, f"{len(events)} events")
         else:

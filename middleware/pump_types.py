@@ -99,6 +99,9 @@ class PumpStats:
     """The model that answered, as the stream reported it."""
     finish_reasons: tuple[str, ...] = ()
     """The finish reasons the stream reported, in order (one per finished choice)."""
+    first_answer_write_at: float | None = None
+    """When the first answer text (not reasoning, not tool-call arguments) was handed to the
+    client: the TTFT a reasoning model's user sees."""
 
 
 Write = Callable[[bytes], Awaitable[None]]

@@ -98,6 +98,7 @@ def log_stream(record: StreamRecord) -> None:
                 "status": record.status,
                 "format": record.format,
                 "ttft_ms": ms(record.received_at, record.first_content_sent_at),
+                "answer_ms": ms(record.received_at, record.first_answer_sent_at),
                 "tool_args_ms": ms(record.received_at, record.first_tool_args_sent_at),
                 "upstream_ttft_ms": ms(
                     record.upstream_request_at, record.upstream_first_content_at

@@ -145,6 +145,8 @@ class RequestRecord:
         received = self.received_at
         if stats.first_content_write_at is not None:
             observed.ttft(stats.first_content_write_at - received)
+        if stats.first_answer_write_at is not None:
+            observed.time_to_first_answer_token(stats.first_answer_write_at - received)
         if stats.first_tool_args_write_at is not None:
             observed.time_to_first_tool_argument(stats.first_tool_args_write_at - received)
         if stats.upstream_first_content_at is not None:

@@ -120,6 +120,14 @@ class Metrics:
             buckets=TTFT_BUCKETS,
             registry=r,
         )
+        self.answer = Histogram(
+            "streamhop_time_to_first_answer_token_seconds",
+            "Request received by streamhop to the first answer text handed to the client "
+            "(after any reasoning or thinking: the TTFT a reasoning model's user sees).",
+            rm,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
         self.inter_chunk = Histogram(
             "streamhop_inter_chunk_seconds",
             "Gap between consecutive downstream writes of one stream.",
@@ -382,6 +390,9 @@ class StreamMetrics:
 
     def upstream_ttft(self, seconds: float) -> None:
         self.metrics.upstream_ttft.labels(self.route, self.model).observe(seconds)
+
+    def time_to_first_answer_token(self, seconds: float) -> None:
+        self.metrics.answer.labels(self.route, self.model).observe(seconds)
 
     def time_to_first_tool_argument(self, seconds: float) -> None:
         self.metrics.tool_args.labels(self.route, self.model).observe(seconds)

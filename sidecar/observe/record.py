@@ -47,6 +47,8 @@ class StreamRecord:
     upstream_first_content_at: float | None = None
     first_content_sent_at: float | None = None
     first_tool_args_sent_at: float | None = None
+    first_answer_sent_at: float | None = None
+    """When the first answer text (after any reasoning) was handed to the client."""
     finished_at: float | None = None
     events_in: int = 0
     events_out: int = 0
@@ -81,6 +83,8 @@ def observe_end(observed: StreamMetrics, record: StreamRecord) -> None:
         observed.request_overhead(record.upstream_request_at - record.received_at)
     if record.first_content_sent_at is not None:
         observed.ttft(record.first_content_sent_at - record.received_at)
+    if record.first_answer_sent_at is not None:
+        observed.time_to_first_answer_token(record.first_answer_sent_at - record.received_at)
     if record.first_tool_args_sent_at is not None:
         observed.time_to_first_tool_argument(record.first_tool_args_sent_at - record.received_at)
     if record.upstream_first_content_at is not None and record.upstream_request_at is not None:

@@ -151,6 +151,7 @@ def collect(record: StreamRecord, pump: StreamPump | None) -> None:
     record.bytes_out = stats.bytes_out
     record.first_content_sent_at = stats.first_content_write_at
     record.first_tool_args_sent_at = stats.first_tool_args_write_at
+    record.first_answer_sent_at = stats.first_answer_write_at
     record.upstream_first_content_at = stats.upstream_first_content_at
     record.usage_input_tokens = stats.usage_input_tokens
     record.usage_output_tokens = stats.usage_output_tokens

@@ -3,8 +3,9 @@
 The resume log holds each written event in SSE wire form (with its ``id: <stream-id>:<seq>``);
 here each is decoded back into an event and sent as one ``event`` message, the ``id`` included,
 so a client sees exactly the messages the generation's own socket would have sent. The replay
-ends with ``done``: ``complete`` when the log ends with the format's normal end (``[DONE]``,
-``message_stop``, ``response.completed``), ``error`` when it ends with an error event (the
+ends with ``done``: ``complete`` when the logged stream is finished as its format defines it
+(``Format.completion``: every choice's ``finish_reason`` or ``[DONE]``, ``message_stop``,
+``response.completed``), ``error`` when it ends with an error event (the
 generation failed or was stopped), or ``error`` + ``done`` ``error`` when the log is unknown
 (``stream_not_found``: expired, another route, other credentials), was closed at its byte cap
 (``resume_log_full``) or the store fails (``resume_unavailable``).
@@ -15,7 +16,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
-from streamhop.middleware.rechunk.formats import detect_format
+from streamhop.middleware.rechunk.formats import Format, detect_format
+from streamhop.middleware.rechunk.formats.base import Completion
 from streamhop.middleware.sse.decoder import SSEDecoder
 from streamhop.middleware.sse.events import SSEEvent
 from streamhop.sidecar.resume import (
@@ -79,8 +81,7 @@ class WsReplay:
         except ResumeError as exc:
             return "error", ("resume_unavailable", str(exc))
         decoder = SSEDecoder(_REDECODE_LIMIT)
-        first: SSEEvent | None = None
-        last: SSEEvent | None = None
+        end = _End()
         try:
             async for batch in reader.events_after(message.after):
                 frames = []
@@ -88,8 +89,7 @@ class WsReplay:
                     for event in decoder.feed(data):
                         if event.data is None:
                             continue
-                        first = first or event
-                        last = event
+                        end.observe(event)
                         frames.append(event_frame(event))
                 if frames:
                     await self._send_frames(frames)
@@ -97,17 +97,36 @@ class WsReplay:
             return "error", ("resume_log_full", str(exc))
         except ResumeError as exc:
             return "error", ("resume_unavailable", str(exc))
-        return ("complete" if _normal_end(first, last) else "error"), None
+        return ("complete" if end.normal else "error"), None
 
 
-def _normal_end(first: SSEEvent | None, last: SSEEvent | None) -> bool:
-    """True when ``last`` is its format's terminal event and not an error event. A replay
-    after the last event (nothing new) counts as complete."""
-    if last is None:
-        return True
-    fmt = detect_format(first or last)
-    if fmt is None or not fmt.has_terminal:
-        return True
-    data = last.data or ""
-    is_error = last.event == "error" or data.lstrip().startswith('{"error"')
-    return fmt.is_terminal(last) and not is_error
+class _End:
+    """How a replayed log ends: its format's :class:`~streamhop.middleware.rechunk.formats.base.
+    Completion`, fed every replayed event, and whether the last one is an error event."""
+
+    __slots__ = ("completion", "format", "last")
+
+    def __init__(self) -> None:
+        self.format: Format | None = None
+        self.completion: Completion | None = None
+        self.last: SSEEvent | None = None
+
+    def observe(self, event: SSEEvent) -> None:
+        if self.format is None:
+            self.format = detect_format(event)
+            if self.format is not None:
+                self.completion = self.format.completion()
+        if self.completion is not None:
+            self.completion.observe(event)
+        self.last = event
+
+    @property
+    def normal(self) -> bool:
+        """True when the log is finished and does not end with an error event. A replay after
+        the last event (nothing new) counts as complete."""
+        last, fmt = self.last, self.format
+        if last is None or fmt is None or not fmt.has_terminal or self.completion is None:
+            return True
+        data = last.data or ""
+        is_error = last.event == "error" or data.lstrip().startswith('{"error"')
+        return self.completion.finished and not is_error
