@@ -43,11 +43,37 @@ def test_events_of_one_burst_may_arrive_in_several_reads_within_the_window() -> 
     assert detector.bursts == 1
 
 
-def test_reads_after_the_window_do_not_complete_a_burst() -> None:
+def test_single_event_reads_after_the_window_do_not_continue_a_run() -> None:
+    """After a gap, events that come one per read, each after the 1 ms window, are a provider
+    streaming again (a model that paused), not a released buffer."""
     detector = BurstDetector(GAP_S, EVENTS, started_at=0.0)
     at = paced(detector, 0.05, 3, 0.005) + 0.7
     assert detector.arrival(EVENTS - 1, at) is False
-    assert detector.arrival(EVENTS, at + 2 * WINDOW_S) is False
+    for i in range(1, 30):
+        assert detector.arrival(1, at + i * 2 * WINDOW_S) is False
+    assert detector.bursts == 0
+
+
+def test_a_burst_read_by_a_busy_process_over_several_late_reads_is_one_burst() -> None:
+    """The loaded-machine case: a 1.5 s stall, then 170 waiting events read in nine reads 2 to
+    9 ms apart (the loop served other streams between them)."""
+    detector = BurstDetector(GAP_S, EVENTS, started_at=0.0)
+    at = paced(detector, 0.05, 10, 0.005) + 1.5
+    counts = [3, 12, 25, 18, 30, 22, 20, 20, 20]
+    gaps = [0.0, 0.004, 0.009, 0.002, 0.006, 0.008, 0.003, 0.005, 0.007]
+    results = []
+    for count, gap in zip(counts, gaps, strict=True):
+        at += gap
+        results.append(detector.arrival(count, at))
+    assert results.count(True) == 1
+    assert detector.bursts == 1
+
+
+def test_late_multi_event_reads_past_the_run_gap_end_the_run() -> None:
+    detector = BurstDetector(GAP_S, EVENTS, started_at=0.0)
+    at = paced(detector, 0.05, 3, 0.005) + 0.7
+    assert detector.arrival(EVENTS - 5, at) is False
+    assert detector.arrival(10, at + detector.run_gap_s + 0.001) is False
     assert detector.bursts == 0
 
 

@@ -19,6 +19,7 @@ import argparse
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -309,3 +310,37 @@ def test_the_demo_shows_the_detector_fire_on_a_buffered_stream_only() -> None:
     )
     assert line is not None, result.stdout
     assert int(line.group(1)) >= 1 and int(line.group(2)) == 0
+
+
+def test_a_buffering_hop_is_still_seen_while_the_process_is_busy(
+    simulator: StreamhopProcess,
+) -> None:
+    """The proxy under load: a thread in the sidecar's own process keeps the interpreter busy
+    (it holds the GIL in 5 ms slices), so the loop reads a released lump late and over several
+    reads. The run of reads after the silence is still one burst."""
+    config = config_from_dict({"routes": [{"prefix": "/", "upstream": simulator.url}]})
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, burst_gap_s=GAP_MS / 1000, burst_events=20)
+    app = build_proxy_app(config, SidecarState(), metrics, None, None)
+    stop = threading.Event()
+    spins = 0
+
+    def hog() -> None:
+        nonlocal spins
+        while not stop.is_set():
+            sum(range(20_000))  # pure-Python work: holds the GIL until the switch interval
+            spins += 1
+
+    busy = threading.Thread(target=hog, daemon=True)
+    with BackgroundUvicorn(app, lifespan="on") as server, httpx2.Client(timeout=60) as http:
+        busy.start()
+        try:
+            assert stream_once(http, server.url, BUFFERED, BUFFERED_BODY).status == 200
+        finally:
+            stop.set()
+            busy.join(10)
+    assert spins > 0, "the process was busy while the stream ran"
+    bursts = registry.get_sample_value(
+        "streamhop_upstream_bursts_total", {"route": "/", "model": "other"}
+    )
+    assert bursts is not None and bursts >= 1
