@@ -164,8 +164,9 @@ def misaligned(format_name: str, events: Sequence[SSEEvent], boundary: str) -> l
     """Written text deltas that do not end at a ``boundary`` of their field's whole text.
 
     Exempt, as the feature promises nothing for them: each field's first text delta (the first
-    content of every phase goes out at once, never cut), each field's last delta, and a delta followed by anything but
-    the next delta of its field (a boundary event writes everything held before it).
+    content of every phase goes out at once, never cut), each field's last delta, and a delta
+    followed by anything but the next delta of its field (a boundary event writes everything
+    held before it).
 
     Returns:
         One description per misaligned delta (empty: all aligned).
