@@ -256,8 +256,8 @@ class StreamPump:
         if c.incomplete or (c.format_name is None and fmt in TERMINAL_EVENTS):
             return Fault(
                 "upstream_incomplete",
-                "the upstream closed the stream without its terminal event "
-                f"({TERMINAL_EVENTS.get(fmt or '', '?')}); the answer is incomplete",
+                "the upstream closed the stream before it was finished (expected "
+                f"{TERMINAL_EVENTS.get(fmt or '', '?')}); the answer is incomplete",
             )
         return None
 

@@ -1,10 +1,20 @@
-// Reads one streamed answer with the official openai Node SDK and prints what the SDK's own
-// accumulator makes of it, as JSON on stdout (tests/sidecar/test_node_sdk.py).
+// Reads one streamed answer with the official openai Node SDK and prints what the SDK makes of
+// it, as one JSON object on stdout (tests/sidecar/test_node_sdk.py).
 //
 //   node accumulate_chat.mjs <baseURL> <chat|responses>
 //
 // chat:      client.chat.completions.stream(...), then stream.finalChatCompletion();
-// responses: client.responses.stream(...), then stream.finalResponse().
+//            prints {"final": <completion>, "delta_strings": {<choice index>: {<field>: text}}}.
+// responses: client.responses.stream(...), then stream.finalResponse();
+//            prints {"final": <response>}.
+//
+// delta_strings: the SDK's accumulator keeps only the LAST value of a delta field it does not
+// know (reasoning, reasoning_content, channel, ...: Object.assign in ChatCompletionStream), so
+// the final completion holds the last fragment of the reasoning, not the reasoning. A Node client
+// that wants it concatenates the fields of the chunks the SDK emits; delta_strings is that
+// concatenation, per choice, of every string field of a delta other than the ones the SDK
+// accumulates itself.
+//
 // When the SDK raises (its own errors, or a TypeError from its accumulator on a chunk it does not
 // expect), prints {"error": {"name": ..., "message": ...}} and still exits 0, so a test can
 // compare the error a client sees too. Bad arguments, or openai not installed, exit non-zero.
@@ -29,10 +39,22 @@ try {
       model: 'm',
       messages: [{ role: 'user', content: 'hi' }],
     });
-    result = await stream.finalChatCompletion();
+    const deltaStrings = {};
+    stream.on('chunk', (chunk) => {
+      for (const { index, delta } of chunk.choices ?? []) {
+        // The fields the SDK accumulates itself; all others it overwrites.
+        const { content, refusal, role, tool_calls, function_call, audio, ...rest } = delta ?? {};
+        for (const [field, value] of Object.entries(rest)) {
+          if (typeof value !== 'string') continue;
+          const fields = (deltaStrings[index] ??= {});
+          fields[field] = (fields[field] ?? '') + value;
+        }
+      }
+    });
+    result = { final: await stream.finalChatCompletion(), delta_strings: deltaStrings };
   } else {
     const stream = client.responses.stream({ model: 'm', input: 'hi' });
-    result = await stream.finalResponse();
+    result = { final: await stream.finalResponse() };
   }
 } catch (err) {
   // The class name (APIConnectionError, OpenAIError, TypeError, ...): not every error sets .name.

@@ -91,7 +91,7 @@ class OpenAIChatFormat:
 
     name = "openai-chat"
     has_terminal = True
-    terminal_hint = "data: [DONE]"
+    terminal_hint = "a finish_reason for every choice, or data: [DONE]"
     provider_name = "openai"
 
     def detect(self, event: SSEEvent, obj: dict[str, Any] | None) -> Match:

@@ -109,7 +109,7 @@ def test_registry_names_are_unique_and_match_the_lookups() -> None:
     assert TERMINAL_HINTS == {
         "anthropic": "message_stop",
         "openai-responses": "response.completed",
-        "openai-chat": "data: [DONE]",
+        "openai-chat": "a finish_reason for every choice, or data: [DONE]",
     }
 
 
