@@ -60,17 +60,21 @@ class CancelMessage:
 
 @dataclass(frozen=True, slots=True)
 class ResumeMessage:
-    """``{"type": "resume", "stream_id": "...", "after": <seq>}``: replay a logged generation
-    after event ``after`` (0: from the start) and follow it live to its end.
+    """``{"type": "resume", "stream_id": "...", "after": <seq>, "headers": {...}}``: replay a
+    logged generation after event ``after`` (0: from the start) and follow it live to its end.
 
     Attributes:
         stream_id: the stream id of the generation (from a ``reconnect`` message or an event's
             ``id``).
         after: the ``seq`` of the last event the client has.
+        headers: the caller's credential headers when they are not on the handshake (a browser
+            cannot set ``Authorization`` on a WebSocket handshake): the resume is bound to the
+            same credentials the generation's ``request`` message carried.
     """
 
     stream_id: str
     after: int
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 ClientMessage = RequestMessage | CancelMessage | ResumeMessage
@@ -110,7 +114,7 @@ def parse_client_frame(text: str) -> ClientMessage:
             raise MessageError("invalid_message", "a resume needs 'stream_id', a stream id")
         if type(after) is not int or after < 0:
             raise MessageError("invalid_message", "'after' must be an integer >= 0")
-        return ResumeMessage(stream_id, after)
+        return ResumeMessage(stream_id, after, _headers(obj.get("headers")))
     if kind != "request":
         raise MessageError(
             "unknown_type",

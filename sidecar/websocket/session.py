@@ -223,7 +223,9 @@ class Session:
 
     async def _resume(self, message: ResumeMessage) -> None:
         """Replay a logged generation after ``message.after`` and follow it to its end
-        (cutting over a running one); bound to this route and the handshake's credentials."""
+        (cutting over a running one); bound to this route and the caller's credentials: the
+        handshake's, with those of the ``resume`` message replacing same-named ones (as a
+        generation is bound to the credentials its ``request`` sent upstream)."""
         bridge = self.bridge
         route = self.route
         assert route is not None
@@ -235,7 +237,16 @@ class Session:
                 await self.send_frames([done_frame("interrupted")])
         elif self.task is not None and not self.task.done():
             await asyncio.wait((self.task,), timeout=CUTOVER_WAIT_S)
-        key = bridge.binding.log_key(route.prefix, message.stream_id, self.scope["headers"])
+        try:
+            extra, _ = upstream_request_headers(
+                [(n.lower().encode(), v.encode("utf-8")) for n, v in message.headers]
+            )
+        except (ControlHeaderError, HeaderValueError) as exc:
+            await self._error("bad_control_header", str(exc))
+            return
+        key = bridge.binding.log_key(
+            route.prefix, message.stream_id, _caller_headers(self.scope["headers"], extra)
+        )
         replay = WsReplay(bridge.resume, key, message, self.send_frames)
         self.current = replay
         self.task = asyncio.get_running_loop().create_task(replay.run())
@@ -305,7 +316,10 @@ class Session:
         record = opened.record
         log = None
         if bridge.resume is not None:
-            key = bridge.binding.log_key(route.prefix, record.stream_id, self.scope["headers"])
+            # Bound to the credentials that went upstream: the handshake's, with the message's
+            # replacing same-named ones (a browser puts Authorization in the message).
+            caller = _caller_headers(self.scope["headers"], extra)
+            key = bridge.binding.log_key(route.prefix, record.stream_id, caller)
             log = (bridge.resume, key)
         gen = Generation(
             StreamRequest(
@@ -341,6 +355,17 @@ class Session:
         self.current = gen
         self.task = task = asyncio.get_running_loop().create_task(gen.run())
         task.add_done_callback(finished)
+
+
+def _caller_headers(
+    handshake: list[tuple[bytes, bytes]], message: list[tuple[str, str]]
+) -> list[tuple[bytes, bytes]]:
+    """The caller's headers as a generation sends them upstream (ASGI shape, lower-case
+    names): the handshake's, with the message's replacing same-named ones."""
+    override = {n.lower().encode("latin-1") for n, _ in message}
+    out = [(n, v) for n, v in handshake if n.lower() not in override]
+    out.extend((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in message)
+    return out
 
 
 def _combine(
