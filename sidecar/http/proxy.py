@@ -378,7 +378,16 @@ class Proxy:
             return binding.log_key(route.prefix, stream_id, headers)
 
         state.task = work = loop.create_task(
-            replay(state, self.resume, send, last_event_id, log_key, fmt, stall_s)
+            replay(
+                state,
+                self.resume,
+                send,
+                last_event_id,
+                log_key,
+                fmt,
+                stall_s,
+                self.config.backpressure.max_pending_bytes,
+            )
         )
         self.state.streams.add(state)
         watcher = loop.create_task(wait_disconnect(receive))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from streamhop.middleware.rechunk.formats import error_format
 from streamhop.middleware.sse.encoder import encode_events
@@ -71,8 +71,13 @@ async def replay(
     log_key: Callable[[str], str],
     fmt: str | None,
     stall_timeout_s: float,
+    max_pending_bytes: int,
 ) -> None:
     """Serve one resume request on ``send`` (see the module docstring).
+
+    The log is written in bodies of at most ``max_pending_bytes`` (an event larger than that
+    goes alone), each under the stall rule, as a live stream is: a reader that never reads holds
+    at most one such body in streamhop, not the log (a transport takes whatever it is handed).
 
     Args:
         state: where the replay notes that its response started.
@@ -83,6 +88,7 @@ async def replay(
             (:meth:`~.binding.ResumeBinding.log_key`); another caller's stream is not found.
         fmt: the route's format hint, for error bodies and events.
         stall_timeout_s: seconds one write may take before the client is dropped.
+        max_pending_bytes: the largest body handed to ``send`` at once, bytes.
     """
     parsed = parse_last_event_id(last_event_id)
     if parsed is None:
@@ -107,21 +113,42 @@ async def replay(
     problem: tuple[str, str] | None = None
     try:
         async for batch in reader.events_after(seq):
-            async with asyncio.timeout(stall_timeout_s):
-                await send(
-                    {"type": "http.response.body", "body": b"".join(batch), "more_body": True}
-                )
+            for body in bounded_bodies(batch, max_pending_bytes):
+                async with asyncio.timeout(stall_timeout_s):
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
     except ResumeLogFullError as exc:
         problem = ("resume_log_full", str(exc))
     except (StreamNotFoundError, ResumeError) as exc:
         problem = ("resume_unavailable", str(exc))
     except TimeoutError:
-        logger.warning("resume of stream %s: client stalled; dropped", stream_id)
+        logger.warning("resume: client accepted nothing for %g s; dropped", stall_timeout_s)
         return
     if problem is not None:
-        logger.warning("resume of stream %s ended early: %s", stream_id, problem[1])
+        logger.warning("resume ended early: %s", problem[1])
         tail = error_format(fmt).error_event(*problem)
         if tail is not None:  # never added to a plain sse stream
             body = encode_events([tail])
             await send({"type": "http.response.body", "body": body, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def bounded_bodies(events: Sequence[bytes], limit: int) -> Iterator[bytes]:
+    """Join encoded events into bodies of at most ``limit`` bytes, in order.
+
+    Args:
+        events: encoded SSE events (a batch of the log).
+        limit: the largest body, bytes; an event larger than it is a body of its own.
+
+    Returns:
+        An iterator of non-empty bodies; only the body being built is held.
+    """
+    parts: list[bytes] = []
+    size = 0
+    for data in events:
+        if parts and size + len(data) > limit:
+            yield b"".join(parts)
+            parts, size = [], 0
+        parts.append(data)
+        size += len(data)
+    if parts:
+        yield b"".join(parts)

@@ -13,6 +13,7 @@ generation failed or was stopped), or ``error`` + ``done`` ``error`` when the lo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -46,17 +47,31 @@ class WsReplay:
         key: the caller-bound log key (route, stream id, handshake credentials).
         message: the client's ``resume`` message.
         send_frames: sends text frames in order.
+        max_pending_bytes: the most frame text handed to ``send_frames`` at once, bytes (a
+            larger frame goes alone): a reader that never reads holds that much, not the log.
+        stall_timeout_s: seconds one send may take; past it the replay stops (:attr:`stalled`)
+            and the session drops the socket, as for a live generation.
     """
 
     def __init__(
-        self, store: ResumeStore, key: str, message: ResumeMessage, send_frames: SendFrames
+        self,
+        store: ResumeStore,
+        key: str,
+        message: ResumeMessage,
+        send_frames: SendFrames,
+        max_pending_bytes: int,
+        stall_timeout_s: float,
     ) -> None:
         self._store = store
         self._key = key
         self._message = message
         self._send_frames = send_frames
+        self._limit = max_pending_bytes
+        self._stall_s = stall_timeout_s
         self.ending = False
         """True once the replay sends its own ``done``."""
+        self.stalled = False
+        """True when the client accepted nothing for ``stall_timeout_s``."""
 
     def mark_cancel(self, reason: str) -> None:
         """A replay has no upstream to account a cancellation for."""
@@ -64,7 +79,11 @@ class WsReplay:
     async def run(self) -> None:
         """Replay, follow, end with ``done`` (``OSError``: the client left; nothing to send)."""
         with contextlib.suppress(OSError):
-            reason, error = await self._replay()
+            try:
+                reason, error = await self._replay()
+            except TimeoutError:
+                self.stalled = True  # nothing more is sent: the session drops the socket
+                return
             self.ending = True
             frames = [] if error is None else [error_frame(*error)]
             frames.append(done_frame(reason))
@@ -84,20 +103,31 @@ class WsReplay:
         end = _End()
         try:
             async for batch in reader.events_after(message.after):
-                frames = []
+                frames: list[str] = []
+                size = 0
                 for data in batch:
                     for event in decoder.feed(data):
                         if event.data is None:
                             continue
                         end.observe(event)
-                        frames.append(event_frame(event))
+                        frame = event_frame(event)
+                        if frames and size + len(frame) > self._limit:
+                            await self._send(frames)
+                            frames, size = [], 0
+                        frames.append(frame)
+                        size += len(frame)
                 if frames:
-                    await self._send_frames(frames)
+                    await self._send(frames)
         except ResumeLogFullError as exc:
             return "error", ("resume_log_full", str(exc))
         except ResumeError as exc:
             return "error", ("resume_unavailable", str(exc))
         return ("complete" if end.normal else "error"), None
+
+    async def _send(self, frames: list[str]) -> None:
+        """Send ``frames`` under the stall rule (``TimeoutError`` past ``stall_timeout_s``)."""
+        async with asyncio.timeout(self._stall_s):
+            await self._send_frames(frames)
 
 
 class _End:

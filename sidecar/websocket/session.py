@@ -247,9 +247,26 @@ class Session:
         key = bridge.binding.log_key(
             route.prefix, message.stream_id, _caller_headers(self.scope["headers"], extra)
         )
-        replay = WsReplay(bridge.resume, key, message, self.send_frames)
+        backpressure = bridge.config.backpressure
+        replay = WsReplay(
+            bridge.resume,
+            key,
+            message,
+            self.send_frames,
+            backpressure.max_pending_bytes,
+            backpressure.stall_timeout_s,
+        )
         self.current = replay
         self.task = asyncio.get_running_loop().create_task(replay.run())
+
+        def finished(_: asyncio.Task[None]) -> None:
+            if replay.stalled:
+                # The client accepted nothing for stall_timeout_s: drop the socket.
+                self._closer = asyncio.get_running_loop().create_task(
+                    self.close(CLOSE_POLICY_VIOLATION, "client stalled")
+                )
+
+        self.task.add_done_callback(finished)
 
     async def _request(self, message: RequestMessage) -> bool:
         """Start a generation, cutting over a running one; False when the socket must close."""
