@@ -94,24 +94,53 @@ class HttpTransport:
         self.started = True
         await json_error(self.send, status, self.format_hint, code, message)
 
-    async def pass_through(self, response: aiohttp.ClientResponse) -> None:
-        """Copy the answer through untouched."""
+    async def pass_through(
+        self, response: aiohttp.ClientResponse, read_timeout_s: float, stall_timeout_s: float
+    ) -> None:
+        """Copy the answer through untouched; each upstream read within ``read_timeout_s`` and
+        each client write within ``stall_timeout_s`` (seconds). Past either, or when the
+        upstream fails mid-body, the connection ends without completing the body: headers and
+        part of the body are out, and an incomplete body is the only honest signal left."""
         send = self.send
         record = self.record
         headers = response_headers(response.raw_headers)
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        async with asyncio.timeout(stall_timeout_s):
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
         self.started = True
-        try:
-            async for chunk in response.content.iter_any():
-                record.bytes_in += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                record.bytes_out += len(chunk)
-        except aiohttp.ClientError as exc:
-            # Headers and part of the body are out: the only honest signal left is to end the
-            # connection without completing the body.
-            record.error = "disconnected"
-            logger.warning("stream %s: upstream failed mid-body: %s", record.request_id, exc)
-            return
+        content = response.content
+        while True:
+            try:
+                async with asyncio.timeout(read_timeout_s):
+                    chunk = await content.readany()
+            except TimeoutError:
+                record.error = "read_timeout"
+                logger.warning(
+                    "stream %s: upstream sent nothing for read_timeout_s=%g s mid-body",
+                    record.request_id,
+                    read_timeout_s,
+                )
+                return
+            except aiohttp.ClientError as exc:
+                record.error = "disconnected"
+                logger.warning("stream %s: upstream failed mid-body: %s", record.request_id, exc)
+                return
+            if not chunk:
+                break
+            record.bytes_in += len(chunk)
+            try:
+                async with asyncio.timeout(stall_timeout_s):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except TimeoutError:
+                record.mark_cancel("stall")
+                logger.warning(
+                    "stream %s: client accepted nothing for stall_timeout_s=%g s; dropped",
+                    record.request_id,
+                    stall_timeout_s,
+                )
+                return
+            record.bytes_out += len(chunk)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def open(self, response: aiohttp.ClientResponse, timing: UpstreamTiming) -> StreamSink:

@@ -93,8 +93,13 @@ class Transport(Protocol):
         """Nothing was sent yet and none will be streamed: say why (``status`` is the HTTP
         status an HTTP client gets: 502 connect, 504 timeout, 503 shutdown)."""
 
-    async def pass_through(self, response: aiohttp.ClientResponse) -> None:
-        """An answer that is not re-chunked (not SSE, or compressed in an unknown way)."""
+    async def pass_through(
+        self, response: aiohttp.ClientResponse, read_timeout_s: float, stall_timeout_s: float
+    ) -> None:
+        """An answer that is not re-chunked (not SSE, or compressed in an unknown way).
+
+        Every upstream read is bounded by ``read_timeout_s`` and every client write by
+        ``stall_timeout_s`` (seconds), as on the SSE path."""
 
     async def open(self, response: aiohttp.ClientResponse, timing: UpstreamTiming) -> StreamSink:
         """The SSE answer starts: send what precedes its events, return where they go."""
@@ -199,8 +204,12 @@ class StreamDriver:
         record = req.record
         timing = UpstreamTiming()
         # A streaming answer starts with headers at once; a non-streaming one only after the
-        # whole generation, so only streaming requests are held to connect_timeout_s for them.
-        headers_timeout = req.route.connect_timeout_s if record.streaming_request else None
+        # whole generation: streaming requests are held to connect_timeout_s for them, the rest
+        # to read_timeout_s (as nginx's proxy_read_timeout bounds the wait for a response).
+        route = req.route
+        headers_timeout = (
+            route.connect_timeout_s if record.streaming_request else route.read_timeout_s
+        )
         try:
             self.response = response = await req.pool.request(
                 req.route, req.method, req.url, req.headers, req.body, timing, headers_timeout
@@ -217,7 +226,9 @@ class StreamDriver:
             record.upstream_headers_at = timing.headers
         record.status = response.status
         if not self.transport.accepts(response):
-            await self.transport.pass_through(response)
+            await self.transport.pass_through(
+                response, route.read_timeout_s, req.config.backpressure.stall_timeout_s
+            )
             return
         encoding = response.headers.get("Content-Encoding", "identity").lower()
         decompress = _decompressor(encoding)
@@ -227,7 +238,9 @@ class StreamDriver:
                 record.request_id,
                 encoding,
             )
-            await self.transport.pass_through(response)
+            await self.transport.pass_through(
+                response, route.read_timeout_s, req.config.backpressure.stall_timeout_s
+            )
             return
         await self._stream(response, timing, decompress)
 

@@ -20,6 +20,7 @@ Divergences from HTTP, and why:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -120,11 +121,13 @@ class Generation:
     async def refuse(self, status: int, code: str, message: str) -> None:
         self._terminal = ("error", _error(code, message))
 
-    async def pass_through(self, response: aiohttp.ClientResponse) -> None:
+    async def pass_through(
+        self, response: aiohttp.ClientResponse, read_timeout_s: float, stall_timeout_s: float
+    ) -> None:
         status = response.status
         ctype = response.headers.get("Content-Type", "")
         encoding = response.headers.get("Content-Encoding", "identity").lower()
-        body = await _read_limited(response, ERROR_BODY_LIMIT)
+        body = await _read_limited(response, ERROR_BODY_LIMIT, read_timeout_s)
         if not 200 <= status < 300:
             code, message = "upstream_status", f"the upstream answered HTTP {status}"
         else:
@@ -180,17 +183,20 @@ def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **extra}
 
 
-async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> Any:
-    """The response body (at most ``limit`` bytes), parsed as JSON when it is JSON, else text."""
+async def _read_limited(response: aiohttp.ClientResponse, limit: int, read_timeout_s: float) -> Any:
+    """The response body (at most ``limit`` bytes), parsed as JSON when it is JSON, else text;
+    each read within ``read_timeout_s`` seconds (what arrived by then is shown)."""
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.content.iter_any():
+        while size < limit:
+            async with asyncio.timeout(read_timeout_s):
+                chunk = await response.content.readany()
+            if not chunk:
+                break
             chunks.append(chunk)
             size += len(chunk)
-            if size >= limit:
-                break
-    except aiohttp.ClientError:
+    except (aiohttp.ClientError, TimeoutError):
         pass  # what arrived is still worth showing
     raw = b"".join(chunks)[:limit]
     try:
