@@ -2,7 +2,8 @@
 (Starlette).
 
 Admin endpoints: ``/healthz`` (200 while the process runs), ``/readyz`` (200 once serving, 503
-while draining or before start), ``/metrics`` (Prometheus text format).
+while draining or before start), ``/metrics`` (Prometheus text format); a request whose ``Host``
+the admin listener does not serve gets 421 first (:class:`AdminHostCheck`).
 """
 
 from __future__ import annotations
@@ -12,17 +13,20 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from streamhop.middleware.observe.metrics import Metrics
-from streamhop.sidecar.config import Config
-from streamhop.sidecar.http.asgi import Receive, Scope, Send
+from streamhop.sidecar.admission.guard import host_allowed, host_error
+from streamhop.sidecar.config import Config, ServerConfig
+from streamhop.sidecar.http.asgi import Receive, Scope, Send, json_error
 from streamhop.sidecar.http.proxy import Proxy
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
 from streamhop.sidecar.resume import build_store
+from streamhop.sidecar.resume.memory import EVICTION_REASONS, MemoryStore
 from streamhop.sidecar.upstream.opening import SidecarState
 from streamhop.sidecar.upstream.pool import UpstreamPool
 
@@ -85,13 +89,22 @@ def build_proxy_app(
     async def startup() -> None:
         if config.resume.enabled:
             store_name = config.resume.store
-            for kind in ("write", "read", "log_full"):
+            for kind in ("write", "read", "log_full", "stop_forged"):
                 metrics.resume_errors.labels(store_name, kind)
 
             def on_error(kind: str) -> None:
                 metrics.resume_errors.labels(store_name, kind).inc()
 
-            proxy.attach_resume(build_store(config.resume, on_error))
+            def on_evict(reason: str) -> None:
+                metrics.resume_evictions.labels(reason).inc()
+
+            store = build_store(config.resume, on_error, on_evict)
+            if isinstance(store, MemoryStore):
+                for reason in EVICTION_REASONS:
+                    metrics.resume_evictions.labels(reason)
+                memory = store  # read at scrape time only: nothing per event
+                metrics.resume_memory_bytes.set_function(lambda: memory.bytes_held)
+            proxy.attach_resume(store)
         state.ready = True
 
     async def shutdown() -> None:
@@ -105,8 +118,43 @@ def build_proxy_app(
     return ProxyApp(proxy, startup, shutdown)
 
 
-def build_admin_app(state: SidecarState, registry: CollectorRegistry) -> Starlette:
-    """The admin app: health, readiness and metrics."""
+class AdminHostCheck:
+    """Pure ASGI middleware of the admin app: ``421 misdirected_request`` for a ``Host`` the
+    admin listener does not serve (:func:`~.admission.guard.host_allowed` with ``admin=True``),
+    so a DNS-rebinding page cannot read ``/metrics``; ``400 bad_host`` first for a missing (on
+    HTTP/1.1), repeated or malformed ``Host`` (:func:`~.admission.guard.host_error`)."""
+
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], server: ServerConfig
+    ) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = None
+        if scope["type"] == "http":
+            problem = host_error(scope["headers"], scope["http_version"])
+        if problem is not None:
+            await json_error(
+                send, 400, None, "bad_host", problem, extra_headers=[(b"connection", b"close")]
+            )
+            return
+        if scope["type"] == "http" and not host_allowed(self.server, scope["headers"], admin=True):
+            await json_error(
+                send,
+                421,
+                None,
+                "misdirected_request",
+                "this Host is not served here (see [server] allowed_hosts)",
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+def build_admin_app(
+    state: SidecarState, registry: CollectorRegistry, server: ServerConfig
+) -> Starlette:
+    """The admin app: health, readiness and metrics, behind the ``Host`` check for ``server``."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -125,5 +173,6 @@ def build_admin_app(state: SidecarState, registry: CollectorRegistry) -> Starlet
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
-        ]
+        ],
+        middleware=[Middleware(AdminHostCheck, server=server)],
     )

@@ -143,6 +143,15 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
     state = SidecarState()
     host, port = parse_hostport("server.listen", config.server.listen)
     ahost, aport = parse_hostport("server.admin_listen", config.server.admin_listen)
+    # uvicorn's httptools protocol plus bounds on the request head (431/408), on both
+    # listeners: the admin one is reachable too (the chart binds it on 0.0.0.0).
+    http_protocol = limited_httptools_protocol(
+        HeadLimits(
+            max_header_bytes=config.server.max_header_bytes,
+            max_headers=config.server.max_headers,
+            header_timeout_s=config.server.header_timeout_s,
+        )
+    )
     proxy = _Server(
         uvicorn.Config(
             build_proxy_app(
@@ -151,14 +160,7 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
             host=host,
             port=port,
             loop="none",
-            # uvicorn's httptools protocol plus bounds on the request head (431/408).
-            http=limited_httptools_protocol(
-                HeadLimits(
-                    max_header_bytes=config.server.max_header_bytes,
-                    max_headers=config.server.max_headers,
-                    header_timeout_s=config.server.header_timeout_s,
-                )
-            ),
+            http=http_protocol,
             lifespan="on",
             access_log=False,
             log_level="warning",
@@ -185,10 +187,11 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
     )
     admin = _Server(
         uvicorn.Config(
-            build_admin_app(state, registry),
+            build_admin_app(state, registry, config.server),
             host=ahost,
             port=aport,
             loop="none",
+            http=http_protocol,
             lifespan="off",
             access_log=False,
             log_level="warning",
@@ -276,10 +279,13 @@ async def _announce(proxy: uvicorn.Server, admin: uvicorn.Server) -> None:
     while not (proxy.started and admin.started):
         await asyncio.sleep(0.005)
     tune_gc()
-    addr = proxy.servers[0].sockets[0].getsockname()
-    admin_addr = admin.servers[0].sockets[0].getsockname()
-    sys.stdout.write(
-        f"streamhop serve listening on http://{addr[0]}:{addr[1]} "
-        f"(admin http://{admin_addr[0]}:{admin_addr[1]})\n"
-    )
+    addr = _url_host_port(proxy.servers[0].sockets[0].getsockname())
+    admin_addr = _url_host_port(admin.servers[0].sockets[0].getsockname())
+    sys.stdout.write(f"streamhop serve listening on http://{addr} (admin http://{admin_addr})\n")
     sys.stdout.flush()
+
+
+def _url_host_port(sockname: tuple[Any, ...]) -> str:
+    """``HOST:PORT`` of a bound socket as a URL writes it (an IPv6 address in brackets)."""
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-_READY = re.compile(rb"listening on (http://[0-9.]+:\d+)(?: \(admin (http://[0-9.]+:\d+)\))?")
+_URL = rb"http://(?:[0-9.]+|\[[0-9a-f:]+\]):\d+"
+_READY = re.compile(rb"listening on (%s)(?: \(admin (%s)\))?" % (_URL, _URL))
 
 T = TypeVar("T")
 

@@ -50,6 +50,7 @@ CANCEL_REASONS: Final = (
     "stop",
 )
 HOPS: Final = ("request", "event", "flush")
+WEBSOCKET_REFUSED_REASONS: Final = ("max_websockets",)
 ERROR_KINDS: Final = (
     "connect",
     "headers_timeout",
@@ -196,16 +197,43 @@ class Metrics:
         self.upstream_bursts = Counter(
             "streamhop_upstream_bursts_total",
             "Upstream bursts: a gap of at least burst_gap_ms without events, then at least "
-            "burst_events events within 1 ms (a provider or a hop before it buffers).",
+            "burst_events events in one run of reads with no gap between them (a provider or a "
+            "hop before it buffers).",
             rm,
             registry=r,
         )
         self.resume_errors = Counter(
             "streamhop_resume_errors_total",
-            "Resume log failures by store (memory, redis) and kind (write, read, log_full).",
+            "Resume log failures by store (memory, redis) and kind (write, read, log_full, "
+            "stop_forged: an unsigned or forged stop message on the Redis channel, dropped).",
             ("store", "kind"),
             registry=r,
         )
+        self.resume_evictions = Counter(
+            "streamhop_resume_evictions_total",
+            "Resume logs the memory store dropped before window_s to stay within its bounds, "
+            "by reason (max_total_bytes, max_streams).",
+            ("reason",),
+            registry=r,
+        )
+        self.resume_memory_bytes = Gauge(
+            "streamhop_resume_memory_bytes",
+            "Encoded event bytes the memory resume store holds (at most max_total_bytes).",
+            registry=r,
+        )
+        self.websockets_open = Gauge(
+            "streamhop_websockets_open",
+            "WebSocket connections open (what max_websockets counts), idle or not.",
+            registry=r,
+        )
+        self.websocket_refused = Counter(
+            "streamhop_websocket_refused_total",
+            "WebSocket handshakes refused with 503, by reason (max_websockets).",
+            ("reason",),
+            registry=r,
+        )
+        for reason in WEBSOCKET_REFUSED_REASONS:
+            self.websocket_refused.labels(reason)  # the series start at 0
 
     def model_label(self, model: str | None) -> str:
         """The ``model`` label for a request's model name."""

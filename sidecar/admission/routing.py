@@ -55,10 +55,11 @@ class RouteTable:
         base = self._bases[route.prefix]
         rest = path.raw[len(_segments(route.prefix)) :]
         tail = ("/" + "/".join(_escape(s) for s in rest)) if rest else ""
+        # No userinfo: it goes as the route's Authorization header
+        # (:attr:`~streamhop.sidecar.config.RouteConfig.upstream_headers`). In the URL, aiohttp
+        # raises on every request that also carries a client's Authorization.
         return URL.build(
             scheme=base.scheme,
-            user=base.raw_user,
-            password=base.raw_password,
             host=base.raw_host or "",
             port=base.explicit_port,
             path=base.raw_path.rstrip("/") + tail,

@@ -20,6 +20,7 @@ from streamhop.middleware.errors import ConfigError
 from streamhop.middleware.rechunk.boundary import FLUSH_BOUNDARIES
 from streamhop.middleware.rechunk.formats import FORMAT_NAMES
 from streamhop.sidecar.config.model import (
+    NEVER_FORWARDED_METHODS,
     BackpressureConfig,
     Config,
     MetricsConfig,
@@ -28,6 +29,7 @@ from streamhop.sidecar.config.model import (
     RouteConfig,
     ServerConfig,
     TracingConfig,
+    basic_authorization,
     parse_hostport,
     redact_url,
 )
@@ -125,6 +127,10 @@ def _server(t: Mapping[str, Any]) -> ServerConfig:
         max_header_bytes=_int(t, "server", "max_header_bytes", d.max_header_bytes, minimum=1024),
         max_headers=_int(t, "server", "max_headers", d.max_headers, minimum=8),
         header_timeout_s=_num(t, "server", "header_timeout_s", d.header_timeout_s, minimum=0.1),
+        max_websockets=_int(t, "server", "max_websockets", d.max_websockets, minimum=1),
+        websocket_idle_timeout_s=_num(
+            t, "server", "websocket_idle_timeout_s", d.websocket_idle_timeout_s, minimum=0.1
+        ),
     )
 
 
@@ -157,10 +163,19 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
         if not isinstance(value, str):
             raise ConfigError(hkey, f"expected a string, got {type(value).__name__}")
         headers[name] = _interpolate(hkey, value, env)
+    upstream = _url(f"{key}.upstream", _str(t, key, "upstream", ""))
+    if basic_authorization(upstream) is not None and any(
+        name.lower() == "authorization" for name in headers
+    ):
+        raise ConfigError(
+            f"{key}.upstream",
+            "has user:password@ and headers.Authorization sets credentials too: keep one "
+            '(e.g. Authorization = "Basic ${UPSTREAM_BASIC}" and no userinfo)',
+        )
     timeout = t.get("timeout_s")
     return RouteConfig(
         prefix=prefix,
-        upstream=_url(f"{key}.upstream", _str(t, key, "upstream", "")),
+        upstream=upstream,
         format=fmt,
         headers=headers,
         timeout_s=None if timeout is None else _num(t, key, "timeout_s", 0.0, minimum=0.001),
@@ -173,7 +188,28 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
             t, key, "keepalive_interval_s", d.keepalive_interval_s, minimum=0.001
         ),
         allowed_origins=_origins(f"{key}.allowed_origins", t.get("allowed_origins", [])),
+        methods=_methods(f"{key}.methods", t.get("methods", list(d.methods))),
     )
+
+
+_METHOD = re.compile(r"[A-Z][A-Z0-9_-]*")
+
+
+def _methods(key: str, value: object) -> tuple[str, ...]:
+    """A route's ``methods``: upper-case HTTP method tokens, never ``TRACE`` or ``CONNECT``."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, 'expected a non-empty list of methods (e.g. ["GET", "POST"])')
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not _METHOD.fullmatch(item):
+            raise ConfigError(key, f"expected upper-case HTTP method names, got {item!r}")
+        if item in NEVER_FORWARDED_METHODS:
+            raise ConfigError(
+                key, f"{item} is never forwarded (it would expose the route's credentials)"
+            )
+        if item not in out:
+            out.append(item)
+    return tuple(out)
 
 
 def _rechunk(t: Mapping[str, Any]) -> RechunkConfig:
@@ -224,6 +260,7 @@ def _resume(t: Mapping[str, Any], env: Mapping[str, str]) -> ResumeConfig:
     if not isinstance(enabled, bool):
         raise ConfigError("resume.enabled", f"expected true or false, got {enabled!r}")
     redis_url = _interpolate("resume.redis_url", _str(t, "resume", "redis_url", d.redis_url), env)
+    _check_authority("resume.redis_url", redis_url)
     if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
             "resume.redis_url",
@@ -252,6 +289,7 @@ def _resume(t: Mapping[str, Any], env: Mapping[str, str]) -> ResumeConfig:
         window_s=_num(t, "resume", "window_s", d.window_s, minimum=1),
         max_streams=_int(t, "resume", "max_streams", d.max_streams, minimum=1),
         max_stream_bytes=_int(t, "resume", "max_stream_bytes", d.max_stream_bytes, minimum=1024),
+        max_total_bytes=_int(t, "resume", "max_total_bytes", d.max_total_bytes, minimum=1024),
         binding_key=binding_key,
         binding_headers=tuple(h.lower() for h in binding_headers),
         handoff_jitter_ms=_num(t, "resume", "handoff_jitter_ms", d.handoff_jitter_ms, minimum=0),
@@ -344,6 +382,7 @@ def _int(t: Mapping[str, Any], where: str, key: str, default: int, *, minimum: i
 def _url(key: str, value: str) -> str:
     """An upstream base URL: scheme, host, optional port and path; no query or fragment (the
     request's path is joined to it, so they would end up in the middle of the URL)."""
+    _check_authority(key, value)
     parts = urlsplit(value)
     shown = redact_url(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -355,6 +394,35 @@ def _url(key: str, value: str) -> str:
     if parts.query or parts.fragment or "?" in value or "#" in value:
         raise ConfigError(key, f"expected no query or fragment, got {shown!r}")
     return value.rstrip("/")
+
+
+def _check_authority(key: str, value: str) -> None:
+    """Refuse a URL whose credentials could be read, or redacted, other than as they are sent.
+
+    Raises:
+        ConfigError: whitespace or a control character in it (a URL in a log line ends at
+            whitespace, so its userinfo could not be redacted), it cannot be split, or its
+            authority holds more than one unescaped ``@`` (yarl, aiohttp and redis-py take
+            everything before the last one as userinfo; a reader may take the first).
+    """
+    if any(c.isspace() or c < " " or c == "\x7f" for c in value):
+        raise ConfigError(
+            key, "expected no whitespace or control characters (percent-encode them: %20)"
+        )
+    try:
+        # urllib's split, not yarl's: redis-py parses redis_url with it. It delimits the
+        # authority as yarl does (yarl's parser is adapted from it) but, unlike yarl, allows a
+        # backslash in a Redis password.
+        authority = urlsplit(value).netloc
+    except ValueError:
+        raise ConfigError(key, f"not a valid URL: {redact_url(value)!r}") from None
+    if authority.count("@") > 1:
+        raise ConfigError(
+            key,
+            f"more than one '@' before the host in {redact_url(value)!r}: everything before "
+            "the last '@' would be the user name and password; percent-encode an '@' in "
+            "them as %40",
+        )
 
 
 def _interpolate(key: str, value: str, env: Mapping[str, str]) -> str:

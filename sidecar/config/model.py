@@ -7,18 +7,26 @@ milliseconds); sizes are bytes.
 
 from __future__ import annotations
 
+import base64
 import functools
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import unquote_to_bytes
+
+from yarl import URL
 
 from streamhop.middleware.errors import ConfigError
 from streamhop.middleware.rechunk.boundary import DEFAULT_MAX_BOUNDARY_WAIT, FlushBoundary
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8787"
 DEFAULT_ADMIN_LISTEN: Final = "127.0.0.1:9464"
-_USERINFO: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+# A URL in free text: a scheme, "://", then everything up to whitespace (trailing punctuation
+# is cut off in :func:`_redact_one`); yarl decides where its authority and userinfo end.
+_URL_IN_TEXT: Final = re.compile(r"(?i)([a-z][a-z0-9+.-]*)://\S*")
+_TRAILING_PUNCTUATION: Final = ".,;:!?)'\""
 DEFAULT_BINDING_HEADERS: Final = ("authorization", "x-api-key", "api-key", "cookie")
 LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "::1")
 
@@ -39,6 +47,19 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     header_timeout_s: float = 10.0
+    max_websockets: int = 1000
+    """Open WebSockets (idle or not) per process; past it the handshake gets 503."""
+    websocket_idle_timeout_s: float = 300.0
+    """A WebSocket with no generation running and no client message for this long is closed
+    (1001)."""
+
+
+DEFAULT_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+"""The methods the provider APIs use (OpenAI, Anthropic: GET, POST, DELETE; the rest for
+OpenAI-compatible servers' admin APIs). ``OPTIONS`` preflights are answered by streamhop."""
+NEVER_FORWARDED_METHODS: frozenset[str] = frozenset(("TRACE", "CONNECT"))
+"""Methods no route may forward: ``TRACE`` echoes the request (the route's key included),
+``CONNECT`` opens a tunnel past the route."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +85,27 @@ class RouteConfig:
     keepalive_interval_s: float = 15.0
     allowed_origins: tuple[str, ...] = ()
     """Browser origins allowed on this route, besides ``[server] allowed_origins``."""
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    """HTTP methods forwarded on this route; any other gets ``405`` (``TRACE`` and ``CONNECT``
+    never: a ``TRACE``-echoing upstream would send the route's key back)."""
 
     @property
     def upstream_display(self) -> str:
         """``upstream`` with any userinfo replaced by ``***``: the form for errors and logs."""
         return redact_url(self.upstream)
+
+    @property
+    def upstream_headers(self) -> Mapping[str, str]:
+        """The headers set on every upstream request: ``headers``, plus ``Authorization: Basic``
+        from ``upstream``'s userinfo when it has one (it replaces a client's ``Authorization``
+        like any route header; the URL sent upstream carries no userinfo)."""
+        basic = basic_authorization(self.upstream)
+        if basic is None:
+            return self.headers
+        # Config load refuses userinfo beside an Authorization header; built in code, the
+        # userinfo wins.
+        headers = {n: v for n, v in self.headers.items() if n.lower() != "authorization"}
+        return {**headers, "Authorization": basic}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +139,8 @@ class ResumeConfig:
     ``window_s``: seconds a log is kept after its stream ended, and the longest a detached
     generation runs on without a client. ``max_streams``: logs the ``memory`` store keeps.
     ``max_stream_bytes``: encoded event bytes one log may hold (both stores).
+    ``max_total_bytes``: encoded event bytes all logs of the ``memory`` store may hold together
+    (past it the oldest are evicted, finished ones first; Redis has its own bounds).
     """
 
     enabled: bool = False
@@ -110,6 +149,8 @@ class ResumeConfig:
     window_s: float = 300.0
     max_streams: int = 1000
     max_stream_bytes: int = 8 * 1024 * 1024
+    max_total_bytes: int = 128 * 1024 * 1024
+    """A quarter of the Helm chart's 512 MiB memory limit (charts/streamhop/values.yaml)."""
     binding_key: str = ""
     """HMAC key binding a stream to its caller's credentials; empty: random per process."""
     binding_headers: tuple[str, ...] = DEFAULT_BINDING_HEADERS
@@ -170,28 +211,102 @@ def redact_url(url: str) -> str:
     """``url`` (or any text holding URLs) with userinfo replaced: ``scheme://***@host``.
 
     Used for every upstream and Redis URL that reaches an error message, a response or a log.
+    The userinfo is what yarl (and so aiohttp) takes for it: everything before the **last**
+    ``@`` of the authority, so ``http://u:p@ss@host`` shows as ``http://***@host``. A URL whose
+    authority yarl cannot split (an invalid port or IPv6 literal) has its whole authority
+    hidden when it holds an ``@``. A URL ends at whitespace: userinfo with a space in it
+    cannot be found in free text (config load refuses such URLs).
     """
-    return _USERINFO.sub(r"\1***@", url)
+    return _URL_IN_TEXT.sub(_redact_one, url)
+
+
+def _redact_one(match: re.Match[str]) -> str:
+    found = match.group(0)
+    if "@" not in found:
+        return found
+    scheme = match.group(1)
+    # Prose around a URL ("... http://h:9: refused", "URL('http://h')") is not part of it; the
+    # cut-off characters hold no "@", so the userinfo is entirely in ``text``.
+    text = found.rstrip(_TRAILING_PUNCTUATION)
+    tail = found[len(text) :]
+    try:
+        url = URL(text, encoded=True)
+        authority = url.raw_authority
+    except ValueError:
+        return f"{scheme}://***{tail}"  # where its authority ends is unknown: hide it all
+    if "@" not in authority:
+        return found  # an "@" in the path or query is no userinfo
+    rest = text[len(scheme) + 3 + len(authority) :] + tail
+    try:
+        host = url.with_user(None).raw_authority  # what follows the last "@"
+    except ValueError:
+        return f"{scheme}://***{rest}"
+    return f"{scheme}://***@{host}{rest}"
+
+
+@functools.lru_cache(maxsize=64)
+def basic_authorization(url: str) -> str | None:
+    """``Basic <credentials>`` (RFC 7617) for ``url``'s userinfo; ``None`` without userinfo.
+
+    The credentials are the user name and password as written, percent-decoded to bytes (a
+    missing password is empty): what aiohttp sends for a URL with userinfo, except that
+    non-ASCII characters go as UTF-8 (RFC 7617 §2.1), not Latin-1.
+    """
+    parsed = URL(url, encoded=True)
+    user, password = parsed.raw_user, parsed.raw_password
+    if user is None and password is None:
+        return None
+    pair = unquote_to_bytes(user or "") + b":" + unquote_to_bytes(password or "")
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 @functools.lru_cache(maxsize=16)
-def effective_allowed_hosts(server: ServerConfig) -> frozenset[str] | None:
-    """The ``Host`` names the proxy accepts (lower-case, no port); ``None`` means any.
+def effective_allowed_hosts(server: ServerConfig, *, admin: bool = False) -> frozenset[str] | None:
+    """The ``Host`` names a listener accepts (lower-case, no port); ``None`` means any.
 
     Cached per (frozen, hashable) ``ServerConfig``: every request checks its ``Host``, and the
     answer depends on the config only.
 
-    ``allowed_hosts`` when set (``"*"`` in it: any). Otherwise: bound to a loopback address,
-    the listen host, ``localhost`` and the loopback literals — the DNS-rebinding defence for a
-    sidecar on a developer's machine or in a pod; bound to any other address (``0.0.0.0`` in a
-    gateway behind a Service), any host.
+    ``allowed_hosts`` when set (``"*"`` in it: any). Otherwise: bound to a loopback address
+    (:func:`is_loopback_host`), the listen host, ``localhost`` and the loopback literals — the
+    DNS-rebinding defence for a sidecar on a developer's machine or in a pod; bound to any other
+    address (``0.0.0.0`` in a gateway behind a Service), any host.
+
+    Args:
+        server: the ``[server]`` table.
+        admin: for the admin listener: its default follows ``admin_listen``, not ``listen``.
     """
     if server.allowed_hosts:
         if "*" in server.allowed_hosts:
             return None
         return frozenset(server.allowed_hosts)
-    host, _ = parse_hostport("server.listen", server.listen)
-    host = host.lower()
-    if host not in LOOPBACK_HOSTS and not host.startswith("127."):
+    key = "server.admin_listen" if admin else "server.listen"
+    host, _ = parse_hostport(key, server.admin_listen if admin else server.listen)
+    if not is_loopback_host(host):
         return None
-    return frozenset((host, *LOOPBACK_HOSTS))
+    host = host.lower()
+    try:
+        # Also the address as a browser writes it (``0:0:0:0:0:0:0:1`` is sent as ``[::1]``).
+        canonical = str(ipaddress.ip_address(host))
+    except ValueError:
+        canonical = host  # localhost
+    return frozenset((host, canonical, *LOOPBACK_HOSTS))
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when a listen host (brackets stripped) is a loopback address however it is written.
+
+    ``localhost``, or an IP address that :mod:`ipaddress` says is loopback: all of 127.0.0.0/8,
+    ``::1`` in any spelling (``0:0:0:0:0:0:0:1``), and IPv4-mapped ``::ffff:127.x.y.z``. A
+    string comparison would take ``0:0:0:0:0:0:0:1`` for a public address and turn the
+    ``Host`` check off.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # Python < 3.13 does not call ::ffff:127.0.0.1 loopback
+    return ip.is_loopback

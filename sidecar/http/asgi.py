@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from streamhop.middleware.rechunk.formats import error_body
@@ -21,12 +21,15 @@ async def json_error(
     message: str,
     *,
     retry_after: bool = False,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    """Answer with a JSON error body in the provider's shape (see ``error_body``)."""
+    """Answer with a JSON error body in the provider's shape (see ``error_body``);
+    ``extra_headers`` (``Allow`` for a 405) are added to the response."""
     body = error_body(fmt, code, message)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *extra_headers,
     ]
     if retry_after:
         headers.append((b"retry-after", b"1"))

@@ -36,6 +36,7 @@ from streamhop.sidecar.admission.guard import (
     check_browser,
     cors_headers,
     host_allowed,
+    host_error,
     normalise_path,
     preflight_headers,
 )
@@ -323,6 +324,18 @@ class Proxy:
         to use (adding CORS headers for an allowed origin)."""
         headers = scope["headers"]
         server = self.config.server
+        problem = host_error(headers, scope["http_version"])
+        if problem is not None:
+            # An ambiguous head (RFC 9112 §3.2): answered, then the connection is closed.
+            await json_error(
+                send,
+                400,
+                format_for_path(scope["path"]),
+                "bad_host",
+                problem,
+                extra_headers=[(b"connection", b"close")],
+            )
+            return None
         if not host_allowed(server, headers):
             await json_error(
                 send,
@@ -356,6 +369,21 @@ class Proxy:
             return None
         if check.origin is not None:
             send = with_headers(send, cors_headers(check))
+        method = scope["method"]
+        if method not in route.methods:
+            # TRACE would echo the route's key from an upstream that answers it; CONNECT would
+            # open a tunnel past the route. Only the methods the route lists are forwarded.
+            allow = ", ".join(route.methods).encode()
+            message = f"method {method[:20]!r} is not forwarded on this route (allowed: "
+            await json_error(
+                send,
+                405,
+                fmt_hint,
+                "method_not_allowed",
+                message + ", ".join(route.methods) + ")",
+                extra_headers=[(b"allow", allow)],
+            )
+            return None
         return route, path, fmt_hint, send
 
     async def _resume(

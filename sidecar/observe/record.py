@@ -15,8 +15,9 @@ from streamhop.middleware.observe.metrics import StreamMetrics
 class StreamRecord:
     """Per-request facts. Times are ``time.monotonic()`` seconds; durations are seconds.
 
-    ``stream_id`` is the public id (``X-Streamhop-Stream-Id``, resume); it is never logged at
-    INFO or put in traces. ``request_id`` is a separate random id for logs and spans.
+    ``stream_id`` is the public id (``X-Streamhop-Stream-Id``, resume): a capability, never
+    logged at any level or put in traces. ``request_id`` is a separate random id for logs and
+    spans.
 
     ``response_id``, ``response_model`` and ``finish_reasons`` are what the stream itself
     reported (the first id and model, every finish reason in order); ``upstream_first_event_at``

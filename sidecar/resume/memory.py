@@ -2,8 +2,19 @@
 
 Bounds: at most ``max_streams`` logs (at the limit the oldest is dropped, finished ones first);
 at most ``max_stream_bytes`` of encoded events per log (past it the log is closed with
-:class:`~.store.ResumeLogFullError` and its memory freed; the stream itself goes on); a finished
-log is dropped ``window_s`` seconds after its end marker.
+:class:`~.store.ResumeLogFullError` and its memory freed; the stream itself goes on); at most
+``max_total_bytes`` of encoded events in all logs together (past it the oldest logs are evicted,
+finished ones first, until the total fits); a finished log is dropped ``window_s`` seconds after
+its end marker.
+
+Without the total, ``max_streams`` times ``max_stream_bytes`` (8 GiB by default) was the only
+bound: detached generations with no client kept hundreds of MiB for ``window_s``. An evicted
+running log is treated as an expired one: new resumes get :class:`~.store.StreamNotFoundError`,
+readers in the middle of a replay get it at their next batch (the error a Redis reader gets when
+its key expires); the generation and its live client go on, unlogged.
+
+No log line names a stream id: it is a capability (with matching credentials it resumes or
+stops the stream). The exceptions' texts, which the replay logs, do not either.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Final
 
 from streamhop.middleware.sse.encoder import encode_event
 from streamhop.middleware.sse.events import SSEEvent
@@ -24,11 +36,25 @@ from streamhop.sidecar.resume.store import (
 
 logger = logging.getLogger(__name__)
 
+EVICTION_REASONS: Final = ("max_total_bytes", "max_streams")
+"""Why a log was dropped before ``window_s`` (the ``reason`` of
+``streamhop_resume_evictions_total``)."""
+
 
 class _Log:
     """One stream's events (encoded, index ``seq - 1``), headers and state."""
 
-    __slots__ = ("changed", "ended", "events", "full", "headers", "key", "size", "stream_id")
+    __slots__ = (
+        "changed",
+        "ended",
+        "events",
+        "evicted",
+        "full",
+        "headers",
+        "key",
+        "size",
+        "stream_id",
+    )
 
     def __init__(self, stream_id: str, key: str, headers: Headers) -> None:
         self.stream_id = stream_id
@@ -38,6 +64,7 @@ class _Log:
         self.size = 0
         self.ended = False
         self.full = False
+        self.evicted = False
         self.changed = asyncio.Event()
 
     def notify(self) -> None:
@@ -60,13 +87,19 @@ class _Writer:
     def stamp(self, events: list[SSEEvent]) -> list[SSEEvent]:
         log = self._log
         stamped, self._seq = number_events(self._prefix, self._seq, events)
-        if not log.full:
+        if not (log.full or log.evicted):
+            store = self._store
+            added = 0
             for event in stamped:
                 data = encode_event(event).encode("utf-8", "surrogateescape")
                 log.events.append(data)
-                log.size += len(data)
-            if log.size > self._store.max_stream_bytes:
-                self._store.overflow(log)
+                added += len(data)
+            log.size += added
+            store.bytes_held += added
+            if log.size > store.max_stream_bytes:
+                store.overflow(log)
+            elif store.bytes_held > store.max_total_bytes:
+                store.shrink()
             log.notify()
         return stamped
 
@@ -75,7 +108,8 @@ class _Writer:
         if not log.ended:
             log.ended = True
             log.notify()
-            self._store.expire_later(log)
+            if not log.evicted:
+                self._store.expire_later(log)
 
 
 class _Reader:
@@ -88,7 +122,11 @@ class _Reader:
         pos = seq  # the event with seq s is at index s - 1
         while True:
             if log.full:
-                raise ResumeLogFullError(f"the resume log of stream {log.stream_id} was closed")
+                raise ResumeLogFullError("the resume log of this stream was closed")
+            if log.evicted:
+                raise StreamNotFoundError(
+                    "the resume log of this stream was evicted (max_total_bytes)"
+                )
             changed = log.changed
             if pos < len(log.events):
                 batch = log.events[pos:]
@@ -107,7 +145,13 @@ class MemoryStore:
         window_s: seconds a finished log is kept.
         max_streams: logs kept at most.
         max_stream_bytes: encoded event bytes one log may hold.
+        max_total_bytes: encoded event bytes all logs together may hold.
         on_error: called with a kind (``log_full``) each time a log is closed early.
+        on_evict: called with a reason (:data:`EVICTION_REASONS`) each time a log is dropped
+            before ``window_s``.
+
+    Attributes:
+        bytes_held: encoded event bytes the logs hold now (at most ``max_total_bytes``).
     """
 
     name = "memory"
@@ -118,11 +162,17 @@ class MemoryStore:
         max_streams: int,
         max_stream_bytes: int,
         on_error: Callable[[str], None] | None = None,
+        *,
+        max_total_bytes: int = 128 * 1024 * 1024,
+        on_evict: Callable[[str], None] | None = None,
     ) -> None:
         self.window_s = window_s
         self.max_streams = max_streams
         self.max_stream_bytes = max_stream_bytes
+        self.max_total_bytes = max_total_bytes
+        self.bytes_held = 0
         self._on_error = on_error
+        self._on_evict = on_evict
         self._logs: OrderedDict[str, _Log] = OrderedDict()
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
@@ -132,13 +182,16 @@ class MemoryStore:
             if victim is None:
                 victim = next(iter(self._logs.values()))
             self._drop(victim)
+            if self._on_evict is not None:
+                self._on_evict("max_streams")
             if not victim.ended:
                 logger.warning(
-                    "resume: max_streams=%d reached; dropped the log of live stream %s",
+                    "resume: max_streams=%d reached; dropped the log of a running stream",
                     self.max_streams,
-                    victim.stream_id,
                 )
                 victim.full = True
+                victim.events = []  # its writer keeps the log object: free what it held
+                victim.size = 0
                 victim.notify()
                 if self._on_error is not None:
                     self._on_error("log_full")
@@ -160,15 +213,31 @@ class MemoryStore:
     def overflow(self, log: _Log) -> None:
         """Close ``log`` at its byte cap: free its events, fail its readers."""
         logger.warning(
-            "resume: stream %s passed max_stream_bytes=%d; its log is closed",
-            log.stream_id,
+            "resume: a stream passed max_stream_bytes=%d; its log is closed",
             self.max_stream_bytes,
         )
         log.full = True
         log.events = []
+        self.bytes_held -= log.size
         log.size = 0
         if self._on_error is not None:
             self._on_error("log_full")
+
+    def shrink(self) -> None:
+        """Evict logs until :attr:`bytes_held` fits ``max_total_bytes``: the oldest finished log
+        that holds bytes first, then the oldest running one (possibly the one just written)."""
+        while self.bytes_held > self.max_total_bytes:
+            held = [log for log in self._logs.values() if log.size]
+            if not held:  # only if the count were wrong: never loop on it
+                break
+            victim = next((log for log in held if log.ended), held[0])
+            self._drop(victim)
+            victim.evicted = True
+            victim.events = []
+            victim.size = 0
+            victim.notify()
+            if self._on_evict is not None:
+                self._on_evict("max_total_bytes")
 
     def expire_later(self, log: _Log) -> None:
         """Drop ``log`` ``window_s`` seconds from now."""
@@ -178,6 +247,7 @@ class MemoryStore:
     def _drop(self, log: _Log) -> None:
         if self._logs.get(log.key) is log:
             del self._logs[log.key]
+            self.bytes_held -= log.size
         timer = self._timers.pop(log.key, None)
         if timer is not None:
             timer.cancel()
@@ -199,3 +269,4 @@ class MemoryStore:
             timer.cancel()
         self._timers.clear()
         self._logs.clear()
+        self.bytes_held = 0

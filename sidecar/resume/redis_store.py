@@ -22,7 +22,10 @@ the store starts failing, not per event or per stream; recovery is logged too.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
@@ -49,7 +52,10 @@ REDIS_MAXLEN: Final = 1_000_000
 """``XADD ... MAXLEN ~`` bound per stream: a safety net only (``max_stream_bytes`` is the
 working bound), large enough never to trim a log that is still within its byte cap."""
 STOP_CHANNEL: Final = "streamhop:stop"
-"""Pub/sub channel on which a replica asks the others to stop a generation (its log key)."""
+"""Pub/sub channel on which a replica asks the others to stop a generation: its log key and an
+HMAC-SHA256 of it under ``[resume] binding_key`` (``<key>.<mac>``), so that a client of the
+Redis server who is not a replica cannot stop generations; unsigned or forged messages are
+dropped."""
 LISTEN_RETRY_S: Final = 1.0
 """Pause before subscribing again after the stop channel's connection failed."""
 BLOCK_MS: Final = 5000
@@ -169,11 +175,15 @@ class RedisStore:
     """Logs in Redis Streams (see the module docstring).
 
     Args:
-        url: ``redis://`` URL.
+        url: ``redis://`` or ``rediss://`` (TLS) URL; ACL credentials as userinfo
+            (``rediss://user:password@host:6380/0``).
         window_s: seconds a log lives after its last write.
         max_stream_bytes: encoded event bytes one log may hold.
         on_error: called with a kind (``write``, ``read``, ``log_full``) per failure.
         connect_timeout_s: seconds to connect to Redis before a command fails.
+        signing_key: the key stop messages are signed and checked with (``[resume]
+            binding_key``, shared by the replicas); empty: a random key, so this replica
+            accepts only its own stops.
     """
 
     name = "redis"
@@ -185,7 +195,9 @@ class RedisStore:
         max_stream_bytes: int,
         on_error: Callable[[str], None] | None = None,
         connect_timeout_s: float = 1.0,
+        signing_key: bytes = b"",
     ) -> None:
+        self._signing_key = signing_key or os.urandom(32)
         self.window_s = window_s
         self.max_stream_bytes = max_stream_bytes
         self._on_error = on_error
@@ -239,7 +251,7 @@ class RedisStore:
 
     async def publish_stop(self, key: str) -> None:
         try:
-            await self.client.publish(STOP_CHANNEL, key)
+            await self.client.publish(STOP_CHANNEL, sign_stop(self._signing_key, key))
         except _STORE_ERRORS as exc:
             self.error("write", exc)
             raise ResumeError(f"resume store failed: {exc}") from exc
@@ -254,8 +266,14 @@ class RedisStore:
                     async with self.client.pubsub() as pubsub:
                         await pubsub.subscribe(STOP_CHANNEL)
                         async for message in pubsub.listen():
-                            if message.get("type") == "message":
-                                on_stop(bytes(message["data"]).decode("ascii", "replace"))
+                            if message.get("type") != "message":
+                                continue
+                            text = bytes(message["data"]).decode("ascii", "replace")
+                            key = verify_stop(self._signing_key, text)
+                            if key is None:
+                                self.error("stop_forged", None)  # counted, never logged per message
+                                continue
+                            on_stop(key)
                 except _STORE_ERRORS as exc:
                     self.error("read", exc)
                 await asyncio.sleep(LISTEN_RETRY_S)
@@ -288,3 +306,18 @@ class RedisStore:
         if self._writers:
             await asyncio.wait(set(self._writers), timeout=2.0)
         await self.client.aclose()
+
+
+def sign_stop(signing_key: bytes, key: str) -> str:
+    """The stop message for log ``key``: ``<key>.<HMAC-SHA256(signing_key, "stop" NUL key)>``
+    (hex, 64 digits; RFC 2104)."""
+    mac = hmac.new(signing_key, b"stop\0" + key.encode("ascii"), hashlib.sha256).hexdigest()
+    return f"{key}.{mac}"
+
+
+def verify_stop(signing_key: bytes, message: str) -> str | None:
+    """The log key of a stop message signed with ``signing_key``, else ``None``."""
+    key, dot, _ = message.rpartition(".")
+    if not dot or not key.isascii():
+        return None
+    return key if hmac.compare_digest(sign_stop(signing_key, key), message) else None

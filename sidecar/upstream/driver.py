@@ -20,6 +20,7 @@ headers, the registry shutdown stops) is :mod:`.opening`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
@@ -169,8 +170,12 @@ class StreamDriver:
     def stop(self, reason: str) -> None:
         """End the stream now with a well-formed end for the client (e.g. ``shutdown``)."""
         self.request.record.mark_cancel(reason)
-        if self._scope is not None and not self._scope.expired():
-            self._scope.reschedule(asyncio.get_running_loop().time())
+        scope = self._scope
+        if scope is not None and not scope.expired():
+            # A stop may land after run() left its timeout scope (the stream had just ended):
+            # asyncio refuses to reschedule an exited scope, and there is nothing left to end.
+            with contextlib.suppress(RuntimeError):
+                scope.reschedule(asyncio.get_running_loop().time())
 
     async def run(self) -> None:
         """Run the stream to its end (or until cancelled)."""

@@ -44,8 +44,8 @@ class SidecarState:
     running: dict[
         tuple[str, str], tuple[asyncio.Task[None], Stoppable, list[tuple[bytes, bytes]]]
     ] = field(default_factory=dict)
-    """HTTP streams by ``(route prefix, stream id)``, with their task and the client's headers
-    (for the stop endpoint's credential check)."""
+    """HTTP streams and WebSocket generations by ``(route prefix, stream id)``, with their task
+    and the caller's headers (for the stop endpoint's credential check)."""
     on_drain: list[Callable[[], list[Coroutine[Any, Any, Any]]]] = field(default_factory=list)
     """Called once when draining starts (the resume handoffs of HTTP and WebSocket streams);
     each returns its handoffs, which the server runs and lets finish before it closes
@@ -139,7 +139,7 @@ def open_stream(
     record.streaming_request = streaming
     observed = metrics.stream(route.prefix, model)
     timeout_s = controls.deadline_s(route.timeout_s)
-    headers = merge_route_headers(forward, route.headers)
+    headers = merge_route_headers(forward, route.upstream_headers)
     traced = None
     if tracing is not None:
         traced = tracing.start(record, route, client_headers)

@@ -7,7 +7,14 @@ One :class:`_Session` per socket. Its own task reads client frames; each ``reque
   then sends ``done`` ``cancelled``;
 * a ``request`` while one runs **cuts over**: the same, with ``done`` ``interrupted``, then the new
   generation starts. Waiting first means no event of the old generation follows its ``done``;
-* the socket closing cancels the running generation (``client_disconnect``).
+* the socket closing cancels the running generation (``client_disconnect``);
+* ``DELETE <prefix>/streamhop/v1/streams/<id>`` (the HTTP stop, same caller binding) stops the
+  running generation like ``cancel``: ``done`` ``cancelled`` (cancel reason ``stop``).
+
+Sockets are bounded, not only generations: past ``[server] max_websockets`` open sockets the
+handshake is refused with 503 (the denial response extension; a server without it answers 403),
+and a socket with nothing running that sends nothing for ``websocket_idle_timeout_s`` is closed
+(1001), so idle sockets cannot pile up unseen.
 
 Sends are serialized by one lock per socket (one send in flight), so the reader's ``error``
 messages never interleave with a batch of events. Backpressure is the pump's: a client that does
@@ -15,7 +22,7 @@ not read makes ``send`` block, merging continues, the pump stops reading upstrea
 ``max_pending_bytes``, and after ``stall_timeout_s`` the generation is dropped (``stall``).
 
 Close codes (RFC 6455 §7.4.1): 1008 no route or an invalid ``X-Streamhop-*`` handshake header, or
-a stalled client; 1001 while draining; 1003 for a binary frame; 1009 for a frame over
+a stalled client; 1001 while draining or idle; 1003 for a binary frame; 1009 for a frame over
 ``[server] max_request_bytes``.
 
 Deliberate divergences from the HTTP proxy: the handshake's ``Origin``, ``Accept-Encoding`` and
@@ -34,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.admission.routing import RouteTable
 from streamhop.sidecar.config import Config
-from streamhop.sidecar.http.asgi import Receive, Scope, Send
+from streamhop.sidecar.http.asgi import Message, Receive, Scope, Send, json_error
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
 from streamhop.sidecar.resume import ResumeStore
@@ -85,9 +92,17 @@ class WebSocketBridge:
         self.binding = binding
         """The proxy's own binding: HTTP and WebSocket resumes must agree on a log's key."""
         self.sessions: set[Session] = set()
+        """Open sockets, from the handshake on (what ``max_websockets`` counts)."""
         state.on_drain.append(self.handoff_all)
+        metrics.websockets_open.set_function(lambda: len(self.sessions))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.config.server.max_websockets
+        if len(self.sessions) >= limit:
+            self.metrics.websocket_refused.labels("max_websockets").inc()
+            message = f"streamhop is at max_websockets={limit}"
+            await _refuse(scope, receive, send, "too_many_websockets", message)
+            return
         session = Session(self, scope, receive, send)
         self.sessions.add(session)
         try:
@@ -110,3 +125,19 @@ class WebSocketBridge:
             and gen.log is not None
             and session.running()
         ]
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, code: str, message: str) -> None:
+    """Refuse a handshake before accepting it: ``503`` with ``Retry-After: 1`` and a JSON
+    error (the ASGI WebSocket denial response), or a plain refusal (403) from a server that
+    cannot send one."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" not in (scope.get("extensions") or {}):
+        await send({"type": "websocket.close", "code": 1013})
+        return
+
+    async def denial(response: Message) -> None:
+        await send({**response, "type": "websocket." + response["type"]})
+
+    await json_error(denial, 503, None, code, message, retry_after=True)

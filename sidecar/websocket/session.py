@@ -1,6 +1,6 @@
-"""One WebSocket connection of the bridge: its reader loop, the current generation (or resume
-replay), cancel and cut-over, and the handoff message (see :mod:`.bridge` for the protocol's
-overview and close codes)."""
+"""One WebSocket connection of the bridge: its reader loop (and idle timeout), the current
+generation (or resume replay), cancel, cut-over and a stop from outside (the HTTP stop endpoint),
+and the handoff message (see :mod:`.bridge` for the protocol's overview and close codes)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from streamhop.sidecar.admission.guard import (
     RequestPath,
     check_browser,
     host_allowed,
+    host_error,
     normalise_path,
 )
 from streamhop.sidecar.admission.headers import (
@@ -26,7 +27,7 @@ from streamhop.sidecar.admission.headers import (
 )
 from streamhop.sidecar.admission.routing import raw_path
 from streamhop.sidecar.config import RouteConfig
-from streamhop.sidecar.http.asgi import Receive, Scope, Send
+from streamhop.sidecar.http.asgi import Message, Receive, Scope, Send
 from streamhop.sidecar.upstream.driver import StreamRequest
 from streamhop.sidecar.upstream.opening import open_stream
 from streamhop.sidecar.websocket.generation import Generation
@@ -75,6 +76,10 @@ class Session:
         self.controls = Controls()
         self.path: RequestPath | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._cancelled: asyncio.Task[None] | None = None
+        """The task cancelled last: whoever cancelled it sends its ``done``, nobody else."""
+        self._stopper: asyncio.Task[None] | None = None
+        """Sends ``done`` ``cancelled`` after a stop from outside (:meth:`stop`)."""
 
     async def send_frames(self, frames: Sequence[str]) -> None:
         """Send text frames in order; one send in flight per socket.
@@ -100,7 +105,8 @@ class Session:
         bridge = self.bridge
         server = bridge.config.server
         headers = self.scope["headers"]
-        if not host_allowed(server, headers):
+        ambiguous = host_error(headers, self.scope.get("http_version", "1.1")) is not None
+        if ambiguous or not host_allowed(server, headers):
             await self._send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION})
             return  # refused before the handshake: the client sees 403
         try:
@@ -141,37 +147,74 @@ class Session:
             await self._end_current("client_disconnect")
 
     async def _read_loop(self) -> None:
+        next_message: asyncio.Future[Message] | None = None
+        try:
+            while True:
+                if next_message is None:
+                    next_message = asyncio.ensure_future(self.receive())
+                if not await self._wait_message(next_message):
+                    idle_s = self.bridge.config.server.websocket_idle_timeout_s
+                    reason = f"idle for {idle_s:g} s, nothing running (websocket_idle_timeout_s)"
+                    await self.close(CLOSE_GOING_AWAY, reason)
+                    return
+                message, next_message = next_message.result(), None
+                if not await self._handle(message):
+                    return
+        finally:
+            if next_message is not None:
+                next_message.cancel()
+
+    async def _wait_message(self, next_message: asyncio.Future[Message]) -> bool:
+        """Wait for the client's next message; False once the socket has been idle (nothing
+        running, no message) for ``websocket_idle_timeout_s``. A generation is never idle,
+        however long it runs: the idle clock starts when it ends."""
+        loop = asyncio.get_running_loop()
+        idle_s = self.bridge.config.server.websocket_idle_timeout_s
+        idle_since = loop.time()
+        while not next_message.done():
+            task = self.task
+            if task is not None and not task.done():
+                await asyncio.wait((next_message, task), return_when=asyncio.FIRST_COMPLETED)
+                idle_since = loop.time()
+                continue
+            left = idle_since + idle_s - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.wait((next_message,), timeout=left)
+        return True
+
+    async def _handle(self, message: Message) -> bool:
+        """Act on one ASGI message from the client; False when the socket is done."""
         limit = self.bridge.config.server.max_request_bytes
-        while True:
-            message = await self.receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                reason = "shutdown" if self.bridge.state.draining else "client_disconnect"
-                await self._end_current(reason)
-                return
-            if kind != "websocket.receive":
-                continue
-            text = message.get("text")
-            if text is None:
-                await self._end_current("client_disconnect")
-                await self.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
-                return
-            if len(text) > limit // 4 and len(text.encode()) > limit:
-                await self._end_current("client_disconnect")
-                await self._error("message_too_large", f"frame is over max_request_bytes={limit}")
-                await self.close(CLOSE_TOO_BIG, f"frame is over max_request_bytes={limit}")
-                return
-            try:
-                parsed = parse_client_frame(text)
-            except MessageError as exc:
-                await self._error(exc.code, str(exc))
-                continue
-            if isinstance(parsed, CancelMessage):
-                await self._cancel()
-            elif isinstance(parsed, ResumeMessage):
-                await self._resume(parsed)
-            elif not await self._request(parsed):
-                return
+        kind = message["type"]
+        if kind == "websocket.disconnect":
+            reason = "shutdown" if self.bridge.state.draining else "client_disconnect"
+            await self._end_current(reason)
+            return False
+        if kind != "websocket.receive":
+            return True
+        text = message.get("text")
+        if text is None:
+            await self._end_current("client_disconnect")
+            await self.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
+            return False
+        if len(text) > limit // 4 and len(text.encode()) > limit:
+            await self._end_current("client_disconnect")
+            await self._error("message_too_large", f"frame is over max_request_bytes={limit}")
+            await self.close(CLOSE_TOO_BIG, f"frame is over max_request_bytes={limit}")
+            return False
+        try:
+            parsed = parse_client_frame(text)
+        except MessageError as exc:
+            await self._error(exc.code, str(exc))
+            return True
+        if isinstance(parsed, CancelMessage):
+            await self._cancel()
+        elif isinstance(parsed, ResumeMessage):
+            await self._resume(parsed)
+        else:
+            return await self._request(parsed)
+        return True
 
     async def _error(self, code: str, message: str) -> None:
         await self.send_frames([error_frame(code, message)])
@@ -182,7 +225,13 @@ class Session:
 
     def _running(self) -> bool:
         gen, task = self.current, self.task
-        return gen is not None and task is not None and not task.done() and not gen.ending
+        return (
+            gen is not None
+            and task is not None
+            and not task.done()
+            and not gen.ending
+            and task is not self._cancelled
+        )
 
     async def handoff(self, gen: Generation, retry_ms: int) -> None:
         """Tell the client to reconnect elsewhere; ``gen`` goes on into the log only."""
@@ -193,10 +242,41 @@ class Session:
         with contextlib.suppress(OSError):
             await self.send_frames([frame])
 
+    def stop(self, gen: Generation, reason: str) -> None:
+        """Stop ``gen`` from outside the socket (``DELETE .../streamhop/v1/streams/<id>`` here
+        or on another replica) as a ``cancel`` would: upstream closed at once, held events
+        dropped, then ``done`` ``cancelled``; ``reason`` is the cancel reason (``stop``)."""
+        task = self.task
+        if gen is not self.current or task is None or task.done() or gen.ending:
+            return  # over, or sending its own done: nothing left to stop
+        if gen.detached:
+            # Handed off: no client here; end it with the driver's own terminal event, which
+            # the log keeps for the client resuming elsewhere.
+            gen.stop(reason)
+            return
+        if not self._running():
+            return  # someone else cancelled it already and sends its done
+        self._cancel_current(reason)
+        self._stopper = asyncio.get_running_loop().create_task(self._send_stopped(task))
+
+    async def _send_stopped(self, task: asyncio.Task[None]) -> None:
+        await asyncio.wait((task,), timeout=CUTOVER_WAIT_S)
+        with contextlib.suppress(OSError):  # the client left: it sees no done
+            await self.send_frames([done_frame("cancelled")])
+
+    async def _settle(self) -> None:
+        """Wait (bounded) for a generation that is ending without this reader cancelling it:
+        sending its own ``done``, or stopped from outside and its ``done`` on the way. So the
+        next generation's events always follow that ``done``."""
+        pending = [t for t in (self.task, self._stopper) if t is not None and not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=CUTOVER_WAIT_S)
+
     def _cancel_current(self, reason: str) -> None:
         if self.current is not None and self.task is not None and not self.task.done():
             self.current.mark_cancel(reason)
             self.task.cancel()
+            self._cancelled = self.task
 
     async def _end_current(self, reason: str) -> bool:
         """Cancel the running generation (if any) and wait for it; True if one was cancelled."""
@@ -235,8 +315,8 @@ class Session:
         if self._running():
             if await self._end_current("interrupt"):
                 await self.send_frames([done_frame("interrupted")])
-        elif self.task is not None and not self.task.done():
-            await asyncio.wait((self.task,), timeout=CUTOVER_WAIT_S)
+        else:
+            await self._settle()
         try:
             extra, _ = upstream_request_headers(
                 [(n.lower().encode(), v.encode("utf-8")) for n, v in message.headers]
@@ -286,15 +366,17 @@ class Session:
             await self.close(CLOSE_GOING_AWAY, "streamhop is shutting down")
             return False
         limit = bridge.config.server.max_streams
-        if bridge.state.active - int(self._running()) >= limit:
+        # This socket's own generation, still counted, ends before the new one starts.
+        current = self.current
+        own = int(isinstance(current, Generation) and current in bridge.state.streams)
+        if bridge.state.active - own >= limit:
             await self._error("too_many_streams", f"streamhop is at max_streams={limit}")
             return True
         if self._running():
             if await self._end_current("interrupt"):
                 await self.send_frames([done_frame("interrupted")])
-        elif self.task is not None and not self.task.done():
-            # It is sending its own done: let it finish first.
-            await asyncio.wait((self.task,), timeout=CUTOVER_WAIT_S)
+        else:
+            await self._settle()
         self._start(route, message, extra, controls.over(self.controls))
         return True
 
@@ -331,11 +413,12 @@ class Session:
             on_finish=bridge.on_finish,
         )
         record = opened.record
+        # Resume and stop are bound to the credentials that went upstream: the handshake's,
+        # with the message's replacing same-named ones (a browser puts Authorization in the
+        # message).
+        caller = _caller_headers(self.scope["headers"], extra)
         log = None
         if bridge.resume is not None:
-            # Bound to the credentials that went upstream: the handshake's, with the message's
-            # replacing same-named ones (a browser puts Authorization in the message).
-            caller = _caller_headers(self.scope["headers"], extra)
             key = bridge.binding.log_key(route.prefix, record.stream_id, caller)
             log = (bridge.resume, key)
         gen = Generation(
@@ -357,11 +440,15 @@ class Session:
             log,
         )
         opened.register(gen)
+        # DELETE <prefix>/streamhop/v1/streams/<id> finds it by route and id, then checks the
+        # caller's credentials (as for an HTTP stream).
+        stop_key = (route.prefix, record.stream_id)
 
         def finished(task: asyncio.Task[None]) -> None:
             # A done callback, not a finally: it also runs for a task cancelled before it began.
             if not task.cancelled() and (error := task.exception()) is not None:
                 logger.error("stream %s: generation failed: %r", record.request_id, error)
+            bridge.state.running.pop(stop_key, None)
             opened.close()
             if record.cancel_reason == "stall":
                 # The client accepted nothing for stall_timeout_s: drop the socket.
@@ -372,6 +459,21 @@ class Session:
         self.current = gen
         self.task = task = asyncio.get_running_loop().create_task(gen.run())
         task.add_done_callback(finished)
+        bridge.state.running[stop_key] = task, _Stop(self, gen), caller
+
+
+class _Stop:
+    """A generation's entry in the stop registry (:attr:`SidecarState.running`): a stop ends it
+    through its session, as ``cancel`` would."""
+
+    __slots__ = ("gen", "session")
+
+    def __init__(self, session: Session, gen: Generation) -> None:
+        self.session = session
+        self.gen = gen
+
+    def stop(self, reason: str) -> None:
+        self.session.stop(self.gen, reason)
 
 
 def _caller_headers(

@@ -53,7 +53,9 @@ def _route(**route: Any) -> RouteConfig:
         (b"127.0.0.2:8787", False),
         (b"localhost.evil.example", False),
         (b"[::1", False),
-        (b"::1", True),  # an IPv6 literal without brackets or port
+        (b"::1", False),  # an IPv6 address must be bracketed: "::1:8787" has no port
+        (b"127.0.0.1:8787@rebind.evil.example", False),  # exactly a host and a port
+        (b"[::1]rebind.evil.example", False),
         (b"", False),
     ],
 )

@@ -169,7 +169,9 @@ def test_scheme_host_and_port_come_only_from_config(target: str) -> None:
     assert route is not None
     url = table.upstream_url(route, path, b"")
     assert (url.scheme, url.raw_host, url.port) == ("http", "up", 8080), url
-    assert (url.raw_user, url.raw_password) == ("user", "pw")
+    # The configured userinfo goes as the route's Authorization header, never in the URL.
+    assert (url.raw_user, url.raw_password) == (None, None)
+    assert route.upstream_headers == {"Authorization": "Basic dXNlcjpwdw=="}
     assert url.raw_path.startswith("/base/"), url
 
 
