@@ -127,6 +127,7 @@ def _server(t: Mapping[str, Any]) -> ServerConfig:
         max_header_bytes=_int(t, "server", "max_header_bytes", d.max_header_bytes, minimum=1024),
         max_headers=_int(t, "server", "max_headers", d.max_headers, minimum=8),
         header_timeout_s=_num(t, "server", "header_timeout_s", d.header_timeout_s, minimum=0.1),
+        body_timeout_s=_num(t, "server", "body_timeout_s", d.body_timeout_s, minimum=0.1),
         max_websockets=_int(t, "server", "max_websockets", d.max_websockets, minimum=1),
         websocket_idle_timeout_s=_num(
             t, "server", "websocket_idle_timeout_s", d.websocket_idle_timeout_s, minimum=0.1

@@ -47,6 +47,9 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    """Seconds between two reads of a request body (nginx's ``client_body_timeout``); past it
+    the request gets ``408`` and frees its ``max_streams`` slot."""
     max_websockets: int = 1000
     """Open WebSockets (idle or not) per process; past it the handshake gets 503."""
     websocket_idle_timeout_s: float = 300.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -37,13 +38,18 @@ async def json_error(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def read_body(receive: Receive, limit: int) -> bytes | int | None:
+async def read_body(receive: Receive, limit: int, timeout_s: float) -> bytes | int | None:
     """The whole request body; ``None`` if the client disconnected, ``limit`` (an int) if the
-    body is larger than ``limit`` bytes."""
+    body is larger than ``limit`` bytes.
+
+    Raises:
+        TimeoutError: ``timeout_s`` seconds passed between two reads of the body.
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        async with asyncio.timeout(timeout_s):
+            message = await receive()
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")

@@ -139,8 +139,20 @@ class Proxy:
             return
         # The body counts toward max_streams from its first byte.
         state.receiving += 1
+        server = self.config.server
         try:
-            body = await read_body(receive, self.config.server.max_request_bytes)
+            body = await read_body(receive, server.max_request_bytes, server.body_timeout_s)
+        except TimeoutError:
+            message = f"the request body stalled for body_timeout_s={server.body_timeout_s:g} s"
+            await json_error(
+                send,
+                408,
+                fmt_hint,
+                "request_timeout",
+                message,
+                extra_headers=[(b"connection", b"close")],
+            )
+            return
         finally:
             state.receiving -= 1
         if body is None:
