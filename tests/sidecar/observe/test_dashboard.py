@@ -100,6 +100,14 @@ def exposed(simulator: StreamhopProcess, sidecar: StreamhopProcess) -> Exposed:
     )
 
 
+def _grafana_escape(value: str) -> str:
+    """A label value as Grafana's Prometheus data source puts it in a multi-value regex:
+    regex metacharacters escaped with a backslash that is itself escaped for the PromQL string
+    literal (``prometheusRegularEscape``); ``re.escape`` also escapes ``-``, which is not a valid
+    PromQL string escape (a route ``/with-key`` made the query unparsable)."""
+    return re.sub(r"[$^*+?.()|\\{}\[\]]", lambda m: "\\\\" + m.group(0), value)
+
+
 def substitute(expr: str, exposed: Exposed) -> str:
     """Replace Grafana variables as Grafana would: multi-value regexes of real label values."""
 
@@ -108,7 +116,7 @@ def substitute(expr: str, exposed: Exposed) -> str:
         if name == "__rate_interval":
             return f"{int(RATE_INTERVAL.total_seconds())}s"
         if name in exposed.values:
-            return "(" + "|".join(sorted(map(re.escape, exposed.values[name]))) + ")"
+            return "(" + "|".join(sorted(map(_grafana_escape, exposed.values[name]))) + ")"
         raise AssertionError(f"unknown variable ${name} in {expr!r}")
 
     return _VARIABLE.sub(value, expr)
