@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import httpx2
 import orjson
@@ -531,3 +532,28 @@ def connect_error_once(sidecar_url: str) -> None:
     with httpx2.Client(timeout=30) as http:
         response = http.post(sidecar_url + "/down" + CHAT, json=chat_body())
     assert response.status_code == 502
+
+
+# --- raw sockets ---------------------------------------------------------------------------------
+
+
+def url_address(url: str | None) -> tuple[str, int]:
+    """``(host, port)`` of a listener's ``http://host:port`` URL (IPv6 without brackets)."""
+    assert url is not None
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
+def raw_connect(url: str | None, bound_s: float) -> socket.socket:
+    """A plain TCP connection to a listener, for bytes no client library would send; every
+    read on it is bounded by ``bound_s`` seconds."""
+    return socket.create_connection(url_address(url), timeout=bound_s)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (each read bounded by the socket timeout)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)

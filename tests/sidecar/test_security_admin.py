@@ -13,12 +13,19 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
 
-from tests.support import BackgroundAiohttp, StreamhopProcess, serve, sidecar_config
+from tests.support import (
+    BackgroundAiohttp,
+    StreamhopProcess,
+    raw_connect,
+    read_to_eof,
+    serve,
+    sidecar_config,
+    url_address,
+)
 
 HEAD_LIMITS = """
 max_header_bytes = 16384
@@ -64,25 +71,6 @@ def side(
     proc.stop()
 
 
-def _address(url: str | None) -> tuple[str, int]:
-    assert url is not None
-    parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
-    return parts.hostname, parts.port
-
-
-def _connect(url: str | None) -> socket.socket:
-    return socket.create_connection(_address(url), timeout=READ_BOUND_S)
-
-
-def _read_to_eof(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes (each read bounded by READ_BOUND_S)."""
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _status(answer: bytes) -> int:
     assert answer.startswith(b"HTTP/1.1 "), answer[:200]
     return int(answer.split(b" ", 2)[1])
@@ -90,9 +78,9 @@ def _status(answer: bytes) -> int:
 
 def _get(url: str | None, path: str, host: str, *headers: str) -> bytes:
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}", *headers, "Connection: close"]
-    with _connect(url) as sock:
+    with raw_connect(url, READ_BOUND_S) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        return _read_to_eof(sock)
+        return read_to_eof(sock)
 
 
 # --- 1. head limits on the admin port ---------------------------------------------------------
@@ -102,7 +90,7 @@ def test_admin_answers_a_32_mib_header_with_431_before_reading_it(side: Streamho
     total = 32 * 1024 * 1024
     chunk = b"a" * 65536
     sent = 0
-    with _connect(side.admin_url) as sock:
+    with raw_connect(side.admin_url, READ_BOUND_S) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
         # Keep sending the one header value until the server answers (or resets): an admin
         # listener without a head limit buffers all 32 MiB and never answers.
@@ -116,7 +104,7 @@ def test_admin_answers_a_32_mib_header_with_431_before_reading_it(side: Streamho
             if readable:
                 break
         assert sent < total, "the admin listener read a 32 MiB header without answering"
-        answer = _read_to_eof(sock)  # the answer, then the server's close
+        answer = read_to_eof(sock)  # the answer, then the server's close
     assert _status(answer) == 431
     assert b"connection: close" in answer.lower()
 
@@ -127,12 +115,15 @@ def test_admin_answers_too_many_headers_with_431(side: StreamhopProcess) -> None
 
 
 def test_admin_cuts_a_partial_head_at_header_timeout(side: StreamhopProcess) -> None:
-    with _connect(side.admin_url) as partial, _connect(side.admin_url) as silent:
+    with (
+        raw_connect(side.admin_url, READ_BOUND_S) as partial,
+        raw_connect(side.admin_url, READ_BOUND_S) as silent,
+    ):
         partial.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
         started = time.monotonic()
-        answer = _read_to_eof(partial)  # blocks until the server answers and closes
+        answer = read_to_eof(partial)  # blocks until the server answers and closes
         # A connection that sent nothing is closed without an answer.
-        assert _read_to_eof(silent) == b""
+        assert read_to_eof(silent) == b""
         elapsed = time.monotonic() - started
     assert _status(answer) == 408
     assert elapsed < READ_BOUND_S - 1  # header_timeout_s = 1
@@ -142,7 +133,7 @@ def test_admin_cuts_a_partial_head_at_header_timeout(side: StreamhopProcess) -> 
 
 
 def test_admin_refuses_a_rebinding_host_with_421(side: StreamhopProcess) -> None:
-    _, port = _address(side.admin_url)
+    _, port = url_address(side.admin_url)
     for path in ADMIN_PATHS:
         answer = _get(side.admin_url, path, f"{REBINDING_HOST}:{port}")
         assert _status(answer) == 421, path
@@ -159,7 +150,7 @@ def test_admin_with_allowed_hosts_still_answers_probes_by_ip(
     config = sidecar_config(upstream.url, server='allowed_hosts = ["chat.example.com"]')
     proc = serve(tmp_path, config)
     try:
-        _, port = _address(proc.admin_url)
+        _, port = url_address(proc.admin_url)
         for host in (f"10.1.2.3:{port}", f"[fd00::5]:{port}", "chat.example.com"):
             assert _status(_get(proc.admin_url, "/readyz", host)) == 200, host
         assert _status(_get(proc.admin_url, "/metrics", f"{REBINDING_HOST}:{port}")) == 421
@@ -180,7 +171,7 @@ def test_admin_on_a_non_loopback_address_answers_any_host(
     )
     proc = serve(tmp_path, config)
     try:
-        _, port = _address(proc.admin_url)
+        _, port = url_address(proc.admin_url)
         url = f"http://127.0.0.1:{port}"
         for host in (f"10.1.2.3:{port}", f"streamhop.ns.svc:{port}"):
             assert _status(_get(url, "/healthz", host)) == 200, host
@@ -210,7 +201,7 @@ def test_loopback_written_another_way_keeps_the_host_check(
             (proc.url, "/v1/models", listen),
             (proc.admin_url, "/metrics", admin_listen),
         ):
-            host, port = _address(url)
+            host, port = url_address(url)
             bound = f"[{host}]" if ":" in host else host
             assert _status(_get(url, path, f"{REBINDING_HOST}:{port}")) == 421, url
             as_written = written.rsplit(":", 1)[0]

@@ -22,14 +22,20 @@ import select
 import socket
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import orjson
 import pytest
 from aiohttp import web
 
 from tests.sidecar.upstreams import chat_chunk, until_closed
-from tests.support import BackgroundAiohttp, StreamhopProcess, serve
+from tests.support import (
+    BackgroundAiohttp,
+    StreamhopProcess,
+    raw_connect,
+    read_to_eof,
+    serve,
+    url_address,
+)
 
 KEY = "sk-secret-route-key"
 ALLOWED = "https://app.example.com"
@@ -101,29 +107,11 @@ keepalive_interval_s = 0.2
     proc.stop()
 
 
-def _address(url: str | None) -> tuple[str, int]:
-    assert url is not None
-    parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
-    return parts.hostname, parts.port
-
-
-def _connect(url: str | None) -> socket.socket:
-    return socket.create_connection(_address(url), timeout=READ_BOUND_S)
-
-
-def _read_to_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _raw(url: str | None, request: bytes) -> bytes:
     """Send ``request`` (ending with ``Connection: close``), return the answer up to the close."""
-    with _connect(url) as sock:
+    with raw_connect(url, READ_BOUND_S) as sock:
         sock.sendall(request)
-        return _read_to_eof(sock)
+        return read_to_eof(sock)
 
 
 def _head(*lines: str, version: str = "1.1", path: str = "/x/v1/models") -> bytes:
@@ -170,7 +158,7 @@ def _malformed_hosts(port: int) -> list[str]:
 def test_malformed_host_gets_400(
     side: StreamhopProcess, provider: tuple[BackgroundAiohttp, Recorder], case: int
 ) -> None:
-    host = _malformed_hosts(_address(side.url)[1])[case]
+    host = _malformed_hosts(url_address(side.url)[1])[case]
     before = len(provider[1].seen)
     answer = _raw(side.url, _head(f"Host: {host}"))
     assert _status(answer) == 400, (host, answer)
@@ -189,14 +177,14 @@ def test_two_host_fields_get_400(side: StreamhopProcess, order: str) -> None:
 
 
 def test_valid_hosts_still_pass_and_foreign_still_421(side: StreamhopProcess) -> None:
-    port = _address(side.url)[1]
+    port = url_address(side.url)[1]
     for host in (f"127.0.0.1:{port}", "127.0.0.1", f"localhost:{port}", f"[::1]:{port}", "[::1]"):
         assert _status(_raw(side.url, _head(f"Host: {host}"))) == 200, host
     assert _status(_raw(side.url, _head(f"Host: rebind.evil.example:{port}"))) == 421
 
 
 def test_admin_listener_refuses_ambiguous_hosts_with_400(side: StreamhopProcess) -> None:
-    port = _address(side.admin_url)[1]
+    port = url_address(side.admin_url)[1]
     for lines in (
         (),
         ("Host: 127.0.0.1", "Host: rebind.evil.example"),
@@ -250,7 +238,7 @@ def _handshake(*lines: str) -> bytes:
 
 
 def _handshake_status(side: StreamhopProcess, *lines: str) -> int:
-    with _connect(side.url) as sock:
+    with raw_connect(side.url, READ_BOUND_S) as sock:
         sock.sendall(_handshake(*lines))
         answer = b""
         while b"\r\n\r\n" not in answer:
@@ -262,7 +250,7 @@ def _handshake_status(side: StreamhopProcess, *lines: str) -> int:
 
 
 def test_websocket_handshake_refuses_ambiguous_heads(side: StreamhopProcess) -> None:
-    port = _address(side.url)[1]
+    port = url_address(side.url)[1]
     assert _handshake_status(side, f"Host: 127.0.0.1:{port}") == 101
     for lines in (
         (),
@@ -341,7 +329,7 @@ def test_refusal_of_a_pipelined_head_waits_for_the_response_in_progress(
         b"POST /slow/sse/hang HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
-    with _connect(side.url) as sock:
+    with raw_connect(side.url, READ_BOUND_S) as sock:
         sock.sendall(first)
         reader = _Reader(sock)
         head = reader.head()
@@ -356,7 +344,7 @@ def test_refusal_of_a_pipelined_head_waits_for_the_response_in_progress(
         while data := reader.chunk():
             events.append(data)
         elapsed = time.monotonic() - started
-        rest = reader.buf + _read_to_eof(sock)
+        rest = reader.buf + read_to_eof(sock)
     stream = b"".join(events)
     assert b"HTTP/1.1" not in stream
     assert b"upstream_timeout" in stream  # the stream ran to its own end
@@ -395,7 +383,7 @@ def test_a_trailer_section_is_bounded_like_a_head(
     total = 8 * 1024 * 1024
     piece = b"a" * 65536
     sent = 0
-    with _connect(side.url) as sock:
+    with raw_connect(side.url, READ_BOUND_S) as sock:
         sock.sendall(
             b"POST /x/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Big: "
@@ -409,6 +397,6 @@ def test_a_trailer_section_is_bounded_like_a_head(
             if select.select([sock], [], [], 0)[0]:
                 break
         assert sent < total, "the sidecar read an 8 MiB trailer without answering"
-        answer = _read_to_eof(sock)
+        answer = read_to_eof(sock)
     assert _status(answer) == 431, answer[:200]
     assert len(provider[1].seen) == before
