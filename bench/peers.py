@@ -9,7 +9,13 @@ the reason.
 
 Scenarios: ``1 stream``, ``50 streams``, ``200 streams`` (that many streams kept open, each
 2,000 tokens = 200 content events), ``cancel`` (one stream at a time; the client closes after two
-content events), ``non-streaming`` (``stream: false``, 200 tokens, 20 in flight). The run is
+content events), ``non-streaming`` (``stream: false``, 200 tokens, 20 in flight); and, only when
+named in ``--scenarios``: ``50 together`` (``--together`` N streams whose requests are all written
+in one event-loop pass, after every connection was opened and left idle; repeated in bursts, each
+burst read to its end), ``50 streams, TLS`` and ``50 together, TLS`` (the same over an HTTPS
+upstream: nginx terminating TLS in front of the simulator with a certificate from a local
+``trustme`` CA, and a second process of every target pointed at it and trusting that CA; see
+bench/peers_targets.py). The run is
 interleaved: in each of ``--rounds`` rounds every scenario runs on every target for
 ``--duration-s / --rounds`` seconds, the target order rotating, so drift on a shared machine hits
 all targets alike.
@@ -37,7 +43,11 @@ average, the exact command), ``results.json``, ``peers-cpu-per-event.png`` and
 ``peers-ttft-p99.png``.
 
 Usage: python bench/peers.py [--duration-s 10] [--rounds 2] [--quick] [--targets a,b,...]
+       [--scenarios "50 streams,50 together,50 streams, TLS"] [--together 50]
        [--out build/peers-report]
+
+``--scenarios`` is split on commas that are not followed by a space, so "50 streams, TLS" is
+one name.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -60,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import peers_targets as pt
-from peers_client import Endpoint, Exchange, cancel_once, run_load
+from peers_client import Endpoint, Exchange, cancel_once, run_load, run_together
 from peers_report import write_outputs
 
 TARGETS = ("direct", "nginx", "litellm", "portkey", "streamhop-coalesce", "streamhop-passthrough")
@@ -72,11 +83,18 @@ CANCEL_AFTER = 2  # content events read before the client closes
 
 @dataclass(frozen=True)
 class Scenario:
-    """One load shape: ``kind`` is ``stream``, ``cancel`` or ``json``."""
+    """One load shape: ``kind`` is ``stream``, ``cancel`` or ``json``.
+
+    ``together``: the streams start in bursts, every request written in one loop pass
+    (:func:`peers_client.run_together`) instead of kept in flight; ``tls``: over the HTTPS
+    upstream, against each target's TLS twin.
+    """
 
     name: str
     kind: str
     concurrency: int
+    together: bool = False
+    tls: bool = False
 
 
 SCENARIOS = (
@@ -86,6 +104,15 @@ SCENARIOS = (
     Scenario("cancel", "cancel", 1),
     Scenario("non-streaming", "json", NONSTREAM_CONCURRENCY),
 )
+
+
+def extra_scenarios(together: int) -> tuple[Scenario, ...]:
+    """The scenarios run only when named: requests arriving together, and a TLS upstream."""
+    return (
+        Scenario(f"{together} together", "stream", together, together=True),
+        Scenario("50 streams, TLS", "stream", 50, tls=True),
+        Scenario(f"{together} together, TLS", "stream", together, together=True, tls=True),
+    )
 
 
 @dataclass
@@ -109,6 +136,7 @@ class Cell:
     upstream_events_per_stream: list[int] = field(default_factory=list)
     cancel_s: list[float] = field(default_factory=list)
     cancel_not_propagated: int = 0
+    burst_spread_s: list[float] = field(default_factory=list)
 
     def error(self, why: str) -> None:
         self.errors[why.split(":")[0]] += 1
@@ -175,9 +203,12 @@ def _cpu_self() -> float:
 class Bench:
     """Runs the slices and pools what they measure."""
 
-    def __init__(self, args: argparse.Namespace, sim_pid: int, sim_url: str) -> None:
+    def __init__(
+        self, args: argparse.Namespace, sim_pid: int, sim_url: str, front_pid: int | None = None
+    ) -> None:
         self.args = args
         self.sim_pid = sim_pid
+        self.front_pid = front_pid  # the TLS front's CPU counts with the simulator's
         self.sim_url = sim_url
         self.interval_s = 1.0 / args.events_per_second
         self.ttft_s = args.ttft_ms / 1000
@@ -191,10 +222,24 @@ class Bench:
         self._quiesce(log)
         log.clear()
         proxy_cpu, sim_cpu = pt.TreeCpu(target.pid or None), pt.TreeCpu(self.sim_pid)
+        front_cpu = pt.TreeCpu(self.front_pid if scenario.tls else None)
         me0, t0 = _cpu_self(), time.monotonic()
-        with log, proxy_cpu, sim_cpu:
+        with log, proxy_cpu, sim_cpu, front_cpu:
             if scenario.kind == "cancel":
                 exchanges = asyncio.run(self._cancel(target.endpoint, seconds, log, cell))
+            elif scenario.together:
+                payload = body(STREAM_TOKENS, True)
+                exchanges, spreads = asyncio.run(
+                    run_together(
+                        target.endpoint,
+                        lambda: payload,
+                        streams=scenario.concurrency,
+                        duration_s=seconds,
+                        burst_timeout_s=max(10.0, seconds),
+                        record_arrivals=target.passthrough_like,
+                    )
+                )
+                cell.burst_spread_s += spreads
             else:
                 stream = scenario.kind == "stream"
                 tokens = STREAM_TOKENS if stream else NONSTREAM_TOKENS
@@ -212,7 +257,7 @@ class Bench:
         t1 = time.monotonic()
         cell.wall_s += t1 - t0
         cell.cpu_s += proxy_cpu.seconds
-        cell.sim_cpu_s += sim_cpu.seconds
+        cell.sim_cpu_s += sim_cpu.seconds + front_cpu.seconds
         cell.client_cpu_s += _cpu_self() - me0
         records = [r for r in log.records.values() if r["path"].endswith("/chat/completions")]
         cell.upstream_events += sum(r["events"] for r in records)
@@ -305,18 +350,21 @@ class Bench:
             time.sleep(0.005)
 
 
-def start_targets(names: list[str], sim_url: str, args: argparse.Namespace) -> list[pt.Target]:
+def start_targets(
+    names: list[str], sim_url: str, args: argparse.Namespace, tls: pt.Tls | None = None
+) -> list[pt.Target]:
+    """Start each named target in front of ``sim_url`` (with ``tls``: the TLS front)."""
     makers = {
-        "direct": lambda: pt.direct(sim_url),
-        "nginx": lambda: pt.nginx(sim_url),
-        "litellm": lambda: pt.litellm(sim_url),
-        "portkey": lambda: pt.portkey(sim_url, headers_shim=not args.portkey_no_shim),
-        "streamhop-coalesce": lambda: pt.streamhop(sim_url, "coalesce"),
-        "streamhop-passthrough": lambda: pt.streamhop(sim_url, "passthrough"),
+        "direct": lambda: pt.direct(sim_url, tls),
+        "nginx": lambda: pt.nginx(sim_url, tls),
+        "litellm": lambda: pt.litellm(sim_url, tls),
+        "portkey": lambda: pt.portkey(sim_url, headers_shim=not args.portkey_no_shim, tls=tls),
+        "streamhop-coalesce": lambda: pt.streamhop(sim_url, "coalesce", tls),
+        "streamhop-passthrough": lambda: pt.streamhop(sim_url, "passthrough", tls),
     }
     targets = []
     for name in names:
-        print(f"starting {name} ...", flush=True)
+        print(f"starting {name}{' (TLS upstream)' if tls else ''} ...", flush=True)
         target = makers[name]()
         if target.missing:
             print(f"  MISSING: {target.missing}", flush=True)
@@ -344,7 +392,18 @@ def main() -> int:
         help="comma-separated subset of " + ",".join(TARGETS),
     )
     parser.add_argument(
-        "--scenarios", default=",".join(s.name for s in SCENARIOS), help="comma-separated subset"
+        "--scenarios",
+        default=",".join(s.name for s in SCENARIOS),
+        help="comma-separated (a comma followed by a space stays in the name); default: "
+        + ",".join(s.name for s in SCENARIOS)
+        + "; also: "
+        + ",".join(s.name for s in extra_scenarios(50)),
+    )
+    parser.add_argument(
+        "--together",
+        type=int,
+        default=50,
+        help="streams per burst in the 'N together' scenarios (default 50)",
     )
     parser.add_argument("--events-per-second", type=float, default=200.0)
     parser.add_argument("--tokens-per-event", type=float, default=10.0)
@@ -364,8 +423,12 @@ def main() -> int:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     if "direct" not in names:
         names.insert(0, "direct")  # the baseline every "added" figure needs
-    wanted = {n.strip() for n in args.scenarios.split(",")}
-    scenarios = [s for s in SCENARIOS if s.name in wanted]
+    wanted = {n.strip() for n in re.split(r",(?! )", args.scenarios) if n.strip()}
+    known = (*SCENARIOS, *extra_scenarios(args.together))
+    unknown = wanted - {s.name for s in known}
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    scenarios = [s for s in known if s.name in wanted]
     try:
         import uvloop
 
@@ -379,19 +442,28 @@ def main() -> int:
     wall0 = time.monotonic()
     sim, sim_url = pt.start_simulator(args.events_per_second, args.tokens_per_event, args.ttft_ms)
     targets: list[pt.Target] = []
+    twins: dict[str, pt.Target] = {}  # name -> the same peer in front of the TLS upstream
+    tls: pt.Tls | None = None
+    front: pt.Target | None = None
+    tls_notes: list[str] = []
     old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         targets = start_targets(names, sim_url, args)
         live = [t for t in targets if not t.missing]
-        bench = Bench(args, sim.pid, sim_url)
+        if any(s.tls for s in scenarios):
+            tls, front, tls_notes = start_tls(live, sim_url, args, twins)
+        bench = Bench(args, sim.pid, sim_url, front.pid if front else None)
         seconds = args.duration_s / args.rounds
         for rnd in range(args.rounds):
             for si, scenario in enumerate(scenarios):
                 shift = (rnd + si) % len(live)
                 order = live[shift:] + live[:shift]
-                for target in order:
+                for plain in order:
+                    target = twins.get(plain.name) if scenario.tls else plain
+                    if target is None:
+                        continue  # no TLS twin (missing): its cell stays empty
                     print(
-                        f"round {rnd + 1}/{args.rounds}  {scenario.name:<14} {target.name:<22}",
+                        f"round {rnd + 1}/{args.rounds}  {scenario.name:<18} {target.name:<22}",
                         end="",
                         flush=True,
                     )
@@ -401,8 +473,10 @@ def main() -> int:
         peak_rss = {t.name: pt.tree_peak_rss_mb(t.pid) for t in live if t.pid}
         peak_rss["simulator"] = pt.tree_peak_rss_mb(sim.pid)
     finally:
-        for target in targets:
+        for target in [*targets, *twins.values(), *([front] if front else [])]:
             target.stop()
+        if tls is not None:
+            tls.close()
         pt.stop_simulator(sim)
         signal.signal(signal.SIGTERM, old_term)
     meta = {
@@ -421,11 +495,48 @@ def main() -> int:
         "duration_s": args.duration_s,
         "rounds": args.rounds,
         "streamhop_tree": source_tree(),
+        "tls": tls_notes,
+        "together": args.together,
     }
     paths = write_outputs(args.out, meta, targets, scenarios, bench.cells, peak_rss)
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     print((args.out / "report.md").read_text())
     return 0
+
+
+def start_tls(
+    live: list[pt.Target], sim_url: str, args: argparse.Namespace, twins: dict[str, pt.Target]
+) -> tuple[pt.Tls, pt.Target | None, list[str]]:
+    """Make the local CA, start the TLS front and a TLS twin of every live target.
+
+    Fills ``twins`` (name -> started twin) and returns the CA, the front (``None`` if it did
+    not start) and one report line per twin.
+    """
+    tls = pt.Tls()
+    print("starting the TLS front (nginx) ...", flush=True)
+    front = pt.tls_front(sim_url, tls)
+    notes = [f"local CA and certificate from trustme {tls.version}"]
+    if front.missing or front.endpoint is None:
+        print(f"  MISSING: {front.missing}", flush=True)
+        notes.append(f"TLS front MISSING — {front.missing}; no TLS scenario ran")
+        return tls, None, notes
+    front_url = f"https://127.0.0.1:{front.endpoint.port}"
+    trust = {
+        "direct": "the bench client verifies against the CA",
+        "nginx": "proxy_ssl_trusted_certificate + proxy_ssl_verify on",
+        "litellm": "SSL_CERT_FILE, REQUESTS_CA_BUNDLE",
+        "portkey": "NODE_EXTRA_CA_CERTS",
+        "streamhop-coalesce": "SSL_CERT_FILE",
+        "streamhop-passthrough": "SSL_CERT_FILE",
+    }
+    notes.append(f"upstream: {front.label}, {front_url}")
+    for twin in start_targets([t.name for t in live], front_url, args, tls):
+        if twin.missing:
+            notes.append(f"`{twin.name}` over TLS: MISSING — {twin.missing}")
+        else:
+            twins[twin.name] = twin
+            notes.append(f"`{twin.name}` over TLS: {twin.label}; trust: {trust[twin.name]}")
+    return tls, front, notes
 
 
 def source_tree() -> str:

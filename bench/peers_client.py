@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -79,12 +80,14 @@ class Endpoint:
         port: TCP port.
         path: request path.
         headers: extra header lines, each ``b"name: value\\r\\n"``.
+        tls: client TLS context when the target speaks HTTPS (``direct`` to a TLS upstream).
     """
 
     host: str
     port: int
     path: str = "/v1/chat/completions"
     headers: bytes = b""
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
 
     def request(self, body: bytes, rid: str) -> bytes:
         """Return the raw HTTP/1.1 request for ``body`` (JSON) with request id ``rid``."""
@@ -211,7 +214,7 @@ class _Conn(asyncio.Protocol):
 
 async def _connect(endpoint: Endpoint) -> _Conn:
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(_Conn, endpoint.host, endpoint.port)
+    _, conn = await loop.create_connection(_Conn, endpoint.host, endpoint.port, ssl=endpoint.tls)
     return conn
 
 
@@ -280,6 +283,75 @@ async def run_load(
         if ex.done is None and ex.error is None:
             ex.error = "unfinished: still running at the end of the grace period"
     return exchanges
+
+
+async def run_together(
+    endpoint: Endpoint,
+    make_body: Callable[[], bytes],
+    *,
+    streams: int,
+    duration_s: float,
+    burst_timeout_s: float,
+    record_arrivals: bool,
+    pause_s: float = 0.2,
+) -> tuple[list[Exchange], list[float]]:
+    """Bursts of ``streams`` requests written in one event-loop pass, until ``duration_s``.
+
+    Before each burst every connection is open (reused keep-alive, or new) and idle for
+    ``pause_s``; then every request, rendered beforehand, is written by one loop over the
+    connections with no ``await`` in between, so they all leave within about a millisecond.
+    The burst ends when every stream has ended or after ``burst_timeout_s`` (the rest are
+    aborted and count as errors). A burst that starts before the deadline always runs to its
+    end, so the last one can run past ``duration_s``.
+
+    Returns:
+        Every exchange, and per burst the spread of its writes (last ``sent`` - first), s.
+    """
+    exchanges: list[Exchange] = []
+    spreads: list[float] = []
+    conns: list[_Conn | None] = [None] * streams
+    deadline = time.monotonic() + duration_s
+    try:
+        while time.monotonic() < deadline:
+            for i, conn in enumerate(conns):
+                if conn is not None and (conn.lost or not conn.keep_alive):
+                    if conn.transport is not None:
+                        conn.transport.abort()
+                    conns[i] = None
+            fresh = [i for i, conn in enumerate(conns) if conn is None]
+            opened = await asyncio.gather(
+                *(_connect(endpoint) for _ in fresh), return_exceptions=True
+            )
+            for i, conn in zip(fresh, opened, strict=True):
+                if isinstance(conn, BaseException):
+                    ex = Exchange(uuid.uuid4().hex, error=f"connect: {conn}")
+                    exchanges.append(ex)
+                else:
+                    conns[i] = conn
+            await asyncio.sleep(pause_s)  # accepted by the target and idle
+            ready = [c for c in conns if c is not None and not c.lost]
+            batch = [Exchange(uuid.uuid4().hex) for _ in ready]
+            requests = [endpoint.request(make_body(), ex.rid) for ex in batch]
+            waiters = [
+                conn.start(ex, request, record_arrivals=record_arrivals)
+                for conn, ex, request in zip(ready, batch, requests, strict=True)
+            ]
+            exchanges += batch
+            if batch:
+                spreads.append(batch[-1].sent - batch[0].sent)
+            _, late = await asyncio.wait(waiters, timeout=burst_timeout_s)
+            if late:
+                for conn, ex in zip(ready, batch, strict=True):
+                    if ex.done is None and ex.error is None:
+                        ex.error = "unfinished: still running at the end of the burst timeout"
+                        conn.keep_alive = False
+                        if conn.transport is not None:
+                            conn.transport.abort()
+    finally:
+        for conn in conns:
+            if conn is not None and conn.transport is not None:
+                conn.transport.abort()
+    return exchanges, spreads
 
 
 async def cancel_once(endpoint: Endpoint, body: bytes, after_content: int) -> Exchange:

@@ -73,6 +73,12 @@ def summarize(target: Target, scenario: Scenario, cell: Cell) -> dict[str, Any]:
             ),
             "upstream_events_per_stream": _median(cell.upstream_events_per_stream),
         }
+        if cell.burst_spread_s:
+            out |= {
+                "bursts": len(cell.burst_spread_s),
+                "burst_spread_p50_ms": pct_ms(cell.burst_spread_s, 0.50),
+                "burst_spread_max_ms": max(cell.burst_spread_s) * 1000,
+            }
     elif scenario.kind == "cancel":
         out |= {
             "cancel_p50_ms": pct_ms(cell.cancel_s, 0.50),
@@ -185,6 +191,7 @@ def summary(
         ),
         ("peak RSS (MiB)", lambda n: _f(peak_rss.get(n))),
     ]
+    rows += _extra_rows(summaries, get, added)
     others = [t.name for t in live if t.name != "direct"]
     lines = [
         "",
@@ -196,6 +203,49 @@ def summary(
     for label, cell in rows:
         lines.append(f"| {label} | " + " | ".join(cell(n) for n in others) + " |")
     return lines
+
+
+def _extra_rows(
+    summaries: dict[tuple[str, str], dict[str, Any]], get: Any, added: Any
+) -> list[tuple[str, Any]]:
+    """Summary rows of the scenarios run only when named (N together, TLS), if they ran.
+
+    CPU cells carry the ratio to nginx and, over TLS, to the same scenario on plain HTTP.
+    """
+    ran = list(dict.fromkeys(name for (_, name) in summaries))
+    rows: list[tuple[str, Any]] = []
+    for scenario in ran:
+        if not (scenario.endswith(" together") or scenario.endswith(", TLS")):
+            continue
+        plain = scenario.removesuffix(", TLS") if scenario.endswith(", TLS") else None
+
+        def cpu(n: str, sc: str = scenario, plain: str | None = plain) -> str:
+            mine = get(n, sc, "cpu_us_per_event")
+            text = _f(mine)
+            ratios = []
+            ref = get("nginx", sc, "cpu_us_per_event")
+            if mine is not None and ref and n != "nginx":
+                ratios.append(f"{mine / ref:.1f}\u00d7 nginx")
+            base = get(n, plain, "cpu_us_per_event") if plain else None
+            if mine is not None and base:
+                ratios.append(f"{mine / base:.2f}\u00d7 plain")
+            return text + (f" ({', '.join(ratios)})" if ratios else "")
+
+        def ttft(n: str, sc: str = scenario) -> str:
+            return _pair(added(n, sc, "ttft_p50_ms"), added(n, sc, "ttft_p99_ms"), 1, True)
+
+        rows += [
+            (f"proxy CPU per upstream event, {scenario} (µs)", cpu),
+            (f"TTFT added p50 / p99, {scenario} (ms)", ttft),
+        ]
+        if scenario.endswith("together"):
+
+            def vs_nginx(n: str, sc: str = scenario) -> str:
+                mine, ref = added(n, sc, "ttft_p50_ms"), added("nginx", sc, "ttft_p50_ms")
+                return "—" if mine is None or ref is None else _f(mine - ref, 1, True)
+
+            rows.append((f"TTFT added p50 minus nginx's, {scenario} (ms)", vs_nginx))
+    return rows
 
 
 def _cancel_cell(s: dict[str, Any] | None) -> str:
@@ -233,15 +283,37 @@ def tables(
     ]
     for t in targets:
         lines.append(f"- `{t.name}`: " + (f"MISSING — {t.missing}" if t.missing else t.label))
+    if meta.get("tls"):
+        lines += ["", "TLS upstream (the `, TLS` scenarios):", ""]
+        lines += [f"- {note}" for note in meta["tls"]]
     lines += summary(live, summaries, peak_rss)
-    for scenario, _ in CONCURRENCY_SCENARIOS:
+    streamed = list(
+        dict.fromkeys(name for (_, name), s in summaries.items() if "cpu_us_per_event" in s)
+    )
+    for scenario in streamed:
         if not any((t.name, scenario) in summaries for t in live):
             continue
         base = summaries.get(("direct", scenario))
+        spreads = [
+            f"`{t.name}` {s['bursts']} bursts, p50 {s['burst_spread_p50_ms']:.2f} / max "
+            f"{s['burst_spread_max_ms']:.2f} ms"
+            for t in live
+            if (s := summaries.get((t.name, scenario))) and "bursts" in s
+        ]
         lines += [
             "",
             f"## {scenario}",
             "",
+            *(
+                [
+                    "Time from the first to the last request written in a burst: "
+                    + "; ".join(spreads)
+                    + ".",
+                    "",
+                ]
+                if spreads
+                else []
+            ),
             "| target | proxy CPU per upstream event (µs) | TTFT p50 / p99 (ms) "
             "| TTFT added p50 / p99 (ms) | transit added p50 / p99 (ms) "
             "| events per stream, delivered (upstream) | upstream events/s | errors |",

@@ -21,6 +21,16 @@ Peers, as configured here (the choices a user of each would make for streaming):
   immutable on Node: "TypeError: immutable").
 * ``streamhop``: ``streamhop serve --upstream``, log level warning, in ``coalesce`` and in
   ``passthrough`` mode (two processes, so each has its own CPU and RSS figures).
+
+The TLS upstream (:class:`Tls`, :func:`tls_front`): ``streamhop simulate`` serves plain HTTP
+only, so an nginx process in front of it terminates TLS (``listen ... ssl``, a certificate for
+``localhost`` and ``127.0.0.1`` from a local CA made by ``trustme``, ``proxy_buffering off``:
+one TLS record per event, as a provider writes). Every target of the TLS scenarios is a second
+process of the same peer pointed at ``https://127.0.0.1:FRONT`` that trusts that CA
+(:func:`tls_twin`): nginx through ``proxy_ssl_trusted_certificate`` + ``proxy_ssl_verify on``,
+streamhop through ``SSL_CERT_FILE`` (aiohttp's default context loads OpenSSL's default paths,
+which honour it), LiteLLM through ``SSL_CERT_FILE`` and ``REQUESTS_CA_BUNDLE``, Portkey through
+``NODE_EXTRA_CA_CERTS``; ``direct`` is the client speaking TLS to the front itself.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -175,9 +186,12 @@ def _port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-def direct(sim_url: str) -> Target:
-    """The simulator itself, no proxy: the baseline."""
-    return Target("direct", "direct (no proxy)", Endpoint("127.0.0.1", _port_of(sim_url)))
+def direct(sim_url: str, tls: Tls | None = None) -> Target:
+    """The simulator itself, no proxy: the baseline (with ``tls``: its TLS front)."""
+    context = tls.client_context() if tls is not None else None
+    return Target(
+        "direct", "direct (no proxy)", Endpoint("127.0.0.1", _port_of(sim_url), tls=context)
+    )
 
 
 NGINX_CONF = """\
@@ -211,11 +225,29 @@ http {{
 """
 
 
-def nginx(sim_url: str) -> Target:
-    """nginx, ``proxy_buffering off``, as a plain process with a config in a temp dir."""
-    binary = shutil.which("nginx") or (
+# The TLS variant of the location: the upstream is the TLS front, verified against the local CA.
+NGINX_TLS_LOCATION = """\
+            proxy_pass https://simulator;
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_verify on;
+            proxy_ssl_name localhost;
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;
+"""
+
+
+def _nginx_binary() -> str | None:
+    return shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
+
+
+def nginx(sim_url: str, tls: Tls | None = None) -> Target:
+    """nginx, ``proxy_buffering off``, as a plain process with a config in a temp dir.
+
+    With ``tls``, ``sim_url`` is the TLS front and nginx verifies it against ``tls.ca_file``.
+    """
+    binary = _nginx_binary()
     if binary is None:
         return Target("nginx", "nginx", missing=_missing_note("nginx", "nginx is not installed"))
     version = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr.strip()
@@ -223,7 +255,13 @@ def nginx(sim_url: str) -> Target:
     tmp.chmod(0o755)  # the worker drops root and must reach its temp paths
     port = free_port()
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=_port_of(sim_url), port=port))
+    text = NGINX_CONF.format(tmp=tmp, upstream=_port_of(sim_url), port=port)
+    if tls is not None:
+        text = text.replace(
+            "            proxy_pass http://simulator;\n",
+            NGINX_TLS_LOCATION.format(ca=tls.ca_file),
+        )
+    conf.write_text(text)
     proc = _popen([binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")], tmp)
     target = Target(
         "nginx",
@@ -258,7 +296,7 @@ UVICORN_LOG_CONFIG = {
 }
 
 
-def litellm(sim_url: str) -> Target:
+def litellm(sim_url: str, tls: Tls | None = None) -> Target:
     """LiteLLM proxy from build/peers/litellm-venv, one worker."""
     venv = PEERS / "litellm-venv"
     binary = venv / "bin" / "litellm"
@@ -296,7 +334,11 @@ def litellm(sim_url: str) -> Target:
         ],
         tmp,
         # The model price map is fetched from the internet at import unless told otherwise.
-        {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"},
+        {
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_LOG": "ERROR",
+            **(tls.env() if tls is not None else {}),
+        },
     )
     target = Target(
         "litellm",
@@ -308,7 +350,7 @@ def litellm(sim_url: str) -> Target:
     return _ready(target, 180, "out.log")
 
 
-def portkey(sim_url: str, *, headers_shim: bool = True) -> Target:
+def portkey(sim_url: str, *, headers_shim: bool = True, tls: Tls | None = None) -> Target:
     """The Portkey gateway on Node, with the preloads from bench/setup_peers.sh."""
     node = shutil.which("node")
     shims = [PEERS / "portkey/loopback-listen.cjs"]
@@ -324,7 +366,11 @@ def portkey(sim_url: str, *, headers_shim: bool = True) -> Target:
     argv = [node]
     for shim in shims:
         argv += ["--require", str(shim)]
-    proc = _popen([*argv, str(PORTKEY_ENTRY), f"--port={port}", "--headless"], tmp)
+    proc = _popen(
+        [*argv, str(PORTKEY_ENTRY), f"--port={port}", "--headless"],
+        tmp,
+        tls.env() if tls is not None else None,
+    )
     headers = (
         "x-portkey-provider: openai\r\n"
         f"x-portkey-custom-host: {sim_url}/v1\r\n"
@@ -346,12 +392,19 @@ def _node_version(node: str) -> str:
     return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
 
 
-def streamhop(sim_url: str, mode: str) -> Target:
-    """``streamhop serve --upstream`` in ``mode`` (coalesce or passthrough)."""
+def streamhop(sim_url: str, mode: str, tls: Tls | None = None) -> Target:
+    """``streamhop serve --upstream`` in ``mode`` (coalesce or passthrough).
+
+    With ``tls`` it trusts the local CA through ``SSL_CERT_FILE`` (set in this process's
+    environment only while the child is spawned: ``throughput.start`` passes no ``env``).
+    """
     tmp = Path(tempfile.mkdtemp(prefix=f"streamhop-peers-{mode}-"))
     config = tmp / "streamhop.toml"
     config.write_text(f'[rechunk]\nmode = "{mode}"\n')
     name = f"streamhop-{mode}"
+    saved = {k: os.environ.get(k) for k in (tls.env() if tls is not None else {})}
+    if tls is not None:
+        os.environ.update(tls.env())
     try:
         proc, url = start_streamhop(
             [
@@ -371,6 +424,12 @@ def streamhop(sim_url: str, mode: str) -> Target:
     except SystemExit as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return Target(name, f"streamhop {mode}", missing=f"did not start: {exc}")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     from importlib.metadata import version
 
     target = Target(
@@ -382,6 +441,120 @@ def streamhop(sim_url: str, mode: str) -> Target:
         tmpdir=tmp,
     )
     return _ready(target, 10, "out.log")
+
+
+class Tls:
+    """A local CA (``trustme``) and a server certificate for ``localhost`` and ``127.0.0.1``.
+
+    Files live in a temp dir (removed by :meth:`close`), readable by nginx's workers.
+    """
+
+    def __init__(self) -> None:
+        import trustme
+
+        self.version = _dist_version("trustme")
+        self.dir = Path(tempfile.mkdtemp(prefix="streamhop-peers-tls-"))
+        self.dir.chmod(0o755)
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost", "127.0.0.1")
+        self.ca_file = self.dir / "ca.pem"
+        self.cert_file = self.dir / "server.pem"  # leaf + chain
+        self.key_file = self.dir / "server.key"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        cert.private_key_pem.write_to_path(str(self.key_file))
+        self.cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            path.chmod(0o644)
+
+    def env(self) -> dict[str, str]:
+        """What makes a proxy's default trust store the local CA."""
+        ca = str(self.ca_file)
+        return {"SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca, "NODE_EXTRA_CA_CERTS": ca}
+
+    def client_context(self) -> ssl.SSLContext:
+        """The bench client's context (``direct``): verifies against the local CA."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        return context
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
+NGINX_TLS_FRONT_CONF = """\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 100000;
+    upstream simulator {{
+        server 127.0.0.1:{upstream};
+        keepalive 512;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_session_cache shared:tls:1m;
+        location / {{
+            proxy_pass http://simulator;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def tls_front(sim_url: str, tls: Tls) -> Target:
+    """nginx terminating TLS in front of the simulator: the HTTPS upstream of every target.
+
+    Returns a :class:`Target` named ``tls-front`` (its endpoint speaks TLS), or one with
+    ``missing`` set when nginx is absent or the front does not answer.
+    """
+    binary = _nginx_binary()
+    if binary is None:
+        return Target("tls-front", "TLS front", missing="nginx is not installed")
+    tmp = Path(tempfile.mkdtemp(prefix="streamhop-peers-tlsfront-"))
+    tmp.chmod(0o755)
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        NGINX_TLS_FRONT_CONF.format(
+            tmp=tmp,
+            upstream=_port_of(sim_url),
+            port=port,
+            cert=tls.cert_file,
+            key=tls.key_file,
+        )
+    )
+    proc = _popen([binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")], tmp)
+    target = Target(
+        "tls-front",
+        "nginx terminating TLS in front of the simulator",
+        Endpoint("127.0.0.1", port, tls=tls.client_context()),
+        proc,
+        tmpdir=tmp,
+    )
+    return _ready(target, 15, "error.log")
 
 
 def _missing_note(name: str, why: str) -> str:
@@ -420,11 +593,12 @@ def smoke(endpoint: Endpoint) -> str | None:
         if line:
             key, _, value = line.partition(": ")
             headers[key] = value
-    url = f"http://{endpoint.host}:{endpoint.port}{endpoint.path}"
+    scheme = "https" if endpoint.tls is not None else "http"
+    url = f"{scheme}://{endpoint.host}:{endpoint.port}{endpoint.path}"
     for _ in range(3):
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=30, context=endpoint.tls) as response:
                 text = response.read()
         except OSError as exc:
             detail = exc.read()[:200].decode(errors="replace") if hasattr(exc, "read") else ""
