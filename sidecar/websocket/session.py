@@ -79,6 +79,7 @@ class Session:
         self._cancelled: asyncio.Task[None] | None = None
         """The task cancelled last: whoever cancelled it sends its ``done``, nobody else."""
         self._stopper: asyncio.Task[None] | None = None
+        self._replay_slot: _ReplaySlot | None = None  # the running resume's max_streams slot
         """Sends ``done`` ``cancelled`` after a stop from outside (:meth:`stop`)."""
 
     async def send_frames(self, frames: Sequence[str]) -> None:
@@ -301,6 +302,16 @@ class Session:
         if await self._end_current("interrupt"):
             await self.send_frames([done_frame("cancelled")])
 
+    def _own_slot(self) -> int:
+        """1 when this socket's current generation or resume replay holds a ``max_streams``
+        slot (it ends before a new one starts), else 0."""
+        streams = self.bridge.state.streams
+        current = self.current
+        if isinstance(current, Generation) and current in streams:
+            return 1
+        slot = self._replay_slot
+        return int(current is not None and slot is not None and slot in streams)
+
     async def _resume(self, message: ResumeMessage) -> None:
         """Replay a logged generation after ``message.after`` and follow it to its end
         (cutting over a running one); bound to this route and the caller's credentials: the
@@ -311,6 +322,11 @@ class Session:
         assert route is not None
         if bridge.resume is None:
             await self._error("resume_unavailable", "resume is off ([resume] enabled = false)")
+            return
+        limit = bridge.config.server.max_streams
+        if bridge.state.active - self._own_slot() >= limit:
+            # A replay holds a socket and follows a live tail like a stream: it counts too.
+            await self._error("too_many_streams", f"streamhop is at max_streams={limit}")
             return
         if self._running():
             if await self._end_current("interrupt"):
@@ -337,9 +353,12 @@ class Session:
             backpressure.stall_timeout_s,
         )
         self.current = replay
-        self.task = asyncio.get_running_loop().create_task(replay.run())
+        self.task = task = asyncio.get_running_loop().create_task(replay.run())
+        slot = self._replay_slot = _ReplaySlot(task)
+        bridge.state.streams.add(slot)  # counts toward max_streams; shutdown ends it
 
         def finished(_: asyncio.Task[None]) -> None:
+            bridge.state.streams.discard(slot)
             if replay.stalled:
                 # The client accepted nothing for stall_timeout_s: drop the socket.
                 self._closer = asyncio.get_running_loop().create_task(
@@ -366,10 +385,8 @@ class Session:
             await self.close(CLOSE_GOING_AWAY, "streamhop is shutting down")
             return False
         limit = bridge.config.server.max_streams
-        # This socket's own generation, still counted, ends before the new one starts.
-        current = self.current
-        own = int(isinstance(current, Generation) and current in bridge.state.streams)
-        if bridge.state.active - own >= limit:
+        # This socket's own generation or replay, still counted, ends before the new one starts.
+        if bridge.state.active - self._own_slot() >= limit:
             await self._error("too_many_streams", f"streamhop is at max_streams={limit}")
             return True
         if self._running():
@@ -474,6 +491,20 @@ class _Stop:
 
     def stop(self, reason: str) -> None:
         self.session.stop(self.gen, reason)
+
+
+class _ReplaySlot:
+    """A WebSocket resume replay as an open stream (:class:`~..upstream.opening.Stoppable`):
+    it counts toward ``max_streams`` as an HTTP resume does, and shutdown ends it."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self.task = task
+
+    def stop(self, reason: str) -> None:
+        """End the replay (``shutdown``): the socket itself is closed by the drain."""
+        self.task.cancel()
 
 
 def _caller_headers(

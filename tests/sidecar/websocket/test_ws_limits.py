@@ -6,8 +6,8 @@ Against a real ``streamhop serve`` in front of the real simulator (loopback only
   (bound to the handshake's headers with the ``request`` message's over them) as it stops an
   HTTP stream: 204 once the upstream is closed; the socket gets ``done`` ``cancelled``; also
   from another replica through a shared Redis store;
-* a WebSocket generation counts toward ``[server] max_streams``; a socket following a
-  ``resume`` holds no slot it could hand to a new generation;
+* a WebSocket generation counts toward ``[server] max_streams``, and so does a ``resume``
+  replay (as an HTTP resume does);
 * ``[server] max_websockets`` refuses the handshake with 503 past the limit;
 * ``[server] websocket_idle_timeout_s`` closes a socket with nothing running and no message.
 
@@ -192,26 +192,43 @@ async def test_a_websocket_generation_counts_toward_max_streams(
         assert done["reason"] == "complete"
 
 
-async def test_a_socket_following_a_resume_holds_no_slot_of_its_own(
+async def test_a_resume_replay_counts_toward_max_streams(
     simulator: StreamhopProcess, start_sidecar: StartSidecar
 ) -> None:
-    """A ``resume`` replay is not a generation: a socket that runs one gets no slot back from
-    it, so its ``request`` cannot start a generation past ``max_streams``."""
-    side = start_sidecar(simulator.url, server="max_streams = 1", sections=RESUME)
+    """A ``resume`` replay holds a socket and follows a live tail like a stream, so it counts
+    toward ``max_streams`` as an HTTP resume does: with a generation and a replay running, a
+    third stream (HTTP, or another resume) is refused; a ``request`` on the replaying socket
+    cuts the replay over and takes its slot, never one more."""
+    side = start_sidecar(simulator.url, server="max_streams = 2", sections=RESUME)
     mine = {"authorization": "Bearer caller-a"}
-    async with connect(_ws_url(side)) as ws, connect(_ws_url(side)) as follower:
+    async with (
+        connect(_ws_url(side)) as ws,
+        connect(_ws_url(side)) as follower,
+        connect(_ws_url(side)) as third,
+    ):
         await _slow_request(ws, uuid.uuid4().hex, mine)
         first = await _recv(ws)
         stream_id = first["id"].rpartition(":")[0]
         resume = {"type": "resume", "stream_id": stream_id, "after": 0, "headers": mine}
         await follower.send(orjson.dumps(resume).decode())
         assert (await _recv(follower))["type"] == "event"
-        request = {"type": "request", "body": chat_body("one too many", 5, stream=None)}
+        # Full: a third resume is refused, and so is an HTTP request.
+        await third.send(orjson.dumps(resume).decode())
+        refused = await _recv(third)
+        assert refused["type"] == "error" and refused["error"]["code"] == "too_many_streams"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(side.url + CHAT, json=chat_body("one too many", 5)) as response,
+        ):
+            assert response.status == 503
+        # The replaying socket's request takes the replay's slot.
+        request = {"type": "request", "body": chat_body("instead", 5, stream=None)}
         await follower.send(orjson.dumps(request).decode())
         while (message := await _recv(follower))["type"] == "event":
-            pass  # the replay goes on; the refusal comes between its events
-        assert message["type"] == "error", message
-        assert message["error"]["code"] == "too_many_streams"
+            pass  # the replay's last events, then its end
+        assert message == {"type": "done", "reason": "interrupted"}, message
+        _, done = await _until_done(follower)
+        assert done["reason"] == "complete"
 
 
 # --- bounds on sockets ----------------------------------------------------------------------------
