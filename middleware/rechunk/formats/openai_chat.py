@@ -67,13 +67,14 @@ from streamhop.middleware.rechunk.formats.base import (
     usage_object,
 )
 from streamhop.middleware.rechunk.formats.openai_chat_group import (
+    TEXT_FIELDS,
     ChatGroup,
     Parsed,
     Slot,
 )
 from streamhop.middleware.sse.events import SSEEvent
 
-_TEXT_FIELDS: Final = ("content", "reasoning_content", "reasoning", "refusal")
+_TEXT_FIELDS: Final = TEXT_FIELDS
 _TEXT_SET: Final = frozenset(_TEXT_FIELDS)
 _REASONING_SET: Final = frozenset(("reasoning_content", "reasoning"))
 _TOOL_KEYS: Final = frozenset(("index", "id", "type", "function"))

@@ -29,9 +29,9 @@ _CALL_SKIP: Final = frozenset(("function",))
 # Delta keys that are not labels: the text fields (in the slots) and the tool calls (compared
 # call by call). Every other key classify() lets through is a string label or null, and must be
 # equal for two deltas to merge (the merged delta carries it once).
-_NOT_LABELS: Final = frozenset(
-    ("content", "reasoning_content", "reasoning", "refusal", "tool_calls")
-)
+TEXT_FIELDS: Final = ("content", "reasoning_content", "reasoning", "refusal")
+"""The delta fields whose strings are concatenated (the text of a choice)."""
+_NOT_LABELS: Final = frozenset((*TEXT_FIELDS, "tool_calls"))
 _FUNCTION_SKIP: Final = frozenset(("arguments",))
 
 
