@@ -26,8 +26,6 @@ import asyncio
 import contextlib
 import logging
 
-import aiohttp
-
 from streamhop.middleware.pump import Fault, StreamPump
 from streamhop.sidecar.admission.headers import response_headers
 from streamhop.sidecar.http.asgi import Scope, Send, json_error
@@ -35,7 +33,7 @@ from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.resume import LogWriter, ResumeStore
 from streamhop.sidecar.resume.store import close_log
 from streamhop.sidecar.upstream.driver import StreamSink
-from streamhop.sidecar.upstream.pool import UpstreamTiming
+from streamhop.sidecar.upstream.pool import UpstreamBodyError, UpstreamResponse, UpstreamTiming
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +84,8 @@ class HttpTransport:
         """The client left: stop writing to it, keep generating into the resume log."""
         self.detached = True
 
-    def accepts(self, response: aiohttp.ClientResponse) -> bool:
-        ctype = response.headers.get("Content-Type", "")
+    def accepts(self, response: UpstreamResponse) -> bool:
+        ctype = response.headers.get("content-type", "")
         return ctype.startswith("text/event-stream") and self.scope["method"] != "HEAD"
 
     async def refuse(self, status: int, code: str, message: str) -> None:
@@ -95,7 +93,7 @@ class HttpTransport:
         await json_error(self.send, status, self.format_hint, code, message)
 
     async def pass_through(
-        self, response: aiohttp.ClientResponse, read_timeout_s: float, stall_timeout_s: float
+        self, response: UpstreamResponse, read_timeout_s: float, stall_timeout_s: float
     ) -> None:
         """Copy the answer through untouched; each upstream read within ``read_timeout_s`` and
         each client write within ``stall_timeout_s`` (seconds). Past either, or when the
@@ -109,11 +107,10 @@ class HttpTransport:
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
         self.started = True
-        content = response.content
         while True:
             try:
                 async with asyncio.timeout(read_timeout_s):
-                    chunk = await content.readany()
+                    chunk = await response.readany()
             except TimeoutError:
                 record.error = "read_timeout"
                 logger.warning(
@@ -122,7 +119,7 @@ class HttpTransport:
                     read_timeout_s,
                 )
                 return
-            except aiohttp.ClientError as exc:
+            except UpstreamBodyError as exc:
                 record.error = "disconnected"
                 logger.warning("stream %s: upstream failed mid-body: %s", record.request_id, exc)
                 return
@@ -143,7 +140,7 @@ class HttpTransport:
             record.bytes_out += len(chunk)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def open(self, response: aiohttp.ClientResponse, timing: UpstreamTiming) -> StreamSink:
+    async def open(self, response: UpstreamResponse, timing: UpstreamTiming) -> StreamSink:
         record = self.record
         headers = response_headers(response.raw_headers, _SSE_DROP)
         headers += [

@@ -27,7 +27,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import aiohttp
 from yarl import URL
 
 from streamhop.middleware.controls import Controls
@@ -47,6 +46,7 @@ from streamhop.sidecar.upstream.opening import OpenStream, SidecarState, open_st
 from streamhop.sidecar.upstream.pool import (
     UpstreamError,
     UpstreamPool,
+    UpstreamResponse,
     UpstreamTimeoutError,
     UpstreamTiming,
 )
@@ -87,7 +87,7 @@ class Transport(Protocol):
     started: bool
     """True once anything was sent to the client for this stream."""
 
-    def accepts(self, response: aiohttp.ClientResponse) -> bool:
+    def accepts(self, response: UpstreamResponse) -> bool:
         """True when the answer is to be re-chunked (else :meth:`pass_through`)."""
 
     async def refuse(self, status: int, code: str, message: str) -> None:
@@ -95,14 +95,14 @@ class Transport(Protocol):
         status an HTTP client gets: 502 connect, 504 timeout, 503 shutdown)."""
 
     async def pass_through(
-        self, response: aiohttp.ClientResponse, read_timeout_s: float, stall_timeout_s: float
+        self, response: UpstreamResponse, read_timeout_s: float, stall_timeout_s: float
     ) -> None:
         """An answer that is not re-chunked (not SSE, or compressed in an unknown way).
 
         Every upstream read is bounded by ``read_timeout_s`` and every client write by
         ``stall_timeout_s`` (seconds), as on the SSE path."""
 
-    async def open(self, response: aiohttp.ClientResponse, timing: UpstreamTiming) -> StreamSink:
+    async def open(self, response: UpstreamResponse, timing: UpstreamTiming) -> StreamSink:
         """The SSE answer starts: send what precedes its events, return where they go."""
 
     async def close(self, pump: StreamPump, fault: Fault | None) -> None:
@@ -161,7 +161,7 @@ class StreamDriver:
     def __init__(self, request: StreamRequest, transport: Transport) -> None:
         self.request = request
         self.transport = transport
-        self.response: aiohttp.ClientResponse | None = None
+        self.response: UpstreamResponse | None = None
         self.pump: StreamPump | None = None
         self.writer_failed = False
         """True when a write to the client failed (client gone or stalled)."""
@@ -196,8 +196,8 @@ class StreamDriver:
                 record.mark_cancel("timeout")
                 await self._end_early(record.cancel_reason or "timeout")
         finally:
-            # Also when cancelled before any response: aiohttp closed the connection as the
-            # request task unwound, which is now.
+            # Also when cancelled before any response: the pool aborted the connection as the
+            # request unwound, which is now.
             close_upstream(self.response, record)
             if self.pump is not None:
                 self.pump.close()
@@ -235,7 +235,7 @@ class StreamDriver:
                 response, route.read_timeout_s, req.config.backpressure.stall_timeout_s
             )
             return
-        encoding = response.headers.get("Content-Encoding", "identity").lower()
+        encoding = response.headers.get("content-encoding", "identity").lower()
         decompress = _decompressor(encoding)
         if decompress is None and encoding not in ("identity", ""):
             logger.warning(
@@ -250,7 +250,7 @@ class StreamDriver:
         await self._stream(response, timing, decompress)
 
     async def _stream(
-        self, response: aiohttp.ClientResponse, timing: UpstreamTiming, decompress: Any
+        self, response: UpstreamResponse, timing: UpstreamTiming, decompress: Any
     ) -> None:
         req = self.request
         record = req.record

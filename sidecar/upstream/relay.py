@@ -11,10 +11,9 @@ import time
 import zlib
 from typing import Any, Final
 
-import aiohttp
-
 from streamhop.middleware.pump import Fault, StreamFault, StreamPump
 from streamhop.sidecar.observe.record import StreamRecord
+from streamhop.sidecar.upstream.connection import UpstreamResponse
 
 ERROR_KINDS: Final = {
     "upstream_truncated": "truncated",
@@ -61,14 +60,78 @@ class _ReadWatch:
             self._handle = None
 
 
+class _Feeder:
+    """Takes body chunks inside the upstream connection's ``data_received`` (no task woken per
+    read) and feeds the pump; wakes :func:`relay` only for backpressure, a fault or the end."""
+
+    __slots__ = ("_decompress", "_feed", "_response", "_waiter", "_watch", "ended", "fault", "full")
+
+    def __init__(
+        self, response: UpstreamResponse, pump: StreamPump, watch: _ReadWatch, decompress: Any
+    ) -> None:
+        self._response = response
+        self._feed = pump.feed_nowait
+        self._watch = watch
+        self._decompress = decompress
+        self._waiter: asyncio.Future[None] | None = None
+        self.ended = False
+        self.fault: Fault | None = None
+        self.full = False
+        """The pump holds more than ``max_pending_bytes``: reading is paused until it has room."""
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.fault is not None:
+            return
+        self._watch.last = time.monotonic()
+        decompress = self._decompress
+        try:
+            if decompress is not None:
+                chunk = decompress.decompress(chunk)
+                if not chunk:
+                    return
+            if self._feed(chunk):
+                self.full = True
+                self._watch.last = None  # the pump holds the reader back: not silence
+                self._response.pause()
+                self.wake()
+        except StreamFault as exc:
+            self._stop(exc.fault)
+        except zlib.error as exc:
+            self._stop(Fault("upstream_disconnected", f"the upstream body is corrupt: {exc}"))
+
+    def on_end(self) -> None:
+        self.ended = True
+        self.wake()
+
+    def _stop(self, fault: Fault) -> None:
+        self.fault = fault
+        self._response.pause()
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+
 async def relay(
-    response: aiohttp.ClientResponse,
+    response: UpstreamResponse,
     pump: StreamPump,
     read_timeout_s: float,
     decompress: Any = None,
 ) -> Fault | None:
     """Feed the upstream body to ``pump`` until it ends (the caller then asks
     :meth:`~streamhop.middleware.pump.StreamPump.feed_eof` how it ended).
+
+    The body is fed from the connection's ``data_received`` (:meth:`.UpstreamResponse.deliver`):
+    this task sleeps until the pump needs room, a fault, or the body's end.
 
     Args:
         response: the upstream SSE response.
@@ -83,21 +146,26 @@ async def relay(
         for a provider fault.
     """
     watch = _ReadWatch(read_timeout_s)
-    # The hot loop of the sidecar (one pass per upstream read): ``readany`` rather than
-    # ``iter_any`` (one frame less) and ``feed_nowait`` (no coroutine unless it must wait).
-    content = response.content
-    feed = pump.feed_nowait
+    feeder = _Feeder(response, pump, watch, decompress)
     try:
-        while chunk := await content.readany():
-            if decompress is not None:
-                chunk = decompress.decompress(chunk)
-                if not chunk:
-                    watch.last = time.monotonic()
-                    continue
-            if feed(chunk):
-                watch.last = None  # the pump holds the reader back (backpressure): not silence
+        response.deliver(feeder, feeder.on_end)
+        while True:
+            if feeder.fault is not None:
+                return feeder.fault
+            if feeder.full:
                 await pump.wait_for_room()
-            watch.last = time.monotonic()
+                feeder.full = False
+                watch.last = time.monotonic()
+                response.resume()
+                continue
+            if feeder.ended:
+                break
+            await feeder.wait()
+        error = response.error
+        if error is not None:
+            return Fault(
+                "upstream_disconnected", f"the upstream connection failed mid-stream: {error}"
+            )
         if decompress is not None:
             rest = decompress.flush()
             if rest:
@@ -113,21 +181,18 @@ async def relay(
         )
     except StreamFault as exc:
         return exc.fault
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, zlib.error) as exc:
-        return Fault("upstream_disconnected", f"the upstream connection failed mid-stream: {exc}")
+    except zlib.error as exc:
+        return Fault("upstream_disconnected", f"the upstream body is corrupt: {exc}")
     finally:
         watch.cancel()
     return None
 
 
-def close_upstream(response: aiohttp.ClientResponse | None, record: StreamRecord) -> None:
-    """Close the upstream response unless it was read to the end (then it is pooled), and
-    record the cancel latency if a cancellation is pending."""
-    if response is not None and not response.closed:
-        if response.content.at_eof():
-            response.release()
-        else:
-            response.close()
+def close_upstream(response: UpstreamResponse | None, record: StreamRecord) -> None:
+    """Close the upstream response (a response read to its end has returned its connection to
+    the pool; any other aborts it), and record the cancel latency if a cancellation is pending."""
+    if response is not None:
+        response.close()
     note_cancel_latency(record)
 
 

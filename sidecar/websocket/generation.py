@@ -26,7 +26,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
-import aiohttp
 import orjson
 
 from streamhop.middleware.pump import Fault, StreamPump
@@ -35,7 +34,7 @@ from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.resume import LogWriter, ResumeStore
 from streamhop.sidecar.resume.store import close_log
 from streamhop.sidecar.upstream.driver import StreamDriver, StreamRequest, StreamSink
-from streamhop.sidecar.upstream.pool import UpstreamTiming
+from streamhop.sidecar.upstream.pool import UpstreamBodyError, UpstreamResponse, UpstreamTiming
 from streamhop.sidecar.websocket.messages import done_frame, error_frame, event_frame
 
 logger = logging.getLogger(__name__)
@@ -109,9 +108,9 @@ class Generation:
 
     # --- the Transport protocol ---------------------------------------------------------------
 
-    def accepts(self, response: aiohttp.ClientResponse) -> bool:
-        ctype = response.headers.get("Content-Type", "")
-        encoding = response.headers.get("Content-Encoding", "identity").lower()
+    def accepts(self, response: UpstreamResponse) -> bool:
+        ctype = response.headers.get("content-type", "")
+        encoding = response.headers.get("content-encoding", "identity").lower()
         return (
             200 <= response.status < 300
             and ctype.startswith("text/event-stream")
@@ -122,11 +121,11 @@ class Generation:
         self._terminal = ("error", _error(code, message))
 
     async def pass_through(
-        self, response: aiohttp.ClientResponse, read_timeout_s: float, stall_timeout_s: float
+        self, response: UpstreamResponse, read_timeout_s: float, stall_timeout_s: float
     ) -> None:
         status = response.status
-        ctype = response.headers.get("Content-Type", "")
-        encoding = response.headers.get("Content-Encoding", "identity").lower()
+        ctype = response.headers.get("content-type", "")
+        encoding = response.headers.get("content-encoding", "identity").lower()
         body = await _read_limited(response, ERROR_BODY_LIMIT, read_timeout_s)
         if not 200 <= status < 300:
             code, message = "upstream_status", f"the upstream answered HTTP {status}"
@@ -139,7 +138,7 @@ class Generation:
         logger.warning("stream %s: %s", self.record.request_id, message)
         self._terminal = ("error", _error(code, message, status=status, body=body))
 
-    async def open(self, response: aiohttp.ClientResponse, timing: UpstreamTiming) -> StreamSink:
+    async def open(self, response: UpstreamResponse, timing: UpstreamTiming) -> StreamSink:
         self.started = True
         send_frames = self.send_frames
 
@@ -183,7 +182,7 @@ def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **extra}
 
 
-async def _read_limited(response: aiohttp.ClientResponse, limit: int, read_timeout_s: float) -> Any:
+async def _read_limited(response: UpstreamResponse, limit: int, read_timeout_s: float) -> Any:
     """The response body (at most ``limit`` bytes), parsed as JSON when it is JSON, else text;
     each read within ``read_timeout_s`` seconds (what arrived by then is shown)."""
     chunks: list[bytes] = []
@@ -191,12 +190,12 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int, read_timeo
     try:
         while size < limit:
             async with asyncio.timeout(read_timeout_s):
-                chunk = await response.content.readany()
+                chunk = await response.readany()
             if not chunk:
                 break
             chunks.append(chunk)
             size += len(chunk)
-    except (aiohttp.ClientError, TimeoutError):
+    except (UpstreamBodyError, TimeoutError):
         pass  # what arrived is still worth showing
     raw = b"".join(chunks)[:limit]
     try:
