@@ -15,10 +15,26 @@ in one event-loop pass, after every connection was opened and left idle; repeate
 burst read to its end), ``50 streams, TLS`` and ``50 together, TLS`` (the same over an HTTPS
 upstream: nginx terminating TLS in front of the simulator with a certificate from a local
 ``trustme`` CA, and a second process of every target pointed at it and trusting that CA; see
-bench/peers_targets.py). The run is
+bench/peers_targets.py), and ``streams sustained`` (below). The run is
 interleaved: in each of ``--rounds`` rounds every scenario runs on every target for
 ``--duration-s / --rounds`` seconds, the target order rotating, so drift on a shared machine hits
 all targets alike.
+
+``streams sustained`` (issue 22, item 5; bench/peers_sustained.py has the details): the highest
+concurrency at which every event arrives, no stream stalls longer than 10x the upstream's pacing
+and fewer than 0.1 % of streams fail, reported per core. Each target climbs a ladder of N
+(``--sustained-start`` 50, doubling, up to ``--sustained-max``, default 800), holding N streams
+open for ``--sustained-seconds`` (default 5) per rung; a rung passes when fewer than 0.1 % of
+its streams failed (not a clean 200), every other stream delivered the simulator's whole content
+text (and, one for one, its 203 events when the target does not merge events), and none had a
+gap longer than 10 x 1 / ``--events-per-second`` (50 ms by default) between two consecutive
+socket reads after its first content, nor waited longer than the TTFT plus that for its first
+content. The ladder stops at a target's first failing rung; ``--sustained-refine`` (default 1)
+bisection rungs then narrow it. Rungs are interleaved across targets. Streams sustained per
+core = N / 1: every target runs one worker process with one event-loop thread, so it can use at
+most one of the machine's cores (the simulator and the client share the rest). ``direct``
+climbs too: its N is the ceiling of the harness itself. ``--quick`` makes it 3 s per rung, up
+to 400. It does not run in ``--rounds``; its own section of the report has every rung.
 
 Per target it reports:
 
@@ -43,8 +59,9 @@ average, the exact command), ``results.json``, ``peers-cpu-per-event.png`` and
 ``peers-ttft-p99.png``.
 
 Usage: python bench/peers.py [--duration-s 10] [--rounds 2] [--quick] [--targets a,b,...]
-       [--scenarios "50 streams,50 together,50 streams, TLS"] [--together 50]
-       [--out build/peers-report]
+       [--scenarios "50 streams,50 together,50 streams, TLS,streams sustained"] [--together 50]
+       [--sustained-start 50] [--sustained-max 800] [--sustained-seconds 5]
+       [--sustained-refine 1] [--out build/peers-report]
 
 ``--scenarios`` is split on commas that are not followed by a space, so "50 streams, TLS" is
 one name.
@@ -73,6 +90,7 @@ from typing import Any
 import peers_targets as pt
 from peers_client import Endpoint, Exchange, cancel_once, run_load, run_together
 from peers_report import write_outputs
+from peers_sustained import Sustained, fd_warning
 
 TARGETS = ("direct", "nginx", "litellm", "portkey", "streamhop-coalesce", "streamhop-passthrough")
 STREAM_TOKENS = 2000
@@ -83,7 +101,8 @@ CANCEL_AFTER = 2  # content events read before the client closes
 
 @dataclass(frozen=True)
 class Scenario:
-    """One load shape: ``kind`` is ``stream``, ``cancel`` or ``json``.
+    """One load shape: ``kind`` is ``stream``, ``cancel``, ``json`` or ``sustained`` (a ladder
+    of concurrencies, bench/peers_sustained.py; ``concurrency`` unused).
 
     ``together``: the streams start in bursts, every request written in one loop pass
     (:func:`peers_client.run_together`) instead of kept in flight; ``tls``: over the HTTPS
@@ -106,12 +125,17 @@ SCENARIOS = (
 )
 
 
+SUSTAINED = "streams sustained"
+
+
 def extra_scenarios(together: int) -> tuple[Scenario, ...]:
-    """The scenarios run only when named: requests arriving together, and a TLS upstream."""
+    """The scenarios run only when named: requests arriving together, a TLS upstream, and the
+    most streams each target keeps whole."""
     return (
         Scenario(f"{together} together", "stream", together, together=True),
         Scenario("50 streams, TLS", "stream", 50, tls=True),
         Scenario(f"{together} together, TLS", "stream", together, together=True, tls=True),
+        Scenario(SUSTAINED, "sustained", 0),
     )
 
 
@@ -143,10 +167,12 @@ class Cell:
 
 
 class SimLog:
-    """Keeps the simulator's stream records: it holds only the last 1,000, so it is polled."""
+    """Keeps the simulator's stream records: it holds only the last 1,000, so it is polled
+    (every ``every_s`` seconds)."""
 
-    def __init__(self, sim_url: str) -> None:
+    def __init__(self, sim_url: str, every_s: float = 1.0) -> None:
         self._url = sim_url + "/_simulator/streams"
+        self._every_s = every_s
         self.records: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -170,7 +196,7 @@ class SimLog:
         self._stop.clear()
 
         def poll() -> None:
-            while not self._stop.wait(1.0):
+            while not self._stop.wait(self._every_s):
                 with contextlib.suppress(OSError):
                     self.fetch()
 
@@ -219,7 +245,7 @@ class Bench:
         assert target.endpoint is not None
         cell = self.cells[target.name, scenario.name]
         log = SimLog(self.sim_url)
-        self._quiesce(log)
+        self.quiesce(log)
         log.clear()
         proxy_cpu, sim_cpu = pt.TreeCpu(target.pid or None), pt.TreeCpu(self.sim_pid)
         front_cpu = pt.TreeCpu(self.front_pid if scenario.tls else None)
@@ -265,7 +291,7 @@ class Bench:
         if scenario.kind != "cancel":
             self._pool(target, scenario, exchanges, records, cell)
 
-    def _quiesce(self, log: SimLog) -> None:
+    def quiesce(self, log: SimLog) -> None:
         """Wait (bounded) until no stream of an earlier slice still runs upstream."""
         deadline = time.monotonic() + 15
         while log.running() and time.monotonic() < deadline:
@@ -405,6 +431,27 @@ def main() -> int:
         default=50,
         help="streams per burst in the 'N together' scenarios (default 50)",
     )
+    parser.add_argument(
+        "--sustained-start", type=int, default=50, help="streams sustained: first rung"
+    )
+    parser.add_argument(
+        "--sustained-max",
+        type=int,
+        default=None,
+        help="streams sustained: last rung, the ladder doubles to it (default 800; --quick: 400)",
+    )
+    parser.add_argument(
+        "--sustained-seconds",
+        type=float,
+        default=None,
+        help="streams sustained: seconds each rung holds its streams (default 5; --quick: 3)",
+    )
+    parser.add_argument(
+        "--sustained-refine",
+        type=int,
+        default=1,
+        help="streams sustained: bisection rungs after a target's first failure (default 1)",
+    )
     parser.add_argument("--events-per-second", type=float, default=200.0)
     parser.add_argument("--tokens-per-event", type=float, default=10.0)
     parser.add_argument("--ttft-ms", type=float, default=20.0)
@@ -417,6 +464,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.duration_s, args.rounds = 2.0, 1
+    if args.sustained_seconds is None:
+        args.sustained_seconds = 3.0 if args.quick else 5.0
+    if args.sustained_max is None:
+        args.sustained_max = 400 if args.quick else 800
+    if not 0 < args.sustained_start <= args.sustained_max:
+        parser.error("need 0 < --sustained-start <= --sustained-max")
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     unknown = set(names) - set(TARGETS)
     if unknown:
@@ -429,6 +482,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     scenarios = [s for s in known if s.name in wanted]
+    sliced = [s for s in scenarios if s.kind != "sustained"]
     try:
         import uvloop
 
@@ -446,6 +500,7 @@ def main() -> int:
     tls: pt.Tls | None = None
     front: pt.Target | None = None
     tls_notes: list[str] = []
+    sustained: dict[str, Any] | None = None
     old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         targets = start_targets(names, sim_url, args)
@@ -454,8 +509,8 @@ def main() -> int:
             tls, front, tls_notes = start_tls(live, sim_url, args, twins)
         bench = Bench(args, sim.pid, sim_url, front.pid if front else None)
         seconds = args.duration_s / args.rounds
-        for rnd in range(args.rounds):
-            for si, scenario in enumerate(scenarios):
+        for rnd in range(args.rounds if sliced else 0):
+            for si, scenario in enumerate(sliced):
                 shift = (rnd + si) % len(live)
                 order = live[shift:] + live[:shift]
                 for plain in order:
@@ -470,6 +525,8 @@ def main() -> int:
                     bench.slice(target, scenario, seconds)
                     cell = bench.cells[target.name, scenario.name]
                     print(f" ok {cell.ok}/{cell.requests}", flush=True)
+        if len(sliced) < len(scenarios):
+            sustained = run_sustained(bench, live, args)
         peak_rss = {t.name: pt.tree_peak_rss_mb(t.pid) for t in live if t.pid}
         peak_rss["simulator"] = pt.tree_peak_rss_mb(sim.pid)
     finally:
@@ -498,10 +555,50 @@ def main() -> int:
         "tls": tls_notes,
         "together": args.together,
     }
-    paths = write_outputs(args.out, meta, targets, scenarios, bench.cells, peak_rss)
+    if sustained is not None:
+        meta["sustained"] = sustained.pop("meta")
+    paths = write_outputs(args.out, meta, targets, scenarios, bench.cells, peak_rss, sustained)
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     print((args.out / "report.md").read_text())
     return 0
+
+
+def run_sustained(bench: Bench, live: list[pt.Target], args: argparse.Namespace) -> dict[str, Any]:
+    """The ``streams sustained`` ladders (bench/peers_sustained.py); per target, and ``meta``."""
+    warning = fd_warning(args.sustained_max)
+    if warning:
+        print(f"WARNING: {warning}", flush=True)
+    runner = Sustained(
+        sim_url=bench.sim_url,
+        sim_pid=bench.sim_pid,
+        interval_s=bench.interval_s,
+        ttft_s=bench.ttft_s,
+        payload=body(STREAM_TOKENS, True),
+        # Polled 4x a second: at 800 streams of ~1 s the simulator's 1,000 records last ~1.2 s.
+        make_log=lambda: SimLog(bench.sim_url, every_s=0.25),
+        quiesce=bench.quiesce,
+    )
+    climbs = runner.climb(
+        live,
+        start=args.sustained_start,
+        maximum=args.sustained_max,
+        seconds=args.sustained_seconds,
+        refine=args.sustained_refine,
+    )
+    expected = runner.expected
+    return {
+        "meta": {
+            "start": args.sustained_start,
+            "max": args.sustained_max,
+            "seconds": args.sustained_seconds,
+            "refine": args.sustained_refine,
+            "stall_ms": runner.limit_s * 1000,
+            "expected_events": expected.events,
+            "expected_content_chars": expected.content_chars,
+            "fd_warning": warning,
+        },
+        **{name: climb.summary(args.sustained_max) for name, climb in climbs.items()},
+    }
 
 
 def start_tls(
@@ -547,7 +644,12 @@ def source_tree() -> str:
         run = subprocess.run(["git", *argv], cwd=pt.ROOT, capture_output=True, text=True)
         return run.stdout.strip()
 
+    import streamhop.sidecar
+
     head = git("rev-parse", "--short", "HEAD") or "unknown"
+    where = Path(streamhop.sidecar.__file__).resolve().parent.parent
+    if where != pt.ROOT:  # e.g. PYTHONPATH at an export of a commit, away from the work tree
+        return f"imported from {where} (PYTHONPATH), not the work tree at {head}"
     dirty = git("status", "--porcelain", "--", "middleware", "sidecar").splitlines()
     return f"{head}" + (f" + uncommitted changes in {len(dirty)} files" if dirty else "")
 

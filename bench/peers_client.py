@@ -16,12 +16,19 @@ What counts:
   chunk (``"content":""``), the finish chunk and ``[DONE]`` are not;
 * an exchange's *arrivals* are ``(read time, content events completed in that read)``, so a
   content event is received when its last byte is.
+
+A *watched* exchange (``watch=True``, the ``streams sustained`` scenario) also keeps the longest
+gap between two consecutive socket reads from the read that completed its first content event
+to the end of the response, and the text of its content deltas: their JSON string bodies are
+kept as they came and decoded once at the end of the response (one ``json.loads``), so a proxy
+that merges deltas (coalesce) is checked on the text it delivered, not on its event count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import ssl
 import time
@@ -35,6 +42,8 @@ import httptools
 # `"content":"` followed by anything but the closing quote: a non-empty content delta. A quote
 # inside a JSON string is escaped (`\"`), so text that mentions "content" cannot match.
 CONTENT = re.compile(rb'"content": ?"(?!")')
+# The same, capturing the escaped string body (possessive: no backtracking on a broken event).
+CONTENT_TEXT = re.compile(rb'"content": ?"((?:[^"\\]++|\\.)++)"')
 
 
 @dataclass(slots=True)
@@ -52,6 +61,11 @@ class Exchange:
         content_events: content events received.
         arrivals: ``(monotonic s, content events completed by that read)``, when recorded.
         error: why the exchange failed, or ``None``.
+        max_gap: watched: longest time between two consecutive reads, s, from the read that
+            completed the first content event to the end of the response.
+        content_chars: watched: length of the content text received (code points), -1 before
+            the end or when it did not decode.
+        content_hash: watched: ``hash()`` of that text (compare within one process only).
     """
 
     rid: str
@@ -64,6 +78,9 @@ class Exchange:
     content_events: int = 0
     arrivals: list[tuple[float, int]] = field(default_factory=list)
     error: str | None = None
+    max_gap: float = 0.0
+    content_chars: int = -1
+    content_hash: int = 0
 
     @property
     def ok(self) -> bool:
@@ -114,6 +131,9 @@ class _Conn(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._record = False
         self._cancel_after = 0
+        self._watch = False
+        self._spans: list[bytes] = []
+        self._last_read = 0.0
         self.keep_alive = True
 
     # --- driving ----------------------------------------------------------------------------
@@ -124,14 +144,21 @@ class _Conn(asyncio.Protocol):
         *,
         record_arrivals: bool,
         cancel_after: int = 0,
+        watch: bool = False,
     ) -> asyncio.Future[None]:
-        """Write ``request``; the returned future resolves when ``ex`` is finished."""
+        """Write ``request``; the returned future resolves when ``ex`` is finished.
+
+        ``watch``: keep ``ex.max_gap`` and the content text (see the module docstring).
+        """
         assert self.transport is not None
         self._ex = ex
         self._parser = httptools.HttpResponseParser(self)
         self._pending = b""
         self._record = record_arrivals
         self._cancel_after = cancel_after
+        self._watch = watch
+        self._spans = []
+        self._last_read = 0.0
         self._waiter = asyncio.get_running_loop().create_future()
         ex.sent = time.monotonic()
         self.transport.write(request)
@@ -153,7 +180,8 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._parser is None:
             return  # bytes after a cancel, or a server speaking out of turn
-        self._now = time.monotonic()
+        ex = self._ex
+        self._now = now = time.monotonic()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -161,6 +189,10 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.keep_alive = False
             self._finish(f"HTTP parse error: {exc}")
+        if self._watch and ex is not None and ex.first_content is not None:
+            if self._last_read and now - self._last_read > ex.max_gap:
+                ex.max_gap = now - self._last_read
+            self._last_read = now
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -187,7 +219,12 @@ class _Conn(asyncio.Protocol):
         complete = buf[: cut + 2]
         self._pending = buf[cut + 2 :]
         ex.events += complete.count(b"\n\n")
-        n = len(CONTENT.findall(complete))
+        if self._watch:
+            spans = CONTENT_TEXT.findall(complete)
+            self._spans += spans
+            n = len(spans)
+        else:
+            n = len(CONTENT.findall(complete))
         if not n:
             return
         if ex.first_content is None:
@@ -209,6 +246,12 @@ class _Conn(asyncio.Protocol):
             return
         ex.done = self._now
         self.keep_alive = self._parser.should_keep_alive()
+        if self._watch:
+            # Each span is a whole JSON string body, so their concatenation is one too.
+            with contextlib.suppress(ValueError):
+                text = json.loads(b'"' + b"".join(self._spans) + b'"')
+                ex.content_chars, ex.content_hash = len(text), hash(text)
+            self._spans = []
         self._finish()
 
 
@@ -226,6 +269,7 @@ async def run_load(
     duration_s: float,
     grace_s: float,
     record_arrivals: bool,
+    watch: bool = False,
 ) -> list[Exchange]:
     """Keep ``concurrency`` requests in flight for ``duration_s``, then let them finish.
 
@@ -240,6 +284,7 @@ async def run_load(
         duration_s: seconds during which new requests start.
         grace_s: seconds after that for the last ones to finish.
         record_arrivals: keep per-read arrival stamps (for transit).
+        watch: keep each exchange's longest read gap and its content text (module docstring).
 
     Returns:
         Every exchange started, finished or not.
@@ -261,7 +306,10 @@ async def run_load(
                             conn.transport.close()
                         conn = await _connect(endpoint)
                     await conn.start(
-                        ex, endpoint.request(make_body(), ex.rid), record_arrivals=record_arrivals
+                        ex,
+                        endpoint.request(make_body(), ex.rid),
+                        record_arrivals=record_arrivals,
+                        watch=watch,
                     )
                 except OSError as exc:
                     ex.error = f"connect: {exc}"

@@ -124,6 +124,7 @@ def summary(
     live: list[Target],
     summaries: dict[tuple[str, str], dict[str, Any]],
     peak_rss: dict[str, float],
+    sustained: dict[str, Any] | None = None,
 ) -> list[str]:
     """One table, a column per target: the figures the issue tracks."""
 
@@ -192,6 +193,10 @@ def summary(
         ("peak RSS (MiB)", lambda n: _f(peak_rss.get(n))),
     ]
     rows += _extra_rows(summaries, get, added)
+    if sustained:
+        rows.append(
+            ("streams sustained per core (N / 1 core)", lambda n: _sustained_cell(sustained, n))
+        )
     others = [t.name for t in live if t.name != "direct"]
     lines = [
         "",
@@ -201,7 +206,10 @@ def summary(
         "| --- |" + " ---: |" * len(others),
     ]
     for label, cell in rows:
-        lines.append(f"| {label} | " + " | ".join(cell(n) for n in others) + " |")
+        cells = [cell(n) for n in others]
+        if all(c == "—" for c in cells):
+            continue  # a scenario that did not run
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -248,6 +256,148 @@ def _extra_rows(
     return rows
 
 
+def _sustained_n(s: dict[str, Any], key: str = "streams_sustained") -> str:
+    """Streams sustained (or per core): "≥ N" when the top rung passed, "< lowest failing rung"
+    when none passed."""
+    value = s[key]
+    text = f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+    if s["capped"]:
+        return f"\u2265 {text}"
+    if not value:
+        return f"< {s['first_failure'] / s['cores_divisor']:,.0f}"
+    return text
+
+
+def _sustained_ratio(sustained: dict[str, Any], name: str) -> str | None:
+    """Per core, ``name``'s over nginx's (same divisor); "≥"/"≤" when a side hit the top."""
+    mine, ref = sustained.get(name), sustained.get("nginx")
+    if mine is None or ref is None or name in ("direct", "nginx") or not ref["per_core"]:
+        return None
+    if not mine["per_core"]:
+        return "—"
+    ratio = mine["per_core"] / ref["per_core"]
+    bound = "\u2265 " if mine["capped"] and not ref["capped"] else ""
+    bound = "\u2264 " if ref["capped"] and not mine["capped"] else bound
+    both = " (both reached the top rung)" if mine["capped"] and ref["capped"] else ""
+    return f"{bound}{ratio:.2f}\u00d7 nginx{both}"
+
+
+def _sustained_cell(sustained: dict[str, Any], name: str) -> str:
+    """Streams sustained per core, with the ratio to nginx's (same divisor)."""
+    mine = sustained.get(name)
+    if mine is None:
+        return "—"
+    ratio = _sustained_ratio(sustained, name)
+    return _sustained_n(mine, "per_core") + (f" ({ratio})" if ratio else "")
+
+
+def sustained_section(
+    meta: dict[str, Any], live: list[Target], sustained: dict[str, Any]
+) -> list[str]:
+    """The ``streams sustained`` verdict per target, and every rung it ran."""
+    m = meta["sustained"]
+    direct = sustained.get("direct")
+    lines = [
+        "",
+        "## streams sustained",
+        "",
+        f"The highest N of concurrent streams at which fewer than 0.1 % of streams failed, every "
+        f"other stream delivered the whole answer ({m['expected_content_chars']:,} characters of "
+        f"content; {m['expected_events']} events, counted for targets that forward events one for "
+        f"one) and none stalled: no gap over {m['stall_ms']:g} ms (10\u00d7 the upstream's pacing) "
+        f"between two reads after the first content, no wait for the first content over the "
+        f"TTFT + {m['stall_ms']:g} ms. Ladder from {m['start']} doubling to {m['max']}, "
+        f"{m['seconds']:g} s per rung, stopped at a target's first failure, then "
+        f"{m['refine']} bisection rung(s). Per core = N / 1: each target runs one worker process "
+        f"with one event-loop thread, so it can use at most one of the machine's cores; the "
+        f"simulator and the bench client share the machine. `direct` (no proxy) is the ceiling "
+        f"of the harness itself.",
+        *(["", f"WARNING: {m['fd_warning']}"] if m.get("fd_warning") else []),
+        "",
+        "| target | streams sustained | per core | vs nginx | lowest failing rung: why | "
+        "target CPU at N (cores) | gap p99 / max at N (ms) | TTFT p99 at N (ms) |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for t in live:
+        s = sustained.get(t.name)
+        if s is None:
+            continue
+        best = next(
+            (r for r in s["rungs"] if r["passed"] and r["streams"] == s["streams_sustained"]), None
+        )
+        fail = next(
+            (r for r in s["rungs"] if not r["passed"] and r["streams"] == s["first_failure"]), None
+        )
+        note = ""
+        if t.name != "direct" and direct and s["streams_sustained"] >= direct["streams_sustained"]:
+            note = " (= the harness ceiling)"
+        lines.append(
+            "| {} | {}{} | {} | {} | {} | {} | {} | {} |".format(
+                t.name,
+                _sustained_n(s),
+                note,
+                "—" if t.name == "direct" else _sustained_n(s, "per_core"),
+                _sustained_ratio(sustained, t.name) or "—",
+                f"{fail['streams']:,}: {'; '.join(fail['why'])}" if fail else "none",
+                _f(best["proxy_cores"], 2) if best else "—",
+                _pair(best["gap_p99_ms"], best["gap_max_ms"]) if best else "—",
+                _f(best["ttft_p99_ms"]) if best else "—",
+            )
+        )
+    lines += [
+        "",
+        "Every rung, in the order run (shares: of one core, over the rung with its ramp-up and "
+        "drain):",
+        "",
+        "| target | N | streams | failed | incomplete | stalled | slow start "
+        "| gap p50 / p99 / max (ms) | TTFT p50 / p99 (ms) | target CPU (cores) "
+        "| µs per upstream event | simulator / client | upstream events/s | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | --- |",
+    ]
+    for t in live:
+        s = sustained.get(t.name)
+        if s is None:
+            continue
+        for r in s["rungs"]:
+            failed = str(r["failed"])
+            if r["errors"]:
+                failed += (
+                    " (" + ", ".join(f"{n} {why}" for why, n in sorted(r["errors"].items())) + ")"
+                )
+            lines.append(
+                "| {} | {:,} | {:,} | {} | {} | {} | {} | {} / {} / {} | {} | {} | {} "
+                "| {:.0%} / {:.0%} | {} | {} |".format(
+                    t.name,
+                    r["streams"],
+                    r["requests"],
+                    failed,
+                    r["incomplete"],
+                    r["stalled"],
+                    r["slow_start"],
+                    _f(r["gap_p50_ms"]),
+                    _f(r["gap_p99_ms"]),
+                    _f(r["gap_max_ms"]),
+                    _pair(r["ttft_p50_ms"], r["ttft_p99_ms"]),
+                    _f(r["proxy_cores"], 2),
+                    _f(r["cpu_us_per_event"]),
+                    r["simulator_share"],
+                    r["client_share"],
+                    _f(r["upstream_events_per_s"], 0),
+                    "pass" if r["passed"] else "FAIL: " + "; ".join(r["why"]),
+                )
+            )
+    cut = sum(
+        r["upstream_cut"] + r["upstream_short"] for s in sustained.values() for r in s["rungs"]
+    )
+    lines += [
+        "",
+        f"Upstream streams the simulator ended early (client closed) or short, over all rungs: "
+        f"{cut}.",
+    ]
+    return lines
+
+
 def _cancel_cell(s: dict[str, Any] | None) -> str:
     if s is None:
         return "—"
@@ -262,6 +412,7 @@ def tables(
     targets: list[Target],
     summaries: dict[tuple[str, str], dict[str, Any]],
     peak_rss: dict[str, float],
+    sustained: dict[str, Any] | None = None,
 ) -> str:
     """The Markdown report."""
     live = [t for t in targets if not t.missing]
@@ -286,7 +437,9 @@ def tables(
     if meta.get("tls"):
         lines += ["", "TLS upstream (the `, TLS` scenarios):", ""]
         lines += [f"- {note}" for note in meta["tls"]]
-    lines += summary(live, summaries, peak_rss)
+    lines += summary(live, summaries, peak_rss, sustained)
+    if sustained:
+        lines += sustained_section(meta, live, sustained)
     streamed = list(
         dict.fromkeys(name for (_, name), s in summaries.items() if "cpu_us_per_event" in s)
     )
@@ -406,6 +559,8 @@ def tables(
     ]
     for name, mib in peak_rss.items():
         lines.append(f"| {name} | {_f(mib)} |")
+    if not summaries:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "## machine share per slice (of one core; 2 cores = 200 %)",
@@ -443,6 +598,7 @@ def plots(
         ("ttft_p99_ms", "peers-ttft-p99.png", "Time to first token, p99", "ms (log)", True),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        drawn = 0
         for t in live:
             if t.name == "direct" and not with_direct:
                 continue
@@ -456,6 +612,10 @@ def plots(
             if xs:
                 style = "--" if t.name == "direct" else "-"
                 ax.plot(xs, ys, style, marker="o", label=t.name, color=COLORS.get(t.name))
+                drawn += 1
+        if not drawn:  # none of the 1/50/200-stream scenarios ran
+            plt.close(fig)
+            continue
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks([1, 50, 200], ["1", "50", "200"])
@@ -479,8 +639,12 @@ def write_outputs(
     scenarios: list[Scenario],
     cells: dict[tuple[str, str], Cell],
     peak_rss: dict[str, float],
+    sustained: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write report.md, results.json and the plots into ``out``; return their paths."""
+    """Write report.md, results.json and the plots into ``out``; return their paths.
+
+    ``sustained``: per target, the ``streams sustained`` climb (bench/peers_sustained.py).
+    """
     out.mkdir(parents=True, exist_ok=True)
     summaries = {
         (t.name, sc.name): summarize(t, sc, cells[t.name, sc.name])
@@ -490,7 +654,7 @@ def write_outputs(
         if (t.name, sc.name) in cells
     }
     report = out / "report.md"
-    report.write_text(tables(meta, targets, summaries, peak_rss))
+    report.write_text(tables(meta, targets, summaries, peak_rss, sustained))
     results = out / "results.json"
     results.write_text(
         json.dumps(
@@ -501,6 +665,7 @@ def write_outputs(
                 ],
                 "results": list(summaries.values()),
                 "peak_rss_mib": peak_rss,
+                "sustained": sustained,
             },
             indent=2,
         )
