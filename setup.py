@@ -33,6 +33,7 @@ ENGINE = (
     "rechunk/formats/anthropic.py",
     "rechunk/formats/plain.py",
     "pump.py",
+    "observe/batched.py",
     "observe/bursts.py",
     "observe/metrics.py",
 )

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from streamhop.middleware.observe.batched import BatchedHistogram
 from streamhop.middleware.observe.bursts import DEFAULT_GAP_S, DEFAULT_MIN_EVENTS, BurstDetector
 
 OVERHEAD_BUCKETS: Final = (
@@ -340,6 +341,11 @@ class StreamMetrics:
             self.inter_event,
             self.bursts,
         ) = metrics.children(route, model)
+        # Observed per read or per write: counted locally, added at each flush.
+        self.inter_chunk = BatchedHistogram(self.inter_chunk)
+        self.overhead_event = BatchedHistogram(self.overhead_event)
+        self.overhead_flush = BatchedHistogram(self.overhead_flush)
+        self.inter_event = BatchedHistogram(self.inter_event)
         started = time.monotonic() if started_at is None else started_at
         self.detector = BurstDetector(
             metrics.burst_gap_s if burst_gap_s is None else burst_gap_s,
@@ -357,9 +363,10 @@ class StreamMetrics:
         """One upstream read: ``events`` decoded, ``size`` bytes, ``seconds`` spent on it,
         read at ``at`` (``time.monotonic()``).
 
-        The counters are added to at most every :data:`COUNTER_FLUSH_S` (at a write) and at
-        :meth:`flush`, not per read: a Prometheus ``inc`` takes a lock, and a fast stream reads
-        hundreds of times a second. A read that
+        The counters and histograms are added to at most every :data:`COUNTER_FLUSH_S` (at a
+        write) and at :meth:`flush`, not per read: a Prometheus ``inc`` or ``observe`` takes a
+        lock, and a fast stream reads hundreds of times a second
+        (:class:`~.batched.BatchedHistogram`). A read that
         completes events feeds the burst detector: one gap observation, and a burst counted at
         once (rare, and a dashboard should see it while a long stream still runs).
         """
@@ -380,8 +387,13 @@ class StreamMetrics:
         return self.detector.bursts
 
     def flush(self) -> None:
-        """Add the event and byte counts gathered since the last flush to the counters (called
-        at the stream's end, and by :meth:`downstream_write` every :data:`COUNTER_FLUSH_S`)."""
+        """Add the event and byte counts and the histogram observations gathered since the last
+        flush (called at the stream's end, and by :meth:`downstream_write` every
+        :data:`COUNTER_FLUSH_S`)."""
+        self.overhead_event.flush()
+        self.inter_event.flush()
+        self.inter_chunk.flush()
+        self.overhead_flush.flush()
         if self.pending_events_up:
             self.events_up.inc(self.pending_events_up)
             self.pending_events_up = 0

@@ -197,6 +197,10 @@ def test_stream_metrics_count_bursts_and_observe_gaps_per_read() -> None:
     assert observed.upstream_bursts == 1
     assert sample(registry, "streamhop_upstream_bursts_total", **labels) == 1
     count = "streamhop_upstream_inter_event_seconds_count"
+    # Gaps are counted per stream and added at a flush (every COUNTER_FLUSH_S at a write, and
+    # at the stream's end); a burst is counted at once.
+    assert sample(registry, count, **labels) == 0
+    observed.flush()
     assert sample(registry, count, **labels) == 2
     total = sample(registry, "streamhop_upstream_inter_event_seconds_sum", **labels)
     assert total == pytest.approx(0.004 + 0.401)
