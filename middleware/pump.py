@@ -192,6 +192,27 @@ class StreamPump:
             finish_reasons=tuple(c.finish_reasons),
         )
 
+    def read_pause(self, now: float, lead: float) -> float:
+        """How long the reader may leave the next bytes in the kernel (read coalescing): until
+        ``lead`` seconds before the held events' write is due, once the stream's first content
+        was written and while it is in the steady flow of its answer
+        (:attr:`~streamhop.middleware.rechunk.coalescer.Coalescer.answering`); ``0.0`` or less
+        when it should read at once (nothing held, a write due now, the first content not out
+        yet, reasoning, after a boundary, closing).
+
+        Args:
+            now: ``time.monotonic()`` seconds.
+            lead: seconds before the write that reading resumes, so what arrived meanwhile is in
+                that write.
+        """
+        coalescer = self._coalescer
+        if self.first_content_write_at is None or self._closing or not coalescer.answering:
+            return 0.0
+        deadline = coalescer.deadline
+        if deadline is None:
+            return 0.0
+        return deadline - now - lead
+
     def error_events(self, fault: Fault, format_hint: str | None = None) -> list[SSEEvent]:
         """The terminal error event for ``fault`` in the stream's format (``format_hint`` while
         none is known); none for a plain ``sse`` stream, whose events streamhop never rewrites

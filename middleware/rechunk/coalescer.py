@@ -270,6 +270,15 @@ class Coalescer:
             self._flush_now = True
 
     @property
+    def answering(self) -> bool:
+        """True in the steady flow of an answer: the last content was answer text or tool-call
+        arguments (not reasoning) and no boundary came after it. Then the next event is most
+        likely more of the same; after reasoning or a boundary, a new phase may open, and that
+        must be read at once (the sidecar's read coalescing asks this)."""
+        last = self._last_content
+        return (last == Content.TEXT or last == Content.TOOL_ARGS) and not self._after_boundary
+
+    @property
     def deadline(self) -> float | None:
         """When the held events are due, in the caller's clock (seconds); ``None`` if none held.
 

@@ -235,6 +235,7 @@ def _rechunk(t: Mapping[str, Any]) -> RechunkConfig:
         max_boundary_wait_ms=_num(
             t, "rechunk", "max_boundary_wait_ms", d.max_boundary_wait_ms, minimum=0
         ),
+        coalesce_reads=_bool(t, "rechunk", "coalesce_reads", d.coalesce_reads),
     )
 
 

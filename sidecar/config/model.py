@@ -117,6 +117,9 @@ class RechunkConfig:
 
     ``flush_boundary``: where a window write may cut merged text (``none``, ``word``,
     ``sentence``, ``line``); ``max_boundary_wait_ms``: how long text may wait for one.
+    ``coalesce_reads``: after the first content, leave upstream bytes in the kernel while held
+    events wait for their window, and read them in one go just before the write (fewer reads
+    and wakes; a phase change that arrives meanwhile waits up to one window).
     """
 
     mode: str = "coalesce"
@@ -125,6 +128,7 @@ class RechunkConfig:
     max_event_bytes: int = 1024 * 1024
     flush_boundary: FlushBoundary = "none"
     max_boundary_wait_ms: float = DEFAULT_MAX_BOUNDARY_WAIT * 1000
+    coalesce_reads: bool = False
 
 
 @dataclass(frozen=True, slots=True)

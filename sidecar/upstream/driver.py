@@ -276,7 +276,13 @@ class StreamDriver:
             me.cancel()
 
         pump.writer.add_done_callback(writer_done)
-        fault = await relay(response, pump, req.route.read_timeout_s, decompress)
+        fault = await relay(
+            response,
+            pump,
+            req.route.read_timeout_s,
+            decompress,
+            coalesce_reads=req.config.rechunk.coalesce_reads,
+        )
         if fault is None:
             fault = pump.feed_eof(
                 # An error status already says the answer is not a completion.

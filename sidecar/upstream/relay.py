@@ -60,20 +60,53 @@ class _ReadWatch:
             self._handle = None
 
 
+READ_LEAD_S: Final = 0.001
+"""With ``coalesce_reads``, reading resumes this long before the held events' write is due, so
+what the kernel gathered meanwhile goes out in that write."""
+MIN_READ_PAUSE_S: Final = 0.002
+"""Shorter read pauses are not worth a timer."""
+
+
 class _Feeder:
     """Takes body chunks inside the upstream connection's ``data_received`` (no task woken per
-    read) and feeds the pump; wakes :func:`relay` only for backpressure, a fault or the end."""
+    read) and feeds the pump; wakes :func:`relay` only for backpressure, a fault or the end.
 
-    __slots__ = ("_decompress", "_feed", "_response", "_waiter", "_watch", "ended", "fault", "full")
+    With ``coalesce_reads``, after a read whose events are held for the window, reading pauses
+    until just before their write (:meth:`~streamhop.middleware.pump.StreamPump.read_pause`):
+    the kernel gathers the packets that arrive meanwhile, and one read takes them all."""
+
+    __slots__ = (
+        "_decompress",
+        "_feed",
+        "_loop",
+        "_pump",
+        "_response",
+        "_timer",
+        "_waiter",
+        "_watch",
+        "coalesce_reads",
+        "ended",
+        "fault",
+        "full",
+    )
 
     def __init__(
-        self, response: UpstreamResponse, pump: StreamPump, watch: _ReadWatch, decompress: Any
+        self,
+        response: UpstreamResponse,
+        pump: StreamPump,
+        watch: _ReadWatch,
+        decompress: Any,
+        coalesce_reads: bool,
     ) -> None:
         self._response = response
+        self._pump = pump
         self._feed = pump.feed_nowait
         self._watch = watch
         self._decompress = decompress
+        self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.coalesce_reads = coalesce_reads
         self.ended = False
         self.fault: Fault | None = None
         self.full = False
@@ -82,7 +115,8 @@ class _Feeder:
     def __call__(self, chunk: bytes) -> None:
         if self.fault is not None:
             return
-        self._watch.last = time.monotonic()
+        now = time.monotonic()
+        self._watch.last = now
         decompress = self._decompress
         try:
             if decompress is not None:
@@ -94,10 +128,34 @@ class _Feeder:
                 self._watch.last = None  # the pump holds the reader back: not silence
                 self._response.pause()
                 self.wake()
+            elif self.coalesce_reads and self._timer is None:
+                pause = self._pump.read_pause(now, READ_LEAD_S)
+                if pause >= MIN_READ_PAUSE_S:
+                    self._watch.last = None  # our own pause: not the provider's silence
+                    self._response.pause()
+                    self._timer = self._loop.call_later(pause, self._resume_reads)
         except StreamFault as exc:
             self._stop(exc.fault)
         except zlib.error as exc:
             self._stop(Fault("upstream_disconnected", f"the upstream body is corrupt: {exc}"))
+
+    def _resume_reads(self) -> None:
+        self._timer = None
+        if not self.full and self.fault is None:
+            self._watch.last = time.monotonic()
+            self._response.resume()
+
+    def resume_after_room(self) -> None:
+        """The pump has room again: read on, unless a read pause is still running."""
+        self.full = False
+        self._watch.last = time.monotonic()
+        if self._timer is None:
+            self._response.resume()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def on_end(self) -> None:
         self.ended = True
@@ -126,6 +184,8 @@ async def relay(
     pump: StreamPump,
     read_timeout_s: float,
     decompress: Any = None,
+    *,
+    coalesce_reads: bool = False,
 ) -> Fault | None:
     """Feed the upstream body to ``pump`` until it ends (the caller then asks
     :meth:`~streamhop.middleware.pump.StreamPump.feed_eof` how it ended).
@@ -139,6 +199,8 @@ async def relay(
         read_timeout_s: longest silence between two upstream reads, in seconds (like nginx's
             ``proxy_read_timeout``); time the pump holds the reader back does not count.
         decompress: a ``zlib`` decompressor for a compressed body, else ``None``.
+        coalesce_reads: pause reading while held events wait for their window
+            (``[rechunk] coalesce_reads``, see :class:`_Feeder`).
 
     Returns:
         ``None`` when the body ended, else the read fault: ``upstream_timeout``,
@@ -146,7 +208,7 @@ async def relay(
         for a provider fault.
     """
     watch = _ReadWatch(read_timeout_s)
-    feeder = _Feeder(response, pump, watch, decompress)
+    feeder = _Feeder(response, pump, watch, decompress, coalesce_reads)
     try:
         response.deliver(feeder, feeder.on_end)
         while True:
@@ -154,9 +216,7 @@ async def relay(
                 return feeder.fault
             if feeder.full:
                 await pump.wait_for_room()
-                feeder.full = False
-                watch.last = time.monotonic()
-                response.resume()
+                feeder.resume_after_room()
                 continue
             if feeder.ended:
                 break
@@ -185,6 +245,7 @@ async def relay(
         return Fault("upstream_disconnected", f"the upstream body is corrupt: {exc}")
     finally:
         watch.cancel()
+        feeder.cancel()
     return None
 
 

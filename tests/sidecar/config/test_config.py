@@ -54,6 +54,7 @@ def test_example_config_loads_and_documents_every_key() -> None:
         ({"server": {"max_headers": 2}}, "server.max_headers"),
         ({"server": {"header_timeout_s": 0}}, "server.header_timeout_s"),
         ({"resume": {"binding_headers": []}}, "resume.binding_headers"),
+        ({"rechunk": {"coalesce_reads": "yes"}}, "rechunk.coalesce_reads"),
         ({"resume": {"enabled": True, "store": "redis"}}, "resume.binding_key"),
         ({"routes": [{"prefix": "/", "upstream": "http://h/x?q=1"}]}, "routes[0].upstream"),
         ({"routes": [{"prefix": "/", "upstream": "http://h:99999"}]}, "routes[0].upstream"),
