@@ -5,6 +5,7 @@ grace period) and the config it renders for it — which a real ``streamhop serv
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -21,11 +22,12 @@ import helm_python as helm
 import httpx
 import pytest
 import redis
+import trustme
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 from streamhop.middleware.errors import ConfigError
-from streamhop.sidecar.config import load_config
+from streamhop.sidecar.config import Config, load_config, model
 from tests.kubernetes.chart import (
     ALL_ON,
     CHART,
@@ -46,8 +48,76 @@ CRD_MODELS = {
     "PodMonitor": monitoring.PodMonitor,
     "PrometheusRule": monitoring.PrometheusRule,
 }
+NOT_IN_KUBERNETES_SCHEMAS = {*CRD_MODELS, "Certificate"}
+"""Kinds kubernetes-validate has no schema for: the prometheus-operator's (checked against its
+models below) and cert-manager's Certificate (against cert-manager's models, when installed)."""
 KUBERNETES_VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 ADMIN_PATHS = {"readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/healthz"}
+
+# The paths docs/kubernetes.md and the chart's README promise (section "Company networks").
+CA_BUNDLE = "/etc/streamhop/trust/ca.pem"
+CLIENT_CERTS = "/etc/streamhop/client-certs"
+LISTENER_TLS = "/etc/streamhop/tls"
+ISSUE_23_KEYS = frozenset(
+    (
+        "trust_env",
+        "tls_cert_file",
+        "tls_key_file",
+        "proxy",
+        "tls_ca_file",
+        "tls_client_cert",
+        "tls_client_key",
+        "tls_server_name",
+        "tls_verify",
+    )
+)
+"""The config keys issue 23 adds (the sidecar's part of it defines what they do)."""
+PROXY_URL = "http://svc-llm:pa55w0rd@proxy.corp.example:3128"
+"""The proxy URL with credentials that the Secret ``corp-proxy`` holds (see SECRETS)."""
+
+
+def _route(**keys: Any) -> dict[str, Any]:
+    return {"prefix": "/", "upstream": "https://llm.corp.example", **keys}
+
+
+COMPANY: Mapping[str, Any] = {
+    "egressProxy": {"existingSecret": "corp-proxy"},
+    "caBundle": {"configMap": "corp-ca"},
+    "clientCertificates": [{"name": "corp", "secretName": "corp-client-tls"}],
+    "tls": {
+        "enabled": True,
+        "certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}},
+    },
+    "config": {
+        "routes": [
+            # A public provider: through the egress proxy of the environment, public roots.
+            {
+                "prefix": "/cerebras",
+                "upstream": "https://api.cerebras.ai",
+                "headers": {"Authorization": "Bearer ${CEREBRAS_API_KEY}"},
+            },
+            # The company's own gateway: direct, private CA, mutual TLS, another name.
+            _route(
+                prefix="/internal",
+                proxy="",
+                tls_ca_file=CA_BUNDLE,
+                tls_client_cert=f"{CLIENT_CERTS}/corp/tls.crt",
+                tls_client_key=f"{CLIENT_CERTS}/corp/tls.key",
+                tls_server_name="llm-gateway.corp.internal",
+            ),
+            # A model server in the cluster: NO_PROXY keeps it off the proxy.
+            {"prefix": "/vllm", "upstream": "https://vllm.llm.svc.cluster.local:8443"},
+        ]
+    },
+}
+"""A gateway in a company network: every option of issue 23 on (merged over ALL_ON or not)."""
+
+SIDECAR_COMPANY: Mapping[str, Any] = {
+    "egressProxy": {"httpsProxy": "http://proxy.corp.example:3128"},
+    "caBundle": {"secret": "corp-ca", "key": "bundle.pem", "setSslCertFile": True},
+    "clientCertificates": [{"name": "corp", "secretName": "corp-client-tls"}],
+}
+"""The sidecar's share of it (no listener TLS: the sidecar listens on loopback)."""
 
 
 def containers(pod_spec: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -69,8 +139,13 @@ def port_of(hostport: str) -> int:
 
 @pytest.mark.parametrize(
     ("values", "kube_version"),
-    [({}, OLDEST_KUBERNETES), (ALL_ON, OLDEST_KUBERNETES), (SIDECAR, NATIVE_SIDECAR_KUBERNETES)],
-    ids=["gateway", "all-on", "sidecar"],
+    [
+        ({}, OLDEST_KUBERNETES),
+        (ALL_ON, OLDEST_KUBERNETES),
+        (SIDECAR, NATIVE_SIDECAR_KUBERNETES),
+        (deep_merge(ALL_ON, COMPANY), OLDEST_KUBERNETES),
+    ],
+    ids=["gateway", "all-on", "sidecar", "company-network"],
 )
 def test_helm_lint_strict_finds_nothing(values: Mapping[str, Any], kube_version: str) -> None:
     report = helm.lint(CHART, dict(values), strict=True, kube_version=f"v{kube_version}")
@@ -83,6 +158,7 @@ def validate_cases(tmp: Path) -> Iterator[tuple[str, str, list[dict[str, Any]]]]
     yield "gateway", OLDEST_KUBERNETES, render().objects
     yield "all-on", OLDEST_KUBERNETES, render(ALL_ON).objects
     yield "sidecar", OLDEST_KUBERNETES, render(SIDECAR).objects
+    yield "company-network", OLDEST_KUBERNETES, render(deep_merge(ALL_ON, COMPANY)).objects
     native = render_example(tmp / "native").objects
     yield "example-native", NATIVE_SIDECAR_KUBERNETES, native
     plain = {"streamhop": {"sidecar": {"native": False}}}
@@ -94,6 +170,12 @@ def validate_cases(tmp: Path) -> Iterator[tuple[str, str, list[dict[str, Any]]]]
         "example-native-redis",
         NATIVE_SIDECAR_KUBERNETES,
         render_example(tmp / "rn", redis_native).objects,
+    )
+    company = {"streamhop": SIDECAR_COMPANY}
+    yield (
+        "example-native-company",
+        NATIVE_SIDECAR_KUBERNETES,
+        render_example(tmp / "cn", company).objects,
     )
 
 
@@ -110,7 +192,7 @@ def _redis_values() -> dict[str, Any]:
 def test_every_object_passes_kubernetes_validate_strict(tmp_path: Path) -> None:
     """Built-in kinds against the oldest version each mode supports and the newest bundled."""
     for case, oldest, objects in validate_cases(tmp_path):
-        builtin = [o for o in objects if o["kind"] not in CRD_MODELS]
+        builtin = [o for o in objects if o["kind"] not in NOT_IN_KUBERNETES_SCHEMAS]
         assert builtin, case
         manifest = tmp_path / f"{case}.yaml"
         manifest.write_text(yaml.safe_dump_all(builtin))
@@ -171,6 +253,30 @@ def test_monitoring_objects_match_the_prometheus_operator_models(tmp_path: Path)
         ({"image": {"digest": "latest"}}, "digest"),
         ({"unknownKey": True}, "unknownKey"),
         ({"prometheusRule": {"saturation": {"ratio": 90}}}, "ratio"),
+        # Credentials in a proxy URL would sit in the pod spec or the ConfigMap: refused.
+        ({"egressProxy": {"httpsProxy": "http://u:pw@proxy:3128"}}, "/egressProxy/httpsProxy"),
+        ({"egressProxy": {"httpProxy": "proxy:3128"}}, "/egressProxy/httpProxy"),
+        ({"egressProxy": {"noProxy": ".svc,.cluster.local"}}, "/egressProxy/noProxy"),
+        ({"config": {"routes": [_route(proxy="http://u:pw@proxy:3128")]}}, "/routes/0/proxy"),
+        ({"config": {"routes": [_route(proxy="https://proxy:3128")]}}, "/routes/0/proxy"),
+        ({"config": {"routes": [_route(tls_verify="false")]}}, "/routes/0/tls_verify"),
+        ({"config": {"routes": [_route(tls_ca_file="ca.pem")]}}, "/routes/0/tls_ca_file"),
+        ({"config": {"routes": [_route(tls_client_key="/k.pem")]}}, "tls_client_cert"),
+        ({"config": {"routes": [_route(tls_server_name="a b")]}}, "tls_server_name"),
+        ({"config": {"server": {"trust_env": "yes"}}}, "trust_env"),
+        ({"config": {"server": {"tls_cert_file": "/c.pem"}}}, "tls_cert_file"),
+        ({"caBundle": {"setSslCertFile": "true"}}, "/caBundle/setSslCertFile"),
+        ({"caBundle": {"key": "ca/crt"}}, "/caBundle/key"),
+        (
+            {"clientCertificates": [{"name": "Corp", "secretName": "c"}]},
+            "/clientCertificates/0/name",
+        ),
+        ({"clientCertificates": [{"name": "corp"}]}, "secretName"),
+        ({"tls": {"enabled": "true"}}, "/tls/enabled"),
+        ({"tls": {"certManager": {"issuerRef": {"kind": ""}}}}, "/tls/certManager/issuerRef/kind"),
+        ({"tls": {"certManager": {"dnsNames": ["Streamhop.LLM"]}}}, "/tls/certManager/dnsNames/0"),
+        ({"tls": {"certManager": {"duration": "90d"}}}, "/tls/certManager/duration"),
+        ({"tls": {"secret": "x"}}, "secret"),
     ],
 )
 def test_values_schema_refuses_wrong_values_at_install(
@@ -196,6 +302,50 @@ def test_values_schema_refuses_wrong_values_at_install(
         ),
         ({"terminationGracePeriodSeconds": 30}, "terminationGracePeriodSeconds (30)"),
         ({"mode": "sidecar", "podMonitor": {"enabled": True}}, "podMonitor.selector"),
+        ({"egressProxy": {"existingSecret": "p", "httpsProxyKey": ""}}, "neither egressProxy"),
+        (
+            {"egressProxy": {"existingSecret": "p", "httpsProxy": "http://proxy:3128"}},
+            "HTTPS_PROXY would come from both",
+        ),
+        (
+            {
+                "egressProxy": {"httpsProxy": "http://proxy:3128"},
+                "config": {"server": {"trust_env": False}},
+            },
+            "config.server.trust_env is false",
+        ),
+        ({"caBundle": {"configMap": "a", "secret": "b"}}, 'caBundle.configMap ("a") and'),
+        ({"caBundle": {"setSslCertFile": True}}, "no bundle is mounted there"),
+        (
+            {
+                "clientCertificates": [
+                    {"name": "a", "secretName": "x"},
+                    {"name": "a", "secretName": "y"},
+                ]
+            },
+            'two entries named "a"',
+        ),
+        (
+            {"config": {"routes": [_route(tls_ca_file="/etc/streamhop/trust/ca.pem")]}},
+            'tls_ca_file = "/etc/streamhop/trust/ca.pem", but the chart mounts no such file',
+        ),
+        (
+            {
+                "clientCertificates": [{"name": "corp", "secretName": "x"}],
+                "config": {"routes": [_route(tls_client_cert=f"{CLIENT_CERTS}/crop/tls.crt")]},
+            },
+            f"it mounts {CLIENT_CERTS}/corp/tls.crt, {CLIENT_CERTS}/corp/tls.key",
+        ),
+        ({"tls": {"enabled": True}}, "tls.enabled needs the listener's certificate"),
+        ({"mode": "sidecar", "tls": {"enabled": True, "secretName": "t"}}, "gateway mode"),
+        (
+            {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}},
+            "tls.enabled is false, so nothing would use it",
+        ),
+        (
+            {"tls": {"enabled": True, "certManager": {"enabled": True}}},
+            "needs tls.certManager.issuerRef.name",
+        ),
     ],
 )
 def test_impossible_combinations_fail_at_render_with_the_reason(
@@ -203,6 +353,29 @@ def test_impossible_combinations_fail_at_render_with_the_reason(
 ) -> None:
     with pytest.raises(helm.HelmError, match=re.escape(message)):
         render(values)
+
+
+def test_every_config_key_the_schema_allows_is_one_streamhop_knows() -> None:
+    """The values schema is written by hand: it must not let through a key that streamhop's
+    config model would refuse at start (the model may know keys the chart does not offer)."""
+    known = {*model.ServerConfig.__dataclass_fields__, *model.RouteConfig.__dataclass_fields__}
+    if ISSUE_23_KEYS - known:
+        pytest.skip("streamhop's config model does not have issue 23's keys yet")
+    tables = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
+    models = {
+        "server": model.ServerConfig,
+        "routes": model.RouteConfig,
+        "rechunk": model.RechunkConfig,
+        "backpressure": model.BackpressureConfig,
+        "resume": model.ResumeConfig,
+        "tracing": model.TracingConfig,
+        "metrics": model.MetricsConfig,
+    }
+    assert tables["properties"].keys() == models.keys()
+    for name, dataclass in models.items():
+        table = tables["properties"][name]
+        allowed = (table["items"] if name == "routes" else table)["properties"].keys()
+        assert allowed - dataclass.__dataclass_fields__.keys() == set(), name
 
 
 def test_app_version_and_the_default_image_tag_agree() -> None:
@@ -323,8 +496,10 @@ SECRETS: Mapping[str, Mapping[str, str]] = {
     "anthropic": {"api-key": "k2"},
     "streamhop-resume": {"binding-key": "a-long-random-string"},
     "streamhop-redis": {"redis-url": 'redis://:p"a\\ss@redis.example:6379/0'},
+    "corp-proxy": {"https-proxy": PROXY_URL},
 }
-"""The cluster's Secrets that ALL_ON (and ``_redis_values``) name: Secret -> key -> value."""
+"""The cluster's Secrets that ALL_ON (and ``_redis_values``, COMPANY) name: Secret -> key ->
+value."""
 
 
 def process_env(
@@ -443,6 +618,318 @@ def test_dashboard_config_map_carries_the_dashboard_for_grafanas_sidecar() -> No
         "metadata"
     ]["labels"]
     assert labels["dashboards"] == "streamhop" and "grafana_dashboard" not in labels
+
+
+# --- company networks: egress proxy, private CA, client certificates, TLS (issue 23) -----------
+
+
+def gateway_pod(rendered: Rendered) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod: dict[str, Any] = rendered.one("Deployment")["spec"]["template"]["spec"]
+    return pod, streamhop_container(pod)
+
+
+def mounted_files(
+    rendered: Rendered, pod_spec: Mapping[str, Any], container: Mapping[str, Any]
+) -> dict[str, tuple[str, str, str]]:
+    """Every file the kubelet puts into ``container`` from a ConfigMap or a Secret: absolute
+    path -> (``"configMap"`` or ``"secret"``, object name, key). A source without ``items``
+    (the chart's own ConfigMap) brings every key of the rendered object."""
+    own = {o["metadata"]["name"]: o["data"] for o in rendered.of_kind("ConfigMap")}
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    files: dict[str, tuple[str, str, str]] = {}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            continue
+        for source in volume["projected"]["sources"] if "projected" in volume else [volume]:
+            (kind,) = source.keys() & {"configMap", "secret"}
+            ref = source[kind]
+            items = ref.get("items") or [{"key": k, "path": k} for k in own[ref["name"]]]
+            for item in items:
+                path = f"{mount['mountPath']}/{item['path']}"
+                assert path not in files, f"two sources write {path}"
+                files[path] = (kind, ref["name"], item["key"])
+    return files
+
+
+def assert_mounts_are_read_only(container: Mapping[str, Any]) -> None:
+    """Only /tmp (an emptyDir) is writable; the config, CA and key files are not."""
+    for mount in container["volumeMounts"]:
+        assert mount.get("readOnly", False) is (mount["mountPath"] != "/tmp"), mount
+
+
+def load_with_streamhop(path: Path, environ: Mapping[str, str]) -> Config:
+    """streamhop's own loader on ``path``; skipped while it does not know issue 23's keys (the
+    sidecar's part of the issue brings them)."""
+    try:
+        return load_config(path, environ)
+    except ConfigError as exc:
+        if exc.reason.startswith("unknown key") and exc.key.rpartition(".")[2] in ISSUE_23_KEYS:
+            pytest.skip(f"streamhop's config loader does not know {exc.key} yet")
+        raise
+
+
+def test_egress_proxy_from_plain_values_is_the_containers_environment() -> None:
+    proxy = "http://proxy.corp.example:3128"
+    rendered = render({"egressProxy": {"httpsProxy": proxy, "httpProxy": proxy}})
+    assert process_env(gateway_pod(rendered)[1]) == {
+        "HTTPS_PROXY": proxy,
+        "HTTP_PROXY": proxy,
+        "NO_PROXY": "localhost,127.0.0.1,.svc,.cluster.local",
+    }
+    # The environment, not the config: streamhop honours it with [server] trust_env (its
+    # default), so the ConfigMap does not change.
+    assert rendered.toml_text == render().toml_text
+    # No proxy, no NO_PROXY: by default the container has no environment at all.
+    assert "env" not in gateway_pod(render())[1]
+    assert "env" not in gateway_pod(render({"egressProxy": {"noProxy": ["corp.example"]}}))[1]
+
+
+def test_a_proxy_url_with_credentials_comes_from_its_secret_and_nowhere_else() -> None:
+    rendered = render(COMPANY)
+    container = gateway_pod(rendered)[1]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs == {"HTTPS_PROXY": {"name": "corp-proxy", "key": "https-proxy"}}
+    assert {e["name"]: e["value"] for e in container["env"] if "value" in e} == {
+        "NO_PROXY": "localhost,127.0.0.1,.svc,.cluster.local"
+    }
+    assert process_env(container)["HTTPS_PROXY"] == PROXY_URL
+    # The chart names the Secret only: no rendered object holds the proxy, the ConfigMap
+    # included (the provider key reaches streamhop the same way).
+    assert "proxy.corp.example" not in "".join(rendered.files.values())
+    assert "proxy" not in rendered.config["routes"][0]
+    # HTTP_PROXY from the same Secret, by its own key.
+    both = render({"egressProxy": {"existingSecret": "corp-proxy", "httpProxyKey": "http-proxy"}})
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in gateway_pod(both)[1]["env"]
+        if "valueFrom" in e
+    }
+    assert refs["HTTP_PROXY"] == {"name": "corp-proxy", "key": "http-proxy"}
+
+
+@pytest.mark.parametrize("set_ssl_cert_file", [False, True], ids=["tls_ca_file", "SSL_CERT_FILE"])
+@pytest.mark.parametrize("kind", ["configMap", "secret"])
+def test_the_ca_bundle_is_mounted_at_the_documented_path(
+    kind: str, set_ssl_cert_file: bool
+) -> None:
+    values = {
+        "caBundle": {kind: "corp-ca", "key": "bundle.pem", "setSslCertFile": set_ssl_cert_file}
+    }
+    rendered = render(values)
+    pod, container = gateway_pod(rendered)
+    assert mounted_files(rendered, pod, container) == {
+        "/etc/streamhop/streamhop.toml": ("configMap", "streamhop-config", "streamhop.toml"),
+        CA_BUNDLE: (kind, "corp-ca", "bundle.pem"),
+    }
+    # SSL_CERT_FILE replaces the system store for the whole process: only when asked for.
+    assert process_env(container) == ({"SSL_CERT_FILE": CA_BUNDLE} if set_ssl_cert_file else {})
+    assert_mounts_are_read_only(container)
+    assert container["args"][-1] == "/etc/streamhop/streamhop.toml"
+
+
+def test_client_certificates_are_mounted_by_name() -> None:
+    certificates = [
+        {"name": "corp", "secretName": "corp-client-tls"},
+        {"name": "partner-b", "secretName": "b-mtls"},
+    ]
+    rendered = render({"clientCertificates": certificates})
+    pod, container = gateway_pod(rendered)
+    files = mounted_files(rendered, pod, container)
+    assert {p: f for p, f in files.items() if p.startswith(f"{CLIENT_CERTS}/")} == {
+        f"{CLIENT_CERTS}/corp/tls.crt": ("secret", "corp-client-tls", "tls.crt"),
+        f"{CLIENT_CERTS}/corp/tls.key": ("secret", "corp-client-tls", "tls.key"),
+        f"{CLIENT_CERTS}/partner-b/tls.crt": ("secret", "b-mtls", "tls.crt"),
+        f"{CLIENT_CERTS}/partner-b/tls.key": ("secret", "b-mtls", "tls.key"),
+    }
+    assert_mounts_are_read_only(container)
+    assert "env" not in container
+
+
+def test_tls_on_the_listener_mounts_its_secret_and_names_it_in_the_config() -> None:
+    plain = render()
+    rendered = render({"tls": {"enabled": True, "secretName": "streamhop-listener"}})
+    pod, container = gateway_pod(rendered)
+    files = mounted_files(rendered, pod, container)
+    server = rendered.config["server"]
+    assert server["tls_cert_file"] == f"{LISTENER_TLS}/tls.crt"
+    assert server["tls_key_file"] == f"{LISTENER_TLS}/tls.key"
+    assert files[server["tls_cert_file"]] == ("secret", "streamhop-listener", "tls.crt")
+    assert files[server["tls_key_file"]] == ("secret", "streamhop-listener", "tls.key")
+    assert "tls_cert_file" not in plain.config["server"] and not rendered.of_kind("Certificate")
+    # The Service says https on the proxy port (Istio, Traefik and others go by the name or
+    # appProtocol); the admin port stays plain HTTP, and so do the probes on it.
+    ports = {p["port"]: p for p in rendered.one("Service")["spec"]["ports"]}
+    assert ports[8787] == {
+        "name": "https",
+        "port": 8787,
+        "targetPort": "proxy",
+        "protocol": "TCP",
+        "appProtocol": "https",
+    }
+    assert ports[9464] == next(
+        p for p in plain.one("Service")["spec"]["ports"] if p["port"] == 9464
+    )
+    admin = {p["name"]: p["containerPort"] for p in container["ports"]}["admin"]
+    assert port_of(server["admin_listen"]) == admin
+    for probe, path in ADMIN_PATHS.items():
+        assert container[probe]["httpGet"] == {"path": path, "port": admin}, probe  # no scheme
+    # The same hardening; the certificate's files are read-only like the config.
+    assert container["securityContext"] == gateway_pod(plain)[1]["securityContext"]
+    assert_mounts_are_read_only(container)
+    assert 'OpenAI(base_url="https://streamhop.llm.svc.cluster.local:8787/v1"' in rendered.notes
+
+
+def test_cert_manager_issues_the_certificate_the_listener_mounts() -> None:
+    rendered = render(COMPANY)
+    pod, container = gateway_pod(rendered)
+    files = mounted_files(rendered, pod, container)
+    spec = rendered.one("Certificate")["spec"]
+    assert spec["secretName"] == "streamhop-tls"
+    assert files[f"{LISTENER_TLS}/tls.crt"] == ("secret", spec["secretName"], "tls.crt")
+    assert files[f"{LISTENER_TLS}/tls.key"] == ("secret", spec["secretName"], "tls.key")
+    assert spec["issuerRef"] == {
+        "name": "corp-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+    # By default the names apps in the cluster use for the Service, the base URL among them.
+    service = rendered.one("Service")["metadata"]["name"]
+    assert spec["dnsNames"] == [
+        service,
+        f"{service}.llm",
+        f"{service}.llm.svc",
+        f"{service}.llm.svc.cluster.local",
+    ]
+    assert f"https://{spec['dnsNames'][-1]}:8787" in rendered.notes
+    custom = render(deep_merge(COMPANY, CUSTOM_CERTIFICATE)).one("Certificate")["spec"]
+    assert custom["secretName"] == "llm-gateway-tls"
+    assert custom["dnsNames"] == ["llm.corp.example", "streamhop.llm.svc"]
+    assert (custom["duration"], custom["renewBefore"]) == ("2160h", "360h")
+
+
+CUSTOM_CERTIFICATE: Mapping[str, Any] = {
+    "tls": {
+        "secretName": "llm-gateway-tls",
+        "certManager": {
+            "dnsNames": ["llm.corp.example", "streamhop.llm.svc"],
+            "duration": "2160h",
+            "renewBefore": "360h",
+        },
+    }
+}
+
+
+def test_the_certificate_matches_cert_managers_model() -> None:
+    """kubernetes-validate has no schema for cert-manager's kinds; cert-manager's generated
+    models do: the Certificate parses with nothing left over (a misspelt field would be
+    dropped, and the round trip would differ)."""
+    cert_manager = pytest.importorskip(
+        "cloudcoil.models.cert_manager.v1", reason="pip install cloudcoil-models-cert-manager"
+    )
+    for values in (COMPANY, deep_merge(COMPANY, CUSTOM_CERTIFICATE)):
+        certificate = render(values).one("Certificate")
+        parsed = cert_manager.Certificate.model_validate(certificate)
+        assert parsed.model_dump(by_alias=True, exclude_none=True) == certificate
+
+
+def test_route_egress_keys_render_as_toml_strings_and_booleans() -> None:
+    routes = [
+        _route(
+            prefix="/a",
+            proxy="http://proxy.corp.example:3128",
+            tls_server_name="llm-gateway.corp.internal",
+            tls_verify=False,
+        ),
+        _route(prefix="/b", proxy=""),
+        _route(prefix="/c", tls_verify=True),
+    ]
+    rendered = render({"config": {"routes": routes, "server": {"trust_env": False}}})
+    a, b, c = rendered.config["routes"]
+    assert a["proxy"] == "http://proxy.corp.example:3128"
+    assert a["tls_server_name"] == "llm-gateway.corp.internal"
+    assert a["tls_verify"] is False and c["tls_verify"] is True
+    # "" means "go direct even where the environment names a proxy", so unlike other empty
+    # strings it is written; without the key, the environment's proxy applies.
+    assert b["proxy"] == "" and "proxy" not in c
+    assert rendered.config["server"]["trust_env"] is False
+    assert 'WARNING: route "/a" has tls_verify = false' in rendered.notes
+    assert "WARNING" not in render().notes
+
+
+def _tls_secret(cert: trustme.LeafCert) -> dict[str, str]:
+    """A kubernetes.io/tls Secret's data (decoded) for ``cert``."""
+    chain = "".join(pem.bytes().decode() for pem in cert.cert_chain_pems)
+    return {"tls.crt": chain, "tls.key": cert.private_key_pem.bytes().decode()}
+
+
+def test_the_pod_holds_every_file_the_config_names_and_streamhop_loads_them(tmp_path: Path) -> None:
+    """The gateway with everything on, as streamhop meets it in the pod: the projected volume
+    written out as the kubelet would (a CA, the listener's and a client certificate made for
+    the test), the environment from the Secrets; then streamhop's own loader, which opens every
+    file, and its egress rules, which pick each route's way out."""
+    rendered = render(deep_merge(ALL_ON, COMPANY))
+    pod, container = gateway_pod(rendered)
+    files = mounted_files(rendered, pod, container)
+    config = rendered.config
+    named = [config["server"]["tls_cert_file"], config["server"]["tls_key_file"]]
+    for route in config["routes"]:
+        named += [
+            route[k] for k in ("tls_ca_file", "tls_client_cert", "tls_client_key") if k in route
+        ]
+    assert len(named) == 5 and set(named) <= files.keys()
+
+    root = tmp_path / "etc" / "streamhop"
+    ca = trustme.CA()
+    certificate = rendered.one("Certificate")["spec"]
+    cluster = {
+        ("configMap", rendered.config_map()["metadata"]["name"]): {
+            "streamhop.toml": rendered.toml_text.replace("/etc/streamhop/", f"{root}/")
+        },
+        ("configMap", "corp-ca"): {"ca.crt": ca.cert_pem.bytes().decode()},
+        ("secret", "corp-client-tls"): _tls_secret(ca.issue_cert("streamhop.llm.svc")),
+        ("secret", certificate["secretName"]): _tls_secret(ca.issue_cert(*certificate["dnsNames"])),
+    }
+    for path, (kind, name, key) in files.items():
+        target = root / Path(path).relative_to("/etc/streamhop")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(cluster[kind, name][key])
+
+    env = process_env(container)
+    loaded = load_with_streamhop(root / "streamhop.toml", env)
+    assert loaded.server.tls_cert_file == str(root / "tls" / "tls.crt")
+    internal = next(r for r in loaded.routes if r.prefix == "/internal")
+    assert internal.tls_ca_file == str(root / "trust" / "ca.pem")
+    assert internal.tls_client_key == str(root / "client-certs" / "corp" / "tls.key")
+
+    egress = pytest.importorskip("streamhop.sidecar.upstream.egress")
+    ways = {
+        r.prefix: egress.route_proxy(r, trust_env=loaded.server.trust_env, environ=env)
+        for r in loaded.routes
+    }
+    public = ways["/cerebras"]
+    assert (public.host, public.port) == ("proxy.corp.example", 3128)
+    assert public.authorization == b"Basic " + base64.b64encode(b"svc-llm:pa55w0rd")
+    assert ways["/internal"] is None  # proxy = "": direct
+    assert ways["/vllm"] is None  # NO_PROXY: .cluster.local
+
+
+def test_the_sidecar_gets_the_proxy_the_ca_and_the_client_certificates_too(tmp_path: Path) -> None:
+    rendered = render_example(tmp_path, {"streamhop": SIDECAR_COMPANY})
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    container = streamhop_container(pod)
+    files = mounted_files(rendered, pod, container)
+    assert files[CA_BUNDLE] == ("secret", "corp-ca", "bundle.pem")
+    assert files[f"{CLIENT_CERTS}/corp/tls.crt"] == ("secret", "corp-client-tls", "tls.crt")
+    assert files[f"{CLIENT_CERTS}/corp/tls.key"] == ("secret", "corp-client-tls", "tls.key")
+    assert_mounts_are_read_only(container)
+    env = process_env(container)
+    assert env["HTTPS_PROXY"] == "http://proxy.corp.example:3128"
+    assert env["SSL_CERT_FILE"] == CA_BUNDLE
+    # They are the sidecar's: the app container mounts neither the files nor gets the proxy.
+    app = next(c for c in pod["containers"] if c["name"] == "chat")
+    assert "streamhop-config" not in {m["name"] for m in app.get("volumeMounts", [])}
+    assert not {"HTTPS_PROXY", "SSL_CERT_FILE"} & {e["name"] for e in app.get("env", [])}
 
 
 # --- a real streamhop serve accepts the rendered config ------------------------------------------

@@ -129,6 +129,7 @@ expands ${NAME} in redis_url), so the password is never in the ConfigMap. */}}
 {{- fail "streamhop: config.resume.store is \"redis\": set secrets.redisUrl.existingSecret or config.resume.redis_url" }}
 {{- end }}
 {{- end }}
+{{- include "streamhop.checkNetworkValues" . }}
 {{- if and .Values.terminationGracePeriodSeconds (le (float64 .Values.terminationGracePeriodSeconds) (addf .Values.config.server.drain_timeout_s .Values.lifecycle.preStopSleepSeconds)) }}
 {{- fail (printf "streamhop: terminationGracePeriodSeconds (%v) must be longer than lifecycle.preStopSleepSeconds + config.server.drain_timeout_s (%v), or streams are killed before the drain ends" .Values.terminationGracePeriodSeconds (addf .Values.config.server.drain_timeout_s .Values.lifecycle.preStopSleepSeconds)) }}
 {{- end }}
@@ -144,10 +145,19 @@ expands ${NAME} in redis_url), so the password is never in the ConfigMap. */}}
 listen = {{ include "streamhop.listen" . | quote }}
 admin_listen = {{ printf "0.0.0.0:%d" (int .Values.ports.admin) | quote }}
 {{- include "streamhop.tomlPairs" $c.server }}
+{{- if .Values.tls.enabled }}
+tls_cert_file = {{ printf "%s/tls.crt" (include "streamhop.tlsDir" .) | quote }}
+tls_key_file = {{ printf "%s/tls.key" (include "streamhop.tlsDir" .) | quote }}
+{{- end }}
 {{- range $route := $c.routes }}
 
 [[routes]]
-{{- include "streamhop.tomlPairs" $route }}
+{{- include "streamhop.tomlPairs" (omit $route "proxy") }}
+{{- /* proxy = "" means "go direct even if HTTPS_PROXY is set": unlike other keys, an empty
+string is written, and only a missing (or null) proxy is left out. */}}
+{{- if and (hasKey $route "proxy") (not (kindIs "invalid" $route.proxy)) }}
+proxy = {{ toJson $route.proxy }}
+{{- end }}
 {{- with $route.headers }}
 [routes.headers]
 {{- range $name := keys . | sortAlpha }}
@@ -219,6 +229,7 @@ Containers
       name: {{ .Values.secrets.redisUrl.existingSecret | quote }}
       key: {{ .Values.secrets.redisUrl.key | quote }}
 {{- end }}
+{{- include "streamhop.networkEnv" . }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -312,9 +323,18 @@ Containers
 {{- end }}
 
 {{- define "streamhop.volumes" -}}
+{{- $files := include "streamhop.fileSources" . | trim -}}
 - name: streamhop-config
+  {{- if $files }}
+  projected:
+    sources:
+      - configMap:
+          name: {{ include "streamhop.configMapName" . }}
+      {{- $files | nindent 6 }}
+  {{- else }}
   configMap:
     name: {{ include "streamhop.configMapName" . }}
+  {{- end }}
 - name: streamhop-tmp
   emptyDir:
     medium: Memory
@@ -342,6 +362,163 @@ after your app), else for containers. */}}
 {{- if eq .Values.mode "sidecar" -}}
 http://127.0.0.1:{{ .Values.ports.proxy }}
 {{- else -}}
-http://{{ include "streamhop.fullname" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.service.port }}
+{{ ternary "https" "http" .Values.tls.enabled }}://{{ include "streamhop.fullname" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.service.port }}
 {{- end -}}
+{{- end }}
+
+{{/* ------------------------------------------------------------------------------------------
+Company networks: egress proxy, private CA, client certificates, TLS on the listener.
+
+Every file streamhop reads besides its config is projected into /etc/streamhop beside
+streamhop.toml, so the config volume turns into a projected volume when there are any. Not a
+volume of its own mounted under /etc/streamhop: its mount point would have to be created inside
+the ConfigMap volume, which the kubelet mounts read-only. Not subPath: a subPath mount never
+sees a rotated Secret, and streamhop reloads the listener's certificate when it changes.
+------------------------------------------------------------------------------------------ */}}
+
+{{- define "streamhop.caBundlePath" -}}/etc/streamhop/trust/ca.pem{{- end }}
+{{- define "streamhop.clientCertDir" -}}/etc/streamhop/client-certs{{- end }}
+{{- define "streamhop.tlsDir" -}}/etc/streamhop/tls{{- end }}
+
+{{/* The listener's kubernetes.io/tls Secret: tls.secretName, or with cert-manager and no name,
+"<fullname>-tls" (the Certificate's secretName). */}}
+{{- define "streamhop.tlsSecretName" -}}
+{{- .Values.tls.secretName | default (printf "%s-tls" (include "streamhop.fullname" .)) }}
+{{- end }}
+
+{{/* "true" when egressProxy gives the container HTTPS_PROXY or HTTP_PROXY. */}}
+{{- define "streamhop.envProxy" -}}
+{{- $p := .Values.egressProxy }}
+{{- if or $p.httpsProxy $p.httpProxy (and $p.existingSecret (or $p.httpsProxyKey $p.httpProxyKey)) }}true{{ end }}
+{{- end }}
+
+{{/* HTTPS_PROXY, HTTP_PROXY and NO_PROXY as Python reads them (a proxy URL with credentials
+only from a Secret: the pod spec is no place for it either), and SSL_CERT_FILE. */}}
+{{- define "streamhop.networkEnv" -}}
+{{- $p := .Values.egressProxy }}
+{{- if and $p.existingSecret $p.httpsProxyKey }}
+- name: HTTPS_PROXY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $p.existingSecret | quote }}
+      key: {{ $p.httpsProxyKey | quote }}
+{{- else if $p.httpsProxy }}
+- name: HTTPS_PROXY
+  value: {{ $p.httpsProxy | quote }}
+{{- end }}
+{{- if and $p.existingSecret $p.httpProxyKey }}
+- name: HTTP_PROXY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $p.existingSecret | quote }}
+      key: {{ $p.httpProxyKey | quote }}
+{{- else if $p.httpProxy }}
+- name: HTTP_PROXY
+  value: {{ $p.httpProxy | quote }}
+{{- end }}
+{{- if and (include "streamhop.envProxy" .) $p.noProxy }}
+- name: NO_PROXY
+  value: {{ join "," $p.noProxy | quote }}
+{{- end }}
+{{- if .Values.caBundle.setSslCertFile }}
+- name: SSL_CERT_FILE
+  value: {{ include "streamhop.caBundlePath" . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The projected sources besides the ConfigMap, one per file set; empty when there are none. */}}
+{{- define "streamhop.fileSources" -}}
+{{- $ca := .Values.caBundle }}
+{{- if or $ca.configMap $ca.secret }}
+- {{ ternary "configMap" "secret" (not (empty $ca.configMap)) }}:
+    name: {{ $ca.configMap | default $ca.secret | quote }}
+    items:
+      - key: {{ $ca.key | quote }}
+        path: trust/ca.pem
+{{- end }}
+{{- range .Values.clientCertificates }}
+- secret:
+    name: {{ .secretName | quote }}
+    items:
+      - key: tls.crt
+        path: client-certs/{{ .name }}/tls.crt
+      - key: tls.key
+        path: client-certs/{{ .name }}/tls.key
+{{- end }}
+{{- if .Values.tls.enabled }}
+- secret:
+    name: {{ include "streamhop.tlsSecretName" . | quote }}
+    items:
+      - key: tls.crt
+        path: tls/tls.crt
+      - key: tls.key
+        path: tls/tls.key
+{{- end }}
+{{- end }}
+
+{{- define "streamhop.checkNetworkValues" -}}
+{{- $p := .Values.egressProxy }}
+{{- if $p.existingSecret }}
+{{- if not (or $p.httpsProxyKey $p.httpProxyKey) }}
+{{- fail "streamhop: egressProxy.existingSecret is set, but neither egressProxy.httpsProxyKey nor egressProxy.httpProxyKey names a key of it" }}
+{{- end }}
+{{- if and $p.httpsProxyKey $p.httpsProxy }}
+{{- fail "streamhop: HTTPS_PROXY would come from both egressProxy.httpsProxy and egressProxy.existingSecret (key egressProxy.httpsProxyKey); keep one (a proxy URL with credentials belongs in the Secret), or set httpsProxyKey to \"\"" }}
+{{- end }}
+{{- if and $p.httpProxyKey $p.httpProxy }}
+{{- fail "streamhop: HTTP_PROXY would come from both egressProxy.httpProxy and egressProxy.existingSecret (key egressProxy.httpProxyKey); keep one, or set httpProxyKey to \"\"" }}
+{{- end }}
+{{- end }}
+{{- $trustEnv := .Values.config.server.trust_env }}
+{{- if and (include "streamhop.envProxy" .) (kindIs "bool" $trustEnv) (not $trustEnv) }}
+{{- fail "streamhop: egressProxy sets HTTPS_PROXY / HTTP_PROXY, but config.server.trust_env is false, so streamhop would ignore them; turn trust_env on, or give routes their own proxy (config.routes[].proxy)" }}
+{{- end }}
+{{- $ca := .Values.caBundle }}
+{{- if and $ca.configMap $ca.secret }}
+{{- fail (printf "streamhop: caBundle.configMap (%q) and caBundle.secret (%q) are both set; %s comes from one of them" $ca.configMap $ca.secret (include "streamhop.caBundlePath" .)) }}
+{{- end }}
+{{- if and $ca.setSslCertFile (not (or $ca.configMap $ca.secret)) }}
+{{- fail (printf "streamhop: caBundle.setSslCertFile points SSL_CERT_FILE at %s, but no bundle is mounted there; set caBundle.configMap or caBundle.secret" (include "streamhop.caBundlePath" .)) }}
+{{- end }}
+{{- $tls := .Values.tls }}
+{{- if $tls.enabled }}
+{{- if eq .Values.mode "sidecar" }}
+{{- fail "streamhop: tls.enabled is for gateway mode; a sidecar listens on 127.0.0.1 inside its pod, where your app talks plain HTTP to it" }}
+{{- end }}
+{{- if not (or $tls.secretName $tls.certManager.enabled) }}
+{{- fail "streamhop: tls.enabled needs the listener's certificate: set tls.secretName (an existing kubernetes.io/tls Secret) or tls.certManager.enabled (cert-manager writes the Secret)" }}
+{{- end }}
+{{- end }}
+{{- if $tls.certManager.enabled }}
+{{- if not $tls.enabled }}
+{{- fail "streamhop: tls.certManager.enabled issues a certificate for the listener, but tls.enabled is false, so nothing would use it" }}
+{{- end }}
+{{- if not $tls.certManager.issuerRef.name }}
+{{- fail "streamhop: tls.certManager.enabled needs tls.certManager.issuerRef.name (an Issuer, or a ClusterIssuer with issuerRef.kind ClusterIssuer)" }}
+{{- end }}
+{{- end }}
+{{- /* Every file a route names under /etc/streamhop/ must be one the chart mounts there:
+otherwise the pod would start and every request on the route would fail. */}}
+{{- $mounted := list }}
+{{- if or $ca.configMap $ca.secret }}
+{{- $mounted = append $mounted (include "streamhop.caBundlePath" .) }}
+{{- end }}
+{{- $certDir := include "streamhop.clientCertDir" . }}
+{{- $names := dict }}
+{{- range .Values.clientCertificates }}
+{{- if hasKey $names .name }}
+{{- fail (printf "streamhop: clientCertificates has two entries named %q; each is mounted at %s/<name>/" .name $certDir) }}
+{{- end }}
+{{- $_ := set $names .name true }}
+{{- $mounted = append $mounted (printf "%s/%s/tls.crt" $certDir .name) }}
+{{- $mounted = append $mounted (printf "%s/%s/tls.key" $certDir .name) }}
+{{- end }}
+{{- range $i, $route := .Values.config.routes }}
+{{- range $key := list "tls_ca_file" "tls_client_cert" "tls_client_key" }}
+{{- $path := get $route $key }}
+{{- if and (kindIs "string" $path) (hasPrefix "/etc/streamhop/" $path) (not (has $path $mounted)) }}
+{{- fail (printf "streamhop: config.routes[%d] (prefix %q) has %s = %q, but the chart mounts no such file; under /etc/streamhop/ it mounts %s (from caBundle and clientCertificates)" $i $route.prefix $key $path (ternary "nothing" (join ", " $mounted) (empty $mounted))) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
