@@ -83,7 +83,7 @@ def build_proxy_app(
     The upstream pool and the resume store (``[resume] enabled``) are created at startup
     (inside the server's loop) and closed at shutdown.
     """
-    pool = UpstreamPool()
+    pool = UpstreamPool(trust_env=config.server.trust_env)
     proxy = Proxy(config, pool, state, metrics, on_finish, tracing)
 
     async def startup() -> None:

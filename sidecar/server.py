@@ -25,6 +25,7 @@ from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.admission.limits import HeadLimits, limited_httptools_protocol
 from streamhop.sidecar.app import build_admin_app, build_proxy_app
 from streamhop.sidecar.config import Config, parse_hostport
+from streamhop.sidecar.http.tls import CertificateReloader
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
 from streamhop.sidecar.upstream.opening import SidecarState
@@ -134,6 +135,14 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
     """
     registry = registry or CollectorRegistry()
     logger.info("stream engine: %s", engine_build())
+    for route in config.routes:
+        if not route.tls_verify:
+            logger.warning(
+                "route %s: tls_verify = false: the certificate of %s is NOT verified; anyone "
+                "on the path can impersonate the provider and read the key sent to it",
+                route.prefix,
+                route.upstream_display,
+            )
     metrics = Metrics(
         registry,
         config.metrics.models,
@@ -183,6 +192,9 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
             # streamhop is the proxy: it does not rewrite the client address from
             # X-Forwarded-For (and saves the per-request middleware).
             proxy_headers=False,
+            # [server] tls_cert_file / tls_key_file: HTTPS on the proxy port (reloaded below).
+            ssl_certfile=config.server.tls_cert_file,
+            ssl_keyfile=config.server.tls_key_file,
         )
     )
     admin = _Server(
@@ -236,7 +248,7 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
             admin.should_exit = True
 
     admin_task = loop.create_task(admin.serve())
-    announce = loop.create_task(_announce(proxy, admin))
+    announce = loop.create_task(_announce(proxy, admin, config))
     try:
         await run_proxy()
     finally:
@@ -273,16 +285,31 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-async def _announce(proxy: uvicorn.Server, admin: uvicorn.Server) -> None:
+async def _announce(proxy: uvicorn.Server, admin: uvicorn.Server, config: Config) -> None:
     """Once both servers serve: freeze start-up objects (:func:`tune_gc`), then print the line
-    tests and the demo wait for, with the ports really bound (port 0 works)."""
+    tests and the demo wait for, with the ports really bound (port 0 works); with TLS on the
+    proxy listener, reload its certificate when the files change (until cancelled)."""
     while not (proxy.started and admin.started):
         await asyncio.sleep(0.005)
     tune_gc()
     addr = _url_host_port(proxy.servers[0].sockets[0].getsockname())
     admin_addr = _url_host_port(admin.servers[0].sockets[0].getsockname())
-    sys.stdout.write(f"streamhop serve listening on http://{addr} (admin http://{admin_addr})\n")
+    scheme = "http" if proxy.config.ssl is None else "https"
+    sys.stdout.write(
+        f"streamhop serve listening on {scheme}://{addr} (admin http://{admin_addr})\n"
+    )
     sys.stdout.flush()
+    server = config.server
+    context = proxy.config.ssl
+    if context is not None and server.tls_cert_file and server.tls_key_file:
+        logger.info(
+            "TLS on the proxy listener from %s (reloaded when it changes)", server.tls_cert_file
+        )
+        try:
+            await CertificateReloader(context, server.tls_cert_file, server.tls_key_file).run()
+        except Exception:
+            logger.exception("the TLS certificate reloader stopped")
+            raise
 
 
 def _url_host_port(sockname: tuple[Any, ...]) -> str:

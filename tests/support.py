@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-_URL = rb"http://(?:[0-9.]+|\[[0-9a-f:]+\]):\d+"
+_URL = rb"https?://(?:[0-9.]+|\[[0-9a-f:]+\]):\d+"
 _READY = re.compile(rb"listening on (%s)(?: \(admin (%s)\))?" % (_URL, _URL))
 
 T = TypeVar("T")
@@ -238,8 +239,10 @@ class BackgroundAiohttp:
     Use as a context manager; ``url`` is ``http://127.0.0.1:PORT``.
     """
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.app = app
+        self.ssl_context = ssl_context
+        """With a server TLS context, it serves HTTPS and ``url`` is ``https://...``."""
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -253,12 +256,13 @@ class BackgroundAiohttp:
     async def _start(self) -> str:
         self._runner = web.AppRunner(self.app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         server = site._server
         assert server is not None
         port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        return f"http://127.0.0.1:{port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://127.0.0.1:{port}"
 
     def __exit__(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -132,7 +133,67 @@ def _server(t: Mapping[str, Any]) -> ServerConfig:
         websocket_idle_timeout_s=_num(
             t, "server", "websocket_idle_timeout_s", d.websocket_idle_timeout_s, minimum=0.1
         ),
+        trust_env=_bool(t, "server", "trust_env", d.trust_env),
+        **_listener_tls(t),
     )
+
+
+def _optional_str(t: Mapping[str, Any], where: str, key: str) -> str | None:
+    if key not in t:
+        return None
+    return _str(t, where, key, "")
+
+
+def _listener_tls(t: Mapping[str, Any]) -> dict[str, str | None]:
+    """``[server] tls_cert_file`` / ``tls_key_file``: both or neither, and loadable as a
+    server certificate and its key."""
+    cert = _optional_str(t, "server", "tls_cert_file") or None
+    key = _optional_str(t, "server", "tls_key_file") or None
+    if (cert is None) != (key is None):
+        missing = "tls_key_file" if key is None else "tls_cert_file"
+        raise ConfigError(f"server.{missing}", "set both tls_cert_file and tls_key_file, or none")
+    if cert is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                "server.tls_cert_file", f"cannot load {cert!r} with key {key!r}: {exc}"
+            ) from None
+    return {"tls_cert_file": cert, "tls_key_file": key}
+
+
+def _proxy(key: str, t: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """A route's ``proxy``, with ``${NAME}`` replaced from the environment (credentials)."""
+    value = _optional_str(t, key, "proxy")
+    return None if value is None else _interpolate(f"{key}.proxy", value, env)
+
+
+def _egress(key: str, route: RouteConfig) -> None:
+    """A route's proxy URL and TLS files, checked at load (the errors name the key)."""
+    from streamhop.sidecar.upstream.egress import EgressError, parse_proxy, tls_context
+
+    if route.proxy:
+        try:
+            parse_proxy(route.proxy)
+        except EgressError as exc:
+            raise ConfigError(f"{key}.proxy", str(exc)) from None
+    tls_keys = [
+        name
+        for name in ("tls_ca_file", "tls_client_cert", "tls_client_key", "tls_server_name")
+        if getattr(route, name)
+    ]
+    if not route.upstream.lower().startswith("https://"):
+        if tls_keys or not route.tls_verify:
+            name = tls_keys[0] if tls_keys else "tls_verify"
+            raise ConfigError(f"{key}.{name}", "applies to an https:// upstream only")
+        return
+    if route.tls_client_key and not route.tls_client_cert:
+        raise ConfigError(f"{key}.tls_client_key", "set tls_client_cert too")
+    try:
+        tls_context(route)
+    except EgressError as exc:
+        name = "tls_ca_file" if "tls_ca_file" in str(exc) else "tls_client_cert"
+        raise ConfigError(f"{key}.{name}", str(exc)) from None
 
 
 def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
@@ -174,7 +235,7 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
             '(e.g. Authorization = "Basic ${UPSTREAM_BASIC}" and no userinfo)',
         )
     timeout = t.get("timeout_s")
-    return RouteConfig(
+    route = RouteConfig(
         prefix=prefix,
         upstream=upstream,
         format=fmt,
@@ -190,7 +251,15 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
         ),
         allowed_origins=_origins(f"{key}.allowed_origins", t.get("allowed_origins", [])),
         methods=_methods(f"{key}.methods", t.get("methods", list(d.methods))),
+        proxy=_proxy(key, t, env),
+        tls_ca_file=_optional_str(t, key, "tls_ca_file") or None,
+        tls_client_cert=_optional_str(t, key, "tls_client_cert") or None,
+        tls_client_key=_optional_str(t, key, "tls_client_key") or None,
+        tls_server_name=_optional_str(t, key, "tls_server_name") or None,
+        tls_verify=_bool(t, key, "tls_verify", d.tls_verify),
     )
+    _egress(key, route)
+    return route
 
 
 _METHOD = re.compile(r"[A-Z][A-Z0-9_-]*")

@@ -55,6 +55,14 @@ class ServerConfig:
     websocket_idle_timeout_s: float = 300.0
     """A WebSocket with no generation running and no client message for this long is closed
     (1001)."""
+    trust_env: bool = True
+    """Honour ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` for routes that set
+    no ``proxy`` (:mod:`streamhop.sidecar.upstream.egress`)."""
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) of the proxy listener; with ``tls_key_file``, the proxy port
+    speaks HTTPS (the admin port stays plain). Reloaded when the file changes."""
+    tls_key_file: str | None = None
+    """PEM private key of ``tls_cert_file``."""
 
 
 DEFAULT_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -91,6 +99,19 @@ class RouteConfig:
     methods: tuple[str, ...] = DEFAULT_METHODS
     """HTTP methods forwarded on this route; any other gets ``405`` (``TRACE`` and ``CONNECT``
     never: a ``TRACE``-echoing upstream would send the route's key back)."""
+    proxy: str | None = None
+    """HTTP forward proxy (``http://[user:password@]host:port``); ``""``: direct even where
+    the environment names a proxy; ``None``: the environment's (``[server] trust_env``)."""
+    tls_ca_file: str | None = None
+    """PEM CA bundle trusted for this upstream *instead of* the system store."""
+    tls_client_cert: str | None = None
+    """PEM client certificate (chain) for mutual TLS; its key in ``tls_client_key`` (or in the
+    same file)."""
+    tls_client_key: str | None = None
+    tls_server_name: str | None = None
+    """Name sent as SNI and verified in the upstream's certificate instead of the URL's host."""
+    tls_verify: bool = True
+    """``false`` turns certificate verification off (a warning is logged at start)."""
 
     @property
     def upstream_display(self) -> str:

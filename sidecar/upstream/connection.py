@@ -44,7 +44,15 @@ OnEnd = Callable[[], None]
 
 
 class UpstreamBodyError(StreamHopError):
-    """The provider's connection failed or sent a malformed answer after the request was sent."""
+    """The provider's connection failed or sent a malformed answer after the request was sent.
+
+    Attributes:
+        cause: the transport's error, when there was one (an ``ssl.SSLError`` for a TLS alert).
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class UpstreamResponse:
@@ -229,7 +237,7 @@ class UpstreamConnection(asyncio.Protocol):
     body → back to the pool (keep-alive, read to the end) or closed.
     """
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
+    def __init__(self, pool: UpstreamPool, key: tuple[str, str, int, int]) -> None:
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -367,21 +375,21 @@ class UpstreamConnection(asyncio.Protocol):
             return
         reason = f": {exc}" if exc is not None else ""
         if response.status:
-            self._fail(f"the upstream closed the connection before the body's end{reason}")
+            self._fail(f"the upstream closed the connection before the body's end{reason}", exc)
         else:
-            self._fail(f"the upstream closed the connection before answering{reason}")
+            self._fail(f"the upstream closed the connection before answering{reason}", exc)
 
     def _framed(self, response: UpstreamResponse) -> bool:
         """The response says where its body ends (``Content-Length`` or ``chunked``)."""
         headers = response.headers
         return "content-length" in headers or "chunked" in headers.get("transfer-encoding", "")
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, cause: BaseException | None = None) -> None:
         response = self.response
         self.response = None
         ready = self.headers_ready
         self.headers_ready = None
-        error = UpstreamBodyError(message)
+        error = UpstreamBodyError(message, cause)
         if ready is not None and not ready.done():
             ready.set_exception(error)
             ready.exception()  # retrieved: the pool re-raises it from the response

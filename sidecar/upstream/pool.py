@@ -1,8 +1,8 @@
 """Requests to providers: keep-alive HTTP/1.1 connections (:mod:`.connection`), pooled per origin.
 
 A request is encoded once (its head and body in one write) and sent on the most recently used
-idle connection to its origin, or on a new one (TLS through the event loop, verified against the
-system CA store, which ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` replace as OpenSSL reads them). Bodies
+idle connection to its origin, or on a new one (:mod:`.dial`: directly or through the route's
+HTTP proxy, TLS through the event loop with the route's trust, :mod:`.egress`). Bodies
 are never decompressed here and no header is added but ``Host`` and ``Content-Length``: the
 client's ``User-Agent``/``Accept-Encoding`` go as sent, so a non-streamed answer reaches the client
 byte for byte.
@@ -21,6 +21,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,6 +34,8 @@ from streamhop.sidecar.upstream.connection import (
     UpstreamConnection,
     UpstreamResponse,
 )
+from streamhop.sidecar.upstream.dial import DialError, dial
+from streamhop.sidecar.upstream.egress import Egress, describe_tls_error
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,9 @@ MAX_IDLE_PER_ORIGIN: Final = 1024
 _IDEMPOTENT: Final = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 _BODY_METHODS: Final = frozenset(("POST", "PUT", "PATCH"))
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+PoolKey = tuple[str, str, int, int]
+"""``(scheme, host, port, egress id)``: connections are shared by requests with the same origin
+and the same way there (proxy, TLS context)."""
 _FORBIDDEN: Final = (b"\r", b"\n", b"\x00")
 
 __all__ = [
@@ -76,10 +82,6 @@ class UpstreamTimeoutError(UpstreamError):
     kind = "headers_timeout"
 
 
-class _ConnectFailed(Exception):
-    """A new connection could not be made (the reason is the message); retryable."""
-
-
 @dataclass(slots=True)
 class UpstreamTiming:
     """``time.monotonic()`` seconds of one upstream request's phases; ``None`` until reached."""
@@ -91,10 +93,18 @@ class UpstreamTiming:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def encode_request(method: str, url: URL, headers: list[tuple[str, str]], body: bytes) -> bytes:
+def encode_request(
+    method: str,
+    url: URL,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    *,
+    absolute: bool = False,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> bytes:
     """One HTTP/1.1 request (RFC 9112 §3): request line, ``Host`` (unless ``headers`` has one),
-    ``headers`` in order, ``Content-Length`` when there is a body or the method defines one,
-    then the body.
+    ``headers`` in order, ``extra``, ``Content-Length`` when there is a body or the method
+    defines one, then the body.
 
     Args:
         method: the request method.
@@ -102,11 +112,17 @@ def encode_request(method: str, url: URL, headers: list[tuple[str, str]], body: 
         headers: ``(name, value)`` pairs; names as Latin-1, values as UTF-8 (the client's bytes,
             see :func:`~streamhop.sidecar.admission.headers.upstream_request_headers`).
         body: the request body, possibly empty.
+        absolute: the request target in absolute form (``http://host:port/path``, RFC 9112
+            §3.2.2), as a request to a forward proxy has it.
+        extra: raw header lines added after ``headers`` (``Proxy-Authorization``).
 
     Raises:
         ValueError: a header name or value contains CR, LF or NUL (it would split the head).
     """
-    lines = [f"{method} {url.raw_path_qs} HTTP/1.1\r\n".encode("latin-1")]
+    target = url.raw_path_qs
+    if absolute:
+        target = f"{url.scheme}://{url.host_port_subcomponent}{target}"
+    lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
     has_host = False
     for name, value in headers:
         raw_name = name.encode("latin-1")
@@ -119,6 +135,8 @@ def encode_request(method: str, url: URL, headers: list[tuple[str, str]], body: 
         lines.append(b"%s: %s\r\n" % (raw_name, raw_value))
     if not has_host:
         lines.insert(1, b"host: %s\r\n" % (url.host_port_subcomponent or "").encode("ascii"))
+    for raw_name, raw_value in extra:
+        lines.append(b"%s: %s\r\n" % (raw_name, raw_value))
     if body or method in _BODY_METHODS:
         lines.append(b"content-length: %d\r\n" % len(body))
     lines.append(b"\r\n")
@@ -127,25 +145,43 @@ def encode_request(method: str, url: URL, headers: list[tuple[str, str]], body: 
     return b"".join(lines)
 
 
+def _client_certificate_hint(route: RouteConfig) -> str:
+    """A new TLS connection closed before any answer: with TLS 1.3 the server checks the client
+    certificate after the handshake, and Python's and uvloop's TLS report its alert as a plain
+    close, so say what it most likely means."""
+    if route.tls_client_cert:
+        return (
+            f"; right after the TLS handshake: it may have rejected the client certificate "
+            f"{route.tls_client_cert!r}"
+        )
+    return (
+        "; right after the TLS handshake: if it requires a client certificate, set "
+        "tls_client_cert and tls_client_key"
+    )
+
+
 class UpstreamPool:
     """Owns the upstream connections; create inside the running loop, :meth:`close` at shutdown.
 
     Args:
+        trust_env: honour the environment's proxy variables (``[server] trust_env``).
         keepalive_timeout_s: how long an idle connection may wait for reuse (seconds).
-        max_idle_per_origin: idle connections kept per ``(scheme, host, port)``.
+        max_idle_per_origin: idle connections kept per origin and egress.
     """
 
     def __init__(
         self,
         *,
+        trust_env: bool = True,
         keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
         max_idle_per_origin: int = MAX_IDLE_PER_ORIGIN,
     ) -> None:
+        self._trust_env = trust_env
         self._keepalive = keepalive_timeout_s
         self._max_idle = max_idle_per_origin
-        self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
+        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self._open: set[UpstreamConnection] = set()
-        self._tls: ssl.SSLContext | None = None
+        self._egress: dict[tuple[str, str], tuple[int, Egress]] = {}
         self._closed = False
 
     @property
@@ -158,15 +194,20 @@ class UpstreamPool:
         """Idle connections waiting for reuse."""
         return sum(len(idle) for idle in self._idle.values())
 
-    def tls_context(self) -> ssl.SSLContext:
-        """The client TLS context: certificate and host name verified against the default CA
-        store (``ssl.create_default_context``), ALPN ``http/1.1``."""
-        context = self._tls
-        if context is None:
-            context = ssl.create_default_context()
-            context.set_alpn_protocols(["http/1.1"])
-            self._tls = context
-        return context
+    def egress(self, route: RouteConfig) -> tuple[int, Egress]:
+        """``route``'s proxy and TLS context (:class:`~.egress.Egress`, resolved on first use)
+        and its id in pool keys.
+
+        Raises:
+            EgressError: the route's proxy or TLS files cannot be used (config load checks them
+                first, so only a file changed since).
+        """
+        cache_key = (route.prefix, route.upstream)
+        found = self._egress.get(cache_key)
+        if found is None:
+            found = (len(self._egress), Egress.for_route(route, trust_env=self._trust_env))
+            self._egress[cache_key] = found
+        return found
 
     async def request(
         self,
@@ -198,12 +239,20 @@ class UpstreamPool:
             UpstreamTimeoutError: no headers within ``headers_timeout``.
         """
         try:
-            request = encode_request(method, url, headers, body)
-        except ValueError as exc:
+            egress_id, egress = self.egress(route)
+            proxy = egress.proxy
+            absolute = proxy is not None and egress.tls is None
+            extra: tuple[tuple[bytes, bytes], ...] = ()
+            if absolute and proxy is not None and proxy.authorization is not None:
+                extra = ((b"proxy-authorization", proxy.authorization),)
+            request = encode_request(method, url, headers, body, absolute=absolute, extra=extra)
+        except ValueError as exc:  # EgressError is a ValueError too
             raise UpstreamConnectError(
                 f"cannot send to upstream {route.upstream_display}: {exc}"
             ) from None
-        key = (url.scheme, url.raw_host or "", url.port or _DEFAULT_PORTS.get(url.scheme, 80))
+        host = url.raw_host or ""
+        port = url.port or _DEFAULT_PORTS.get(url.scheme, 80)
+        key = (url.scheme, host, port, egress_id)
         timing.start = time.monotonic()
         attempt = 0
         stale_retry = method in _IDEMPOTENT
@@ -215,7 +264,7 @@ class UpstreamPool:
                     timing.attempts += 1
                     conn = self._take_idle(key)
                     if conn is None:
-                        conn = await self._connect(route, key)
+                        conn = await self._connect(route, key, egress)
                     timing.connected = time.monotonic()
                     response = conn.send(request, head_only=method == "HEAD")
                     ready = conn.headers_ready
@@ -223,7 +272,7 @@ class UpstreamPool:
                     await ready
                 timing.headers = time.monotonic()
                 return response
-            except _ConnectFailed as exc:
+            except DialError as exc:
                 # Nothing reached the provider: retrying cannot run a generation twice.
                 if attempt >= route.retries:
                     raise UpstreamConnectError(
@@ -235,8 +284,14 @@ class UpstreamPool:
                 if conn.reused and not response.body_started and stale_retry:
                     stale_retry = False
                     continue  # the provider had closed the idle connection: a new one
+                reason = str(exc)
+                if isinstance(exc.cause, ssl.SSLError):
+                    # TLS 1.3: a rejected client certificate is only told after the handshake.
+                    reason = describe_tls_error(exc.cause, route, egress.server_name)
+                elif egress.tls is not None and not conn.reused and not response.body_started:
+                    reason += _client_certificate_hint(route)
                 raise UpstreamConnectError(
-                    f"upstream {route.upstream_display} failed: {redact_url(str(exc))}"
+                    f"upstream {route.upstream_display} failed: {redact_url(reason)}"
                 ) from None
             except TimeoutError:
                 if conn is not None:
@@ -260,31 +315,24 @@ class UpstreamPool:
             )
             await asyncio.sleep(delay)
 
-    async def _connect(self, route: RouteConfig, key: tuple[str, str, int]) -> UpstreamConnection:
-        scheme, host, port = key
-        loop = asyncio.get_running_loop()
-        tls = self.tls_context() if scheme == "https" else None
+    async def _connect(
+        self, route: RouteConfig, key: PoolKey, egress: Egress
+    ) -> UpstreamConnection:
+        _, host, port, _ = key
         try:
             async with asyncio.timeout(route.connect_timeout_s) as scope:
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self, key),
-                    host,
-                    port,
-                    ssl=tls,
-                    server_hostname=host if tls is not None else None,
-                )
+                conn = await dial(lambda: UpstreamConnection(self, key), route, egress, host, port)
         except TimeoutError:
             if not scope.expired():
                 raise
-            raise _ConnectFailed(
-                f"no connection within connect_timeout_s={route.connect_timeout_s:g} s"
+            via = "" if egress.proxy is None else f" through proxy {egress.proxy.display}"
+            raise DialError(
+                f"no connection{via} within connect_timeout_s={route.connect_timeout_s:g} s"
             ) from None
-        except OSError as exc:  # refused, reset, DNS, TLS (ssl.SSLError is an OSError)
-            raise _ConnectFailed(str(exc) or type(exc).__name__) from None
         self._open.add(conn)
         return conn
 
-    def _take_idle(self, key: tuple[str, str, int]) -> UpstreamConnection | None:
+    def _take_idle(self, key: PoolKey) -> UpstreamConnection | None:
         idle = self._idle.get(key)
         if not idle:
             return None

@@ -55,6 +55,10 @@ def test_example_config_loads_and_documents_every_key() -> None:
         ({"server": {"header_timeout_s": 0}}, "server.header_timeout_s"),
         ({"resume": {"binding_headers": []}}, "resume.binding_headers"),
         ({"rechunk": {"coalesce_reads": "yes"}}, "rechunk.coalesce_reads"),
+        ({"routes": [{"prefix": "/", "upstream": "https://h", "proxy": "https://p:1"}]}, "proxy"),
+        ({"routes": [{"prefix": "/", "upstream": "http://h", "tls_ca_file": "/x"}]}, "tls_ca"),
+        ({"routes": [{"prefix": "/", "upstream": "https://h", "tls_ca_file": "/no"}]}, "tls_ca"),
+        ({"server": {"tls_cert_file": "/no.crt", "tls_key_file": "/no.key"}}, "tls_cert_file"),
         ({"resume": {"enabled": True, "store": "redis"}}, "resume.binding_key"),
         ({"routes": [{"prefix": "/", "upstream": "http://h/x?q=1"}]}, "routes[0].upstream"),
         ({"routes": [{"prefix": "/", "upstream": "http://h:99999"}]}, "routes[0].upstream"),
@@ -106,3 +110,12 @@ def test_detach_needs_resume_and_resume_is_accepted() -> None:
     assert config.resume.enabled and config.routes[0].on_disconnect == "detach"
     with pytest.raises(ConfigError, match=r"resume\.redis_url"):
         config_from_dict({"routes": [], "resume": {"redis_url": "http://x"}})
+
+
+def test_a_route_proxy_takes_env_interpolation_and_is_redacted_in_errors() -> None:
+    route = {"prefix": "/", "upstream": "https://h", "proxy": "http://u:${PROXY_PW}@p:3128"}
+    config = config_from_dict({"routes": [route]}, {"PROXY_PW": "s3cret"})
+    assert config.routes[0].proxy == "http://u:s3cret@p:3128"
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"routes": [{**route, "proxy": "ftp://u:s3cret@p"}]})
+    assert "s3cret" not in str(info.value) and "***@p" in str(info.value)
