@@ -92,7 +92,15 @@ from peers_client import Endpoint, Exchange, cancel_once, run_load, run_together
 from peers_report import write_outputs
 from peers_sustained import Sustained, fd_warning
 
-TARGETS = ("direct", "nginx", "litellm", "portkey", "streamhop-coalesce", "streamhop-passthrough")
+TARGETS = (
+    "direct",
+    "nginx",
+    "litellm",
+    "portkey",
+    "streamhop-coalesce",
+    "streamhop-coalesce-reads",
+    "streamhop-passthrough",
+)
 STREAM_TOKENS = 2000
 NONSTREAM_TOKENS = 200
 NONSTREAM_CONCURRENCY = 20
@@ -386,6 +394,9 @@ def start_targets(
         "litellm": lambda: pt.litellm(sim_url, tls),
         "portkey": lambda: pt.portkey(sim_url, headers_shim=not args.portkey_no_shim, tls=tls),
         "streamhop-coalesce": lambda: pt.streamhop(sim_url, "coalesce", tls),
+        "streamhop-coalesce-reads": lambda: pt.streamhop(
+            sim_url, "coalesce", tls, coalesce_reads=True
+        ),
         "streamhop-passthrough": lambda: pt.streamhop(sim_url, "passthrough", tls),
     }
     targets = []
@@ -624,6 +635,7 @@ def start_tls(
         "litellm": "SSL_CERT_FILE, REQUESTS_CA_BUNDLE",
         "portkey": "NODE_EXTRA_CA_CERTS",
         "streamhop-coalesce": "SSL_CERT_FILE",
+        "streamhop-coalesce-reads": "SSL_CERT_FILE",
         "streamhop-passthrough": "SSL_CERT_FILE",
     }
     notes.append(f"upstream: {front.label}, {front_url}")

@@ -392,16 +392,20 @@ def _node_version(node: str) -> str:
     return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
 
 
-def streamhop(sim_url: str, mode: str, tls: Tls | None = None) -> Target:
-    """``streamhop serve --upstream`` in ``mode`` (coalesce or passthrough).
+def streamhop(
+    sim_url: str, mode: str, tls: Tls | None = None, *, coalesce_reads: bool = False
+) -> Target:
+    """``streamhop serve --upstream`` in ``mode`` (coalesce or passthrough); with
+    ``coalesce_reads``, ``[rechunk] coalesce_reads = true`` too (target ``streamhop-<mode>-reads``).
 
     With ``tls`` it trusts the local CA through ``SSL_CERT_FILE`` (set in this process's
     environment only while the child is spawned: ``throughput.start`` passes no ``env``).
     """
     tmp = Path(tempfile.mkdtemp(prefix=f"streamhop-peers-{mode}-"))
     config = tmp / "streamhop.toml"
-    config.write_text(f'[rechunk]\nmode = "{mode}"\n')
-    name = f"streamhop-{mode}"
+    reads = "true" if coalesce_reads else "false"
+    config.write_text(f'[rechunk]\nmode = "{mode}"\ncoalesce_reads = {reads}\n')
+    name = f"streamhop-{mode}" + ("-reads" if coalesce_reads else "")
     saved = {k: os.environ.get(k) for k in (tls.env() if tls is not None else {})}
     if tls is not None:
         os.environ.update(tls.env())
@@ -434,7 +438,7 @@ def streamhop(sim_url: str, mode: str, tls: Tls | None = None) -> Target:
 
     target = Target(
         name,
-        f"streamhop {version('streamhop')} {mode}",
+        f"streamhop {version('streamhop')} {mode}" + (", coalesce_reads" if coalesce_reads else ""),
         Endpoint("127.0.0.1", _port_of(url)),
         proc,
         passthrough_like=mode == "passthrough",
