@@ -23,14 +23,15 @@ import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, get_args
 
+from streamhop.middleware.defaults import RechunkMode
 from streamhop.middleware.errors import StreamHopError
 from streamhop.middleware.pump_types import PumpOptions
 from streamhop.middleware.rechunk.boundary import FLUSH_BOUNDARIES, FlushBoundary
 
 PREFIX: Final = b"x-streamhop-"
-MODES: Final = ("coalesce", "passthrough")
+MODES: Final = get_args(RechunkMode)
 ON_DISCONNECT: Final = ("cancel", "detach")
 MAX_TIMEOUT_MS: Final = 86_400_000
 """Largest ``X-Streamhop-Timeout-Ms`` accepted (one day)."""

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol
 
+from streamhop.middleware import defaults
 from streamhop.middleware.errors import StreamHopError
 from streamhop.middleware.rechunk.boundary import DEFAULT_MAX_BOUNDARY_WAIT, FlushBoundary
 from streamhop.middleware.rechunk.formats import TERMINAL_HINTS
@@ -60,12 +61,12 @@ class PumpOptions:
     """
 
     format: str = "auto"
-    flush_interval_s: float = 0.020
-    max_flush_bytes: int = 16 * 1024
+    flush_interval_s: float = defaults.FLUSH_INTERVAL_S
+    max_flush_bytes: int = defaults.MAX_FLUSH_BYTES
     passthrough: bool = False
-    max_event_bytes: int = 1024 * 1024
-    max_pending_bytes: int = 1024 * 1024
-    stall_timeout_s: float = 30.0
+    max_event_bytes: int = defaults.MAX_EVENT_BYTES
+    max_pending_bytes: int = defaults.MAX_PENDING_BYTES
+    stall_timeout_s: float = defaults.STALL_TIMEOUT_S
     keepalive_interval_s: float | None = None
     forward_comments: bool = False
     flush_boundary: FlushBoundary = "none"

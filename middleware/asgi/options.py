@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from streamhop.middleware import defaults
 from streamhop.middleware.controls import MODES, Controls
 from streamhop.middleware.errors import ConfigError
 from streamhop.middleware.pump import PumpOptions
@@ -56,13 +57,13 @@ class MiddlewareOptions:
             names the option.
     """
 
-    flush_interval_ms: float = 20.0
-    max_flush_bytes: int = 16 * 1024
-    max_event_bytes: int = 1024 * 1024
-    max_pending_bytes: int = 1024 * 1024
-    stall_timeout_s: float = 30.0
+    flush_interval_ms: float = defaults.FLUSH_INTERVAL_MS
+    max_flush_bytes: int = defaults.MAX_FLUSH_BYTES
+    max_event_bytes: int = defaults.MAX_EVENT_BYTES
+    max_pending_bytes: int = defaults.MAX_PENDING_BYTES
+    stall_timeout_s: float = defaults.STALL_TIMEOUT_S
     stop_grace_s: float = 1.0
-    keepalive_interval_s: float | None = 15.0
+    keepalive_interval_s: float | None = defaults.KEEPALIVE_INTERVAL_S
     burst_gap_ms: float = 500.0
     burst_events: int = 20
     flush_boundary: str = "none"

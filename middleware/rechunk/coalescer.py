@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from streamhop.middleware import defaults
 from streamhop.middleware.rechunk.boundary import (
     DEFAULT_MAX_BOUNDARY_WAIT,
     FlushBoundary,
@@ -46,8 +47,8 @@ from streamhop.middleware.rechunk.formats import (
 from streamhop.middleware.rechunk.formats.base import Content
 from streamhop.middleware.sse.events import SSEEvent
 
-DEFAULT_FLUSH_INTERVAL: Final = 0.020
-DEFAULT_MAX_FLUSH_BYTES: Final = 16 * 1024
+DEFAULT_FLUSH_INTERVAL: Final = defaults.FLUSH_INTERVAL_S
+DEFAULT_MAX_FLUSH_BYTES: Final = defaults.MAX_FLUSH_BYTES
 
 
 class Coalescer:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
+from streamhop.middleware import defaults
 from streamhop.middleware.errors import EventTooLargeError, SSEProtocolError
 from streamhop.middleware.sse.events import SSEEvent
 
@@ -46,7 +47,7 @@ NEED_DATA: Final = _Sentinel("NEED_DATA")
 END: Final = _Sentinel("END")
 """Returned by :meth:`SSEDecoder.next_event` once EOF was received and every event was returned."""
 
-DEFAULT_MAX_EVENT_BYTES: Final = 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES: Final = defaults.MAX_EVENT_BYTES
 _BOM: Final = b"\xef\xbb\xbf"
 
 

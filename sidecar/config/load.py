@@ -14,12 +14,12 @@ import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
+from streamhop.middleware.defaults import FormatName, OnDisconnect, RechunkMode, ResumeStoreKind
 from streamhop.middleware.errors import ConfigError
 from streamhop.middleware.rechunk.boundary import FLUSH_BOUNDARIES
-from streamhop.middleware.rechunk.formats import FORMAT_NAMES
 from streamhop.sidecar.config.model import (
     NEVER_FORWARDED_METHODS,
     BackpressureConfig,
@@ -208,14 +208,8 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
     if not prefix.startswith("/"):
         raise ConfigError(f"{key}.prefix", f"must start with '/', got {prefix!r}")
     d = RouteConfig(prefix="/", upstream="http://x")
-    fmt = _str(t, key, "format", d.format)
-    if fmt not in FORMAT_NAMES:
-        raise ConfigError(f"{key}.format", f"expected one of {list(FORMAT_NAMES)}, got {fmt!r}")
-    on_disconnect = _str(t, key, "on_disconnect", d.on_disconnect)
-    if on_disconnect not in ("cancel", "detach"):
-        raise ConfigError(
-            f"{key}.on_disconnect", f"expected 'cancel' or 'detach', got {on_disconnect!r}"
-        )
+    fmt = _choice(t, key, "format", d.format, FormatName)
+    on_disconnect = _choice(t, key, "on_disconnect", d.on_disconnect, OnDisconnect)
     raw_headers = t.get("headers", {})
     if not isinstance(raw_headers, dict):
         raise ConfigError(f"{key}.headers", 'expected a table of header = "value"')
@@ -285,9 +279,7 @@ def _methods(key: str, value: object) -> tuple[str, ...]:
 def _rechunk(t: Mapping[str, Any]) -> RechunkConfig:
     _no_unknown("rechunk", t, set(RechunkConfig.__dataclass_fields__))
     d = RechunkConfig()
-    mode = _str(t, "rechunk", "mode", d.mode)
-    if mode not in ("coalesce", "passthrough"):
-        raise ConfigError("rechunk.mode", f"expected 'coalesce' or 'passthrough', got {mode!r}")
+    mode = _choice(t, "rechunk", "mode", d.mode, RechunkMode)
     boundary = _str(t, "rechunk", "flush_boundary", d.flush_boundary)
     flush_boundary = next((b for b in FLUSH_BOUNDARIES if b == boundary), None)
     if flush_boundary is None:
@@ -324,9 +316,7 @@ def _backpressure(t: Mapping[str, Any]) -> BackpressureConfig:
 def _resume(t: Mapping[str, Any], env: Mapping[str, str]) -> ResumeConfig:
     _no_unknown("resume", t, set(ResumeConfig.__dataclass_fields__))
     d = ResumeConfig()
-    store = _str(t, "resume", "store", d.store)
-    if store not in ("memory", "redis"):
-        raise ConfigError("resume.store", f"expected 'memory' or 'redis', got {store!r}")
+    store = _choice(t, "resume", "store", d.store, ResumeStoreKind)
     enabled = t.get("enabled", d.enabled)
     if not isinstance(enabled, bool):
         raise ConfigError("resume.enabled", f"expected true or false, got {enabled!r}")
@@ -423,6 +413,22 @@ def _bool(t: Mapping[str, Any], where: str, key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{where}.{key}", f"expected true or false, got {value!r}")
     return value
+
+
+_C = TypeVar("_C", bound=str)
+
+
+def _choice(t: Mapping[str, Any], where: str, key: str, default: _C, kind: Any) -> _C:
+    """A string among the values of the ``Literal`` type ``kind`` (the config model's type of
+    that key: the allowed values are written once, there)."""
+    allowed = get_args(kind)
+    value = t.get(key, default)
+    if value not in allowed:
+        raise ConfigError(
+            f"{where}.{key}",
+            f"expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}",
+        )
+    return cast(_C, value)
 
 
 def _str(t: Mapping[str, Any], where: str, key: str, default: str) -> str:

@@ -18,6 +18,8 @@ from urllib.parse import unquote_to_bytes
 
 from yarl import URL
 
+from streamhop.middleware import defaults
+from streamhop.middleware.defaults import FormatName, OnDisconnect, RechunkMode, ResumeStoreKind
 from streamhop.middleware.errors import ConfigError
 from streamhop.middleware.rechunk.boundary import DEFAULT_MAX_BOUNDARY_WAIT, FlushBoundary
 
@@ -84,16 +86,16 @@ class RouteConfig:
 
     prefix: str
     upstream: str
-    format: str = "auto"
+    format: FormatName = "auto"
     headers: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
     connect_timeout_s: float = 10.0
     retries: int = 1
-    on_disconnect: str = "cancel"
+    on_disconnect: OnDisconnect = "cancel"
     client_on_disconnect: bool = False
     """Whether a request may choose ``on_disconnect`` itself (``X-Streamhop-On-Disconnect``)."""
     read_timeout_s: float = 60.0
-    keepalive_interval_s: float = 15.0
+    keepalive_interval_s: float = defaults.KEEPALIVE_INTERVAL_S
     allowed_origins: tuple[str, ...] = ()
     """Browser origins allowed on this route, besides ``[server] allowed_origins``."""
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -143,10 +145,10 @@ class RechunkConfig:
     and wakes; a phase change that arrives meanwhile waits up to one window).
     """
 
-    mode: str = "coalesce"
-    flush_interval_ms: float = 20.0
-    max_flush_bytes: int = 16 * 1024
-    max_event_bytes: int = 1024 * 1024
+    mode: RechunkMode = "coalesce"
+    flush_interval_ms: float = defaults.FLUSH_INTERVAL_MS
+    max_flush_bytes: int = defaults.MAX_FLUSH_BYTES
+    max_event_bytes: int = defaults.MAX_EVENT_BYTES
     flush_boundary: FlushBoundary = "none"
     max_boundary_wait_ms: float = DEFAULT_MAX_BOUNDARY_WAIT * 1000
     coalesce_reads: bool = False
@@ -156,8 +158,8 @@ class RechunkConfig:
 class BackpressureConfig:
     """``[backpressure]``: bounds for slow clients."""
 
-    max_pending_bytes: int = 1024 * 1024
-    stall_timeout_s: float = 30.0
+    max_pending_bytes: int = defaults.MAX_PENDING_BYTES
+    stall_timeout_s: float = defaults.STALL_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +174,7 @@ class ResumeConfig:
     """
 
     enabled: bool = False
-    store: str = "memory"
+    store: ResumeStoreKind = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     window_s: float = 300.0
     max_streams: int = 1000

@@ -161,7 +161,7 @@ class Proxy:
             message = f"request body is larger than max_request_bytes={body}"
             await json_error(send, 413, fmt_hint, "request_too_large", message)
             return
-        on_disconnect = route.on_disconnect
+        on_disconnect: str = route.on_disconnect
         if controls.on_disconnect is not None:
             problem = None
             if not route.client_on_disconnect:

@@ -6,10 +6,14 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
+from streamhop.middleware.controls import MODES
+from streamhop.middleware.defaults import FormatName, RechunkMode
 from streamhop.middleware.errors import ConfigError
+from streamhop.middleware.rechunk.formats import FORMAT_NAMES
 from streamhop.sidecar.config import (
     BackpressureConfig,
     RechunkConfig,
@@ -119,3 +123,14 @@ def test_a_route_proxy_takes_env_interpolation_and_is_redacted_in_errors() -> No
     with pytest.raises(ConfigError) as info:
         config_from_dict({"routes": [{**route, "proxy": "ftp://u:s3cret@p"}]})
     assert "s3cret" not in str(info.value) and "***@p" in str(info.value)
+
+
+def test_the_literal_types_name_what_the_code_accepts() -> None:
+    """One source: the config model's ``Literal`` types are the allowed values; the format
+    registry and the control headers agree with them."""
+    assert set(get_args(FormatName)) == set(FORMAT_NAMES)
+    assert get_args(RechunkMode) == MODES
+    with pytest.raises(ConfigError, match=r"rechunk\.mode.*'coalesce', 'passthrough'"):
+        config_from_dict({"rechunk": {"mode": "fast"}})
+    with pytest.raises(ConfigError, match=r"resume\.store.*'memory', 'redis'"):
+        config_from_dict({"resume": {"store": "disk"}})
