@@ -8,6 +8,7 @@ No cluster is involved: ``Chart.render`` is ``helm template``. The release is al
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -130,17 +131,49 @@ def documents(files: Mapping[str, str]) -> Iterator[dict[str, Any]]:
                 yield doc
 
 
-def render(values: Mapping[str, Any] | None = None, chart: Path = CHART) -> Rendered:
-    """``helm template streamhop <chart> --namespace llm`` with ``values``.
+def render(
+    values: Mapping[str, Any] | None = None,
+    chart: Path = CHART,
+    *,
+    kube_version: str | None = None,
+) -> Rendered:
+    """``helm template streamhop <chart> --namespace llm [--kube-version V]`` with ``values``.
+
+    Args:
+        kube_version: ``.Capabilities.KubeVersion`` (e.g. ``"1.25.0"``); ``None``: Helm's
+            default (its client library's version).
 
     Raises:
         helm_python.HelmError: a template failed or the values broke values.schema.json.
     """
     with helm.Chart.load(chart) as loaded:
-        files = loaded.render(
-            dict(values or {}), name=RELEASE, namespace=NAMESPACE, is_install=True
-        )
+        if kube_version is None:
+            files = loaded.render(
+                dict(values or {}), name=RELEASE, namespace=NAMESPACE, is_install=True
+            )
+        else:
+            files = _render_for(loaded, values, kube_version)
     return Rendered(files, list(documents(files)))
+
+
+def _render_for(
+    loaded: helm.Chart, values: Mapping[str, Any] | None, kube_version: str
+) -> dict[str, str]:
+    """``Chart.render`` with ``--kube-version``: helm-python-sdk 0.2 does not expose the option
+    its native ``helm_render`` takes (``kube_version`` in its JSON options), so call that."""
+    from helm_python import _native
+    from helm_python.chart import _dumps
+
+    opts = {
+        "name": RELEASE,
+        "namespace": NAMESPACE,
+        "is_install": True,
+        "kube_version": f"v{kube_version.removeprefix('v')}",
+    }
+    raw = loaded._raw()  # the one handle the native call needs
+    text = _native.call_string("helm_render", raw, _dumps(dict(values or {})), json.dumps(opts))
+    files: dict[str, str] = json.loads(text)
+    return files
 
 
 # --- the example app chart and the manifest for people without Helm ------------------------------
@@ -167,8 +200,61 @@ def example_chart(workdir: Path) -> Path:
     return target
 
 
-def render_example(workdir: Path, values: Mapping[str, Any] | None = None) -> Rendered:
-    return render(values, chart=example_chart(workdir))
+def render_example(
+    workdir: Path, values: Mapping[str, Any] | None = None, *, kube_version: str | None = None
+) -> Rendered:
+    return render(values, chart=example_chart(workdir), kube_version=kube_version)
+
+
+APP_DEPLOYMENT = """\
+{{- /* An app chart as docs/kubernetes.md shows it: the context carries .Capabilities, so the
+sidecar is native on Kubernetes >= 1.29 and a plain container before. */}}
+{{- $streamhop := dict "Values" .Values.streamhop "Release" .Release "Capabilities" .Capabilities }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}-app
+spec:
+  selector:
+    matchLabels: {app: app}
+  template:
+    metadata:
+      labels: {app: app}
+    spec:
+      securityContext:
+        runAsNonRoot: true
+        seccompProfile: {type: RuntimeDefault}
+      {{- with include "streamhop.sidecarInitContainers" $streamhop | trim }}
+      initContainers:
+        {{- . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: app
+          image: registry.example.com/app:1
+          env:
+            - name: OPENAI_BASE_URL
+              value: "http://127.0.0.1:{{ .Values.streamhop.ports.proxy }}/v1"
+        {{- include "streamhop.sidecarContainers" $streamhop | trim | nindent 8 }}
+      volumes:
+        {{- include "streamhop.sidecarVolumes" $streamhop | trim | nindent 8 }}
+"""
+"""The pod template of an app chart that follows docs/kubernetes.md (the version-aware way)."""
+
+
+def app_chart(workdir: Path) -> Path:
+    """The example app chart with its Deployment replaced by :data:`APP_DEPLOYMENT`."""
+    chart = example_chart(workdir)
+    for old in (chart / "templates").glob("*.yaml"):
+        if "streamhop.sidecar" in old.read_text():
+            old.unlink()
+    (chart / "templates" / "app.yaml").write_text(APP_DEPLOYMENT)
+    return chart
+
+
+def render_app(
+    workdir: Path, values: Mapping[str, Any] | None = None, *, kube_version: str | None = None
+) -> Rendered:
+    return render(values, chart=app_chart(workdir), kube_version=kube_version)
 
 
 def plain_objects(rendered: Rendered) -> list[dict[str, Any]]:

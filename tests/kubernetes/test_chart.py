@@ -6,6 +6,7 @@ grace period) and the config it renders for it — which a real ``streamhop serv
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import shutil
@@ -13,10 +14,11 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import helm_python as helm
 import httpx
@@ -27,7 +29,9 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 from streamhop.middleware.errors import ConfigError
-from streamhop.sidecar.config import Config, load_config, model
+from streamhop.sidecar.admission.guard import normalise_path
+from streamhop.sidecar.admission.routing import RouteTable
+from streamhop.sidecar.config import Config, config_from_dict, load_config, model
 from tests.kubernetes.chart import (
     ALL_ON,
     CHART,
@@ -35,10 +39,12 @@ from tests.kubernetes.chart import (
     NATIVE_SIDECAR_KUBERNETES,
     NEWEST_KUBERNETES,
     OLDEST_KUBERNETES,
+    ROOT,
     SIDECAR,
     Rendered,
     deep_merge,
     render,
+    render_app,
     render_example,
 )
 from tests.support import StreamhopProcess, start_streamhop
@@ -854,7 +860,7 @@ def test_route_egress_keys_render_as_toml_strings_and_booleans() -> None:
     assert b["proxy"] == "" and "proxy" not in c
     assert rendered.config["server"]["trust_env"] is False
     assert 'WARNING: route "/a" has tls_verify = false' in rendered.notes
-    assert "WARNING" not in render().notes
+    assert "WARNING: route" not in render().notes
 
 
 def _tls_secret(cert: trustme.LeafCert) -> dict[str, str]:
@@ -1088,3 +1094,304 @@ def test_readme_lists_every_value() -> None:
     paths = set(value_paths(yaml.safe_load((CHART / "values.yaml").read_text())))
     assert paths - documented == set()
     assert documented - paths == set()
+
+
+# --- issue 24: every documented key, base URLs, Kubernetes versions, defaults -------------------
+
+EXAMPLE = ROOT / "config.example.toml"
+_COMMENTED_KEY = re.compile(r"^# ([A-Za-z_][A-Za-z0-9_-]*) = (.+)$")
+_TABLE = re.compile(r"^\[\[?([a-z.]+)\]\]?$")
+CHART_OWNED = {"server": ("listen", "admin_listen", "tls_cert_file", "tls_key_file")}
+"""Keys the chart renders itself (from mode, ports and tls), refused in values."""
+
+
+def example_tables() -> dict[str, dict[str, Any]]:
+    """config.example.toml as tables of keys: its first route as ``routes``, and its
+    commented-out keys (``# timeout_s = 300.0``: documented, off by default) set too."""
+    data = tomllib.loads(EXAMPLE.read_text())
+    tables: dict[str, dict[str, Any]] = {
+        name: dict(value) for name, value in data.items() if name != "routes"
+    }
+    tables["routes"] = dict(data["routes"][0])
+    tables["routes"]["headers"] = dict(tables["routes"].get("headers", {}))
+    table = ""
+    seen_routes = 0
+    for line in EXAMPLE.read_text().splitlines():
+        if found := _TABLE.match(line):
+            table = found.group(1)
+            seen_routes += table == "routes"
+            continue
+        found = _COMMENTED_KEY.match(line)
+        if not found or not table or seen_routes > 1:
+            continue
+        try:
+            value = tomllib.loads(f"{found.group(1)} = {found.group(2)}")
+        except tomllib.TOMLDecodeError:
+            continue  # prose that looks like a key
+        target = tables["routes"]["headers"] if table == "routes.headers" else tables[table]
+        assert found.group(1) not in target, (table, found.group(1))
+        target.update(value)
+    return tables
+
+
+def test_the_example_walk_finds_the_commented_out_keys_too() -> None:
+    tables = example_tables()
+    assert {"tls_cert_file", "tls_key_file"} <= tables["server"].keys()
+    assert {"timeout_s", "proxy", "tls_ca_file", "tls_client_key"} <= tables["routes"].keys()
+    assert tables["routes"]["headers"] == {"Authorization": "Bearer ${CEREBRAS_API_KEY}"}
+    assert "otlp_endpoint" in tables["tracing"]
+    # And nothing the model does not have (streamhop's loader would refuse it).
+    for name, keys in tables.items():
+        cls = {"routes": model.RouteConfig}.get(name) or getattr(
+            model, f"{name.capitalize()}Config"
+        )
+        assert keys.keys() <= cls.__dataclass_fields__.keys(), name
+
+
+def test_every_key_of_config_example_renders_through_the_chart_and_streamhop_loads_it(
+    tmp_path: Path,
+) -> None:
+    """Every key config.example.toml documents, commented-out ones included, as chart values
+    through Helm's engine; the rendered streamhop.toml, with the files it names written where
+    the pod has them, loads with streamhop's own loader into the same config as the example."""
+    tables = example_tables()
+    config: dict[str, Any] = {
+        name: {k: v for k, v in keys.items() if k not in CHART_OWNED.get(name, ())}
+        for name, keys in tables.items()
+    }
+    config["routes"] = [config["routes"]]
+    server, route = tables["server"], tables["routes"]
+    # The files the example names, mounted by the chart at exactly those paths.
+    client_dir = Path(route["tls_client_cert"]).parent
+    assert route["tls_client_key"] == f"{client_dir}/tls.key"
+    assert client_dir.parent == Path(CLIENT_CERTS) and route["tls_ca_file"] == CA_BUNDLE
+    values = {
+        "config": config,
+        "caBundle": {"configMap": "corp-ca"},
+        "clientCertificates": [{"name": client_dir.name, "secretName": "gateway-client-tls"}],
+        "tls": {"enabled": True, "secretName": "streamhop-listener"},
+    }
+    rendered = render(values)
+    toml = rendered.config
+    for name, keys in tables.items():
+        table = toml["routes"][0] if name == "routes" else toml[name]
+        for key, value in keys.items():
+            if value == "" or key in ("listen", "admin_listen"):
+                continue  # "" is left out (the default); the chart sets the listeners
+            assert table[key] == value, (name, key)
+    assert server["tls_cert_file"] == toml["server"]["tls_cert_file"]
+
+    pod, container = gateway_pod(rendered)
+    files = mounted_files(rendered, pod, container)
+    root = tmp_path / "etc" / "streamhop"
+    ca = trustme.CA()
+    content = {
+        ("configMap", "corp-ca"): {"ca.crt": ca.cert_pem.bytes().decode()},
+        ("secret", "gateway-client-tls"): _tls_secret(ca.issue_cert("streamhop.llm.svc")),
+        ("secret", "streamhop-listener"): _tls_secret(ca.issue_cert("streamhop.llm.svc")),
+    }
+    for path, (kind, name, key) in files.items():
+        if path.endswith("streamhop.toml"):
+            continue
+        target = root / Path(path).relative_to("/etc/streamhop")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content[kind, name][key])
+    here = rendered.toml_text.replace("/etc/streamhop/", f"{root}/")
+    (root / "streamhop.toml").write_text(here)
+    env = {**process_env(container), "CEREBRAS_API_KEY": "k1"}
+    loaded = load_config(root / "streamhop.toml", env)
+
+    example = tomllib.loads(EXAMPLE.read_text().replace("/etc/streamhop/", f"{root}/"))
+    example_tables_here = tomllib.loads(json_to_toml(tables).replace("/etc/streamhop/", f"{root}/"))
+    expected = config_from_dict(example_tables_here, env)
+    assert loaded.routes == expected.routes
+    assert loaded.server == dataclasses.replace(
+        expected.server, listen="0.0.0.0:8787", admin_listen="0.0.0.0:9464"
+    )
+    for name in ("rechunk", "backpressure", "resume", "tracing", "metrics"):
+        assert getattr(loaded, name) == getattr(expected, name), name
+    assert example.keys() == tables.keys()
+
+
+def json_to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """``tables`` (as :func:`example_tables` returns them) as TOML, ``routes`` as one
+    ``[[routes]]``: the example with its commented-out keys switched on."""
+    lines: list[str] = []
+    for name, keys in tables.items():
+        lines.append(f"[[{name}]]" if name == "routes" else f"[{name}]")
+        nested = {k: v for k, v in keys.items() if isinstance(v, Mapping)}
+        for key, value in keys.items():
+            if key not in nested:
+                lines.append(f"{key} = {json.dumps(value)}")
+        for key, value in nested.items():
+            lines.append(f"[{name}.{key}]")
+            lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"rechunk": {"flush_boundary": "sentence", "max_boundary_wait_ms": 100}},
+        {"rechunk": {"coalesce_reads": True}},
+        {"resume": {"handoff_jitter_ms": 500}},
+        {"tracing": {"otlp_endpoint": "http://otel:4318", "export_metrics": True}},
+        {"routes": [_route(client_on_disconnect=True)]},
+    ],
+    ids=["flush_boundary", "coalesce_reads", "handoff_jitter_ms", "export_metrics", "client"],
+)
+def test_the_keys_issue_24_found_refused_render_and_load(config: Mapping[str, Any]) -> None:
+    rendered = render({"config": config})
+    loaded = config_from_dict(rendered.config, {})
+    for name, keys in config.items():
+        for key, value in (keys[0] if name == "routes" else keys).items():
+            got = getattr(loaded.routes[0] if name == "routes" else getattr(loaded, name), key)
+            assert got == value, (name, key)
+
+
+def _sdk_lines(notes: str) -> dict[str, tuple[str, str]]:
+    """route prefix -> (SDK class, base_url) as NOTES print them."""
+    found = re.findall(
+        r'route "([^"]+)" -> \S+\n\s+(OpenAI|Anthropic)\(base_url="([^"]+)"\)', notes
+    )
+    return {prefix: (sdk, url) for prefix, sdk, url in found}
+
+
+SDK_PATHS = {"OpenAI": "/chat/completions", "Anthropic": "/v1/messages"}
+"""What each SDK appends to its base_url for a streamed chat."""
+PROVIDER_PATHS = {"OpenAI": "/v1/chat/completions", "Anthropic": "/v1/messages"}
+"""Where the provider answers it."""
+
+
+@pytest.mark.parametrize(
+    ("routes", "expected"),
+    [
+        (
+            ALL_ON["config"]["routes"],
+            {"/cerebras": ("OpenAI", "/cerebras/v1"), "/anthropic": ("Anthropic", "/anthropic")},
+        ),
+        (
+            [
+                {"prefix": "/", "upstream": "https://api.openai.com", "format": "openai-chat"},
+                {"prefix": "/claude/", "upstream": "https://api.anthropic.com"},
+                {"prefix": "/vllm", "upstream": "http://vllm.llm.svc:8000/v1"},
+            ],
+            {
+                "/": ("OpenAI", "/v1"),
+                "/claude/": ("Anthropic", "/claude"),
+                "/vllm": ("OpenAI", "/vllm"),
+            },
+        ),
+    ],
+    ids=["docs", "mixed"],
+)
+def test_notes_print_a_working_base_url_for_every_route(
+    routes: list[dict[str, Any]], expected: Mapping[str, tuple[str, str]]
+) -> None:
+    """Each printed base_url plus what its SDK appends reaches, through streamhop's own route
+    table, the provider's endpoint (issue 24: ".../v1" for prefixed routes was a 404)."""
+    rendered = render({"config": {"routes": routes}})
+    service = "http://streamhop.llm.svc.cluster.local:8787"
+    printed = _sdk_lines(rendered.notes)
+    assert printed == {p: (sdk, service + path) for p, (sdk, path) in expected.items()}
+    keys = {"CEREBRAS_API_KEY": "k1", "ANTHROPIC_API_KEY": "k2"}
+    table = RouteTable(config_from_dict(rendered.config, keys).routes)
+    for prefix, (sdk, url) in printed.items():
+        path = normalise_path(urlsplit(url).path + SDK_PATHS[sdk])
+        route = table.match(path)
+        assert route is not None and route.prefix == prefix, url
+        upstream = str(table.upstream_url(route, path, b""))
+        assert upstream.endswith(PROVIDER_PATHS[sdk]), (url, upstream)
+        assert "/v1/v1/" not in upstream
+
+
+def test_the_sidecar_notes_print_the_loopback_url_per_route() -> None:
+    routes = ALL_ON["config"]["routes"]
+    notes = render(deep_merge(SIDECAR, {"config": {"routes": routes}})).notes
+    assert _sdk_lines(notes) == {
+        "/cerebras": ("OpenAI", "http://127.0.0.1:8787/cerebras/v1"),
+        "/anthropic": ("Anthropic", "http://127.0.0.1:8787/anthropic"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kube_version", "native"),
+    [
+        (OLDEST_KUBERNETES, False),
+        ("1.28.9", False),
+        (NATIVE_SIDECAR_KUBERNETES, True),
+        (NEWEST_KUBERNETES, True),
+    ],
+)
+def test_the_native_sidecar_needs_kubernetes_1_29_and_falls_back_to_a_plain_one(
+    kube_version: str, native: bool, tmp_path: Path
+) -> None:
+    """An app chart that passes .Capabilities (docs/kubernetes.md) gets the native sidecar from
+    1.29 and a plain container before, and the result passes kubernetes-validate for that
+    version; NOTES say which."""
+    rendered = render_app(tmp_path, kube_version=kube_version)
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    container = streamhop_container(pod)
+    assert (container in pod.get("initContainers", [])) is native
+    assert container.get("restartPolicy") == ("Always" if native else None)
+    # A plain sidecar keeps serving while the app finishes; a native one stops after the app.
+    assert ("lifecycle" in container) is not native
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(yaml.safe_dump(rendered.one("Deployment")))
+    result = subprocess.run(
+        [KUBERNETES_VALIDATE, "--strict", "-k", kube_version, manifest],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, (kube_version, result.stdout, result.stderr)
+    notes = render(SIDECAR, kube_version=kube_version).notes
+    assert ("has no native sidecars" in notes) is not native
+    assert ("it is a native sidecar" in notes) is native
+
+
+def test_without_capabilities_in_its_context_the_sidecar_follows_sidecar_native(
+    tmp_path: Path,
+) -> None:
+    """The example chart passes no .Capabilities: sidecar.native alone decides, as before."""
+    rendered = render_example(tmp_path, kube_version=OLDEST_KUBERNETES)
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    assert streamhop_container(pod).get("restartPolicy") == "Always"
+
+
+def test_gateway_renders_valid_manifests_for_1_25_and_1_29(tmp_path: Path) -> None:
+    for version in (OLDEST_KUBERNETES, NATIVE_SIDECAR_KUBERNETES):
+        objects = render(ALL_ON, kube_version=version).objects
+        builtin = [o for o in objects if o["kind"] not in NOT_IN_KUBERNETES_SCHEMAS]
+        manifest = tmp_path / f"gateway-{version}.yaml"
+        manifest.write_text(yaml.safe_dump_all(builtin))
+        result = subprocess.run(
+            [KUBERNETES_VALIDATE, "--strict", "-k", version, manifest],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, (version, result.stdout, result.stderr)
+
+
+def test_one_slow_readiness_probe_does_not_take_a_pod_out() -> None:
+    container = streamhop_container(render().one("Deployment")["spec"]["template"]["spec"])
+    readiness, liveness = container["readinessProbe"], container["livenessProbe"]
+    assert readiness["failureThreshold"] >= 3
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] >= 15
+    assert readiness["timeoutSeconds"] >= 2
+    # Liveness restarts the process: slower to give up than readiness.
+    assert (
+        liveness["periodSeconds"] * liveness["failureThreshold"]
+        > readiness["periodSeconds"] * readiness["failureThreshold"]
+    )
+
+
+def test_notes_warn_about_the_unpublished_default_image_and_say_how_to_build_it() -> None:
+    notes = render().notes
+    assert 'WARNING: the image is "streamhop:0.1.0"' in notes
+    assert "buildah bud -f Dockerfile" in notes and "buildah push" in notes
+    assert "image.repository" in notes
+    assert (ROOT / "Dockerfile").is_file()
+    assert "WARNING: the image" not in render(ALL_ON).notes
+    assert "WARNING: the image" not in render({"image": {"repository": "ghcr.io/me/sh"}}).notes

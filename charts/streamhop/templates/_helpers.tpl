@@ -255,7 +255,7 @@ Containers
 - name: {{ ternary $.Values.sidecar.containerName "streamhop" $sidecar }}
   image: {{ include "streamhop.image" $ | quote }}
   imagePullPolicy: {{ $.Values.image.pullPolicy }}
-  {{- if and $sidecar $.Values.sidecar.native }}
+  {{- if and $sidecar (include "streamhop.nativeSidecar" $) }}
   restartPolicy: Always
   {{- end }}
   args: ["serve", "--config", "/etc/streamhop/streamhop.toml"]
@@ -298,7 +298,7 @@ Containers
     {{- toYaml . | nindent 4 }}
   {{- end }}
   {{- $preStop := ternary $.Values.sidecar.preStopSleepSeconds $.Values.lifecycle.preStopSleepSeconds $sidecar }}
-  {{- if and $sidecar $.Values.sidecar.native }}{{ $preStop = 0 }}{{ end }}
+  {{- if and $sidecar (include "streamhop.nativeSidecar" $) }}{{ $preStop = 0 }}{{ end }}
   {{- if gt (int $preStop) 0 }}
   lifecycle:
     preStop:
@@ -345,16 +345,69 @@ Containers
 Sidecar mode: include these from your own pod template (see the comment at the top).
 ------------------------------------------------------------------------------------------ */}}
 
-{{/* The streamhop sidecar, for initContainers when sidecar.native (Kubernetes >= 1.29: it
-starts before your app, its startup probe holds your app back until it listens, and it stops
-after your app), else for containers. */}}
+{{/* "true" when the sidecar is a native one: sidecar.native, on Kubernetes >= 1.29 (restartable
+init containers are on by default from 1.29; 1.28 has them behind a feature gate, older
+versions drop restartPolicy, and the sidecar would block the pod's start as a plain init
+container). Below 1.29 the sidecar falls back to a plain container, and NOTES.txt says so.
+The version is .Capabilities.KubeVersion: pass "Capabilities" .Capabilities in the context
+dict of your chart (docs/kubernetes.md); without it sidecar.native alone decides. */}}
+{{- define "streamhop.nativeSidecar" -}}
+{{- if .Values.sidecar.native -}}
+{{- $caps := get . "Capabilities" -}}
+{{- if or (not $caps) (semverCompare ">=1.29.0-0" $caps.KubeVersion.Version) }}true{{ end -}}
+{{- end -}}
+{{- end }}
+
+{{/* The streamhop sidecar, for initContainers when "streamhop.nativeSidecar" (Kubernetes >= 1.29:
+it starts before your app, its startup probe holds your app back until it listens, and it stops
+after your app), else for containers. streamhop.sidecarInitContainers and
+streamhop.sidecarContainers put it in the right list for you. */}}
 {{- define "streamhop.sidecar" -}}
 {{ include "streamhop.container" (dict "ctx" . "sidecar" true) }}
+{{- end }}
+
+{{/* The sidecar for your pod's initContainers: empty unless it is a native sidecar. */}}
+{{- define "streamhop.sidecarInitContainers" -}}
+{{- if include "streamhop.nativeSidecar" . }}{{ include "streamhop.sidecar" . }}{{ end }}
+{{- end }}
+
+{{/* The sidecar for your pod's containers: empty when it is a native sidecar. */}}
+{{- define "streamhop.sidecarContainers" -}}
+{{- if not (include "streamhop.nativeSidecar" .) }}{{ include "streamhop.sidecar" . }}{{ end }}
 {{- end }}
 
 {{/* The volumes the sidecar mounts. */}}
 {{- define "streamhop.sidecarVolumes" -}}
 {{- include "streamhop.volumes" . }}
+{{- end }}
+
+{{/* The SDK line of one route, printed by NOTES.txt. Context: dict "ctx" <root> "route" <route>.
+The Anthropic SDK appends /v1/messages to its base_url, so its base URL is the route's own;
+OpenAI-compatible SDKs append /chat/completions (or /responses), so theirs ends in /v1 unless
+the upstream URL already does. format "auto" is taken for Anthropic when the upstream's host
+names it; "sse" is any SSE API: its URL is the route's, the client adds its own paths. */}}
+{{- define "streamhop.routeClient" -}}
+{{- $route := .route }}
+{{- $url := printf "%s%s" (include "streamhop.baseUrl" .ctx) (trimSuffix "/" $route.prefix) }}
+{{- $upstream := lower $route.upstream }}
+{{- $format := $route.format | default "auto" }}
+{{- $host := regexReplaceAll "^[a-z][a-z0-9+.-]*://([^/@]*@)?([^/:]+).*$" $upstream "${2}" }}
+{{- $upstreamPath := regexReplaceAll "^[a-z][a-z0-9+.-]*://[^/]*" $upstream "" | trimSuffix "/" }}
+{{- if or (eq $format "anthropic") (and (eq $format "auto") (contains "anthropic" $host)) -}}
+Anthropic(base_url="{{ $url }}")
+{{- else if eq $format "sse" -}}
+{{ $url }}/...  (format "sse": your client adds the provider's paths)
+{{- else -}}
+OpenAI(base_url="{{ $url }}{{ if not (hasSuffix "/v1" $upstreamPath) }}/v1{{ end }}")
+{{- end }}
+{{- end }}
+
+{{/* One block per route for NOTES.txt: prefix, upstream, and the SDK line with its base URL. */}}
+{{- define "streamhop.routeList" -}}
+{{- range $route := .Values.config.routes }}
+  route {{ $route.prefix | quote }} -> {{ $route.upstream }}
+      {{ include "streamhop.routeClient" (dict "ctx" $ "route" $route) }}
+{{- end }}
 {{- end }}
 
 {{/* The base URL an SDK uses (printed by NOTES.txt). */}}
