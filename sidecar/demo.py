@@ -5,7 +5,12 @@ front of it, both on free loopback ports; streams the same chat requests directl
 the sidecar with the official ``openai`` SDK; prints SSE events received, time to first token
 and bytes for both paths and whether the final texts are equal; then sends one stream through a
 simulated buffering hop (the simulator's ``buffered`` fault) and prints how many upstream bursts
-the sidecar counted; stops both; exits 0 when the texts are equal (1 otherwise).
+the sidecar counted (figures scraped from its ``/metrics`` while it runs); stops both, or with
+``--keep-running`` leaves them running and prints their URLs until Ctrl-C; exits 0 when the texts
+are equal (1 otherwise).
+
+The ``/metrics`` URL is printed only when it stays reachable (``--keep-running``): the sidecar
+listens on a free port that is gone once the demo exits.
 """
 
 from __future__ import annotations
@@ -43,14 +48,40 @@ _READY = re.compile(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``streamhop demo``."""
     parser.add_argument(
-        "--tokens-per-second", type=float, default=2000.0, help="simulated provider speed"
+        "--tokens-per-second",
+        type=float,
+        default=2000.0,
+        metavar="N",
+        help="simulated provider speed (default %(default)g)",
     )
     parser.add_argument(
-        "--events-per-second", type=float, default=200.0, help="simulated SSE events per second"
+        "--events-per-second",
+        type=float,
+        default=200.0,
+        metavar="N",
+        help="simulated SSE events per second (default %(default)g)",
     )
-    parser.add_argument("--ttft-ms", type=float, default=50.0, help="simulated time to first token")
-    parser.add_argument("--rounds", type=int, default=3, help="times each prompt is sent per path")
-    parser.add_argument("--max-tokens", type=int, default=400, help="tokens per answer")
+    parser.add_argument(
+        "--ttft-ms",
+        type=float,
+        default=50.0,
+        metavar="N",
+        help="simulated time to first token (default %(default)g)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="times each prompt is sent per path (default %(default)d)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=400,
+        metavar="N",
+        help="tokens per answer (default %(default)d)",
+    )
     parser.add_argument(
         "--keep-running",
         action="store_true",
@@ -215,6 +246,11 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             if args.keep_running:
                 _wait_for_interrupt(sim_url, proxy_url, admin_url)
+    if not args.keep_running:
+        print(
+            "The simulator and the sidecar have stopped; `streamhop demo --keep-running` leaves "
+            "them running, to look at /metrics or point an SDK at them."
+        )
     return 0 if equal else 1
 
 
@@ -235,7 +271,8 @@ def _sums(admin_url: str) -> dict[tuple[str, str], float]:
 
 
 def _own_view(admin_url: str) -> str:
-    """A few figures from the sidecar's own /metrics, to show where they come from."""
+    """A few figures from the sidecar's own /metrics, to show where they come from (the URL
+    is not printed here: without ``--keep-running`` it is gone when the demo exits)."""
     sums = _sums(admin_url)
 
     def mean_ms(name: str, label: str = "") -> str:
@@ -246,7 +283,8 @@ def _own_view(admin_url: str) -> str:
     up = sums.get(("streamhop_events_total", "upstream"), 0.0)
     down = sums.get(("streamhop_events_total", "downstream"), 0.0)
     return (
-        f"The sidecar's own view ({admin_url}/metrics): {up:.0f} events in, {down:.0f} out; "
+        f"The sidecar's own view (scraped from its /metrics): {up:.0f} events in, "
+        f"{down:.0f} out; "
         f"mean TTFT {mean_ms('streamhop_time_to_first_token_seconds')} end-to-end, "
         f"{mean_ms('streamhop_upstream_time_to_first_token_seconds')} at the provider; "
         f"time inside streamhop per request {mean_ms(overhead, 'request')}, "
@@ -296,9 +334,16 @@ def _table(direct: list[Result], proxied: list[Result], equal: bool) -> str:
     total_d = p50([r.total_s for r in direct])
     total_p = p50([r.total_s for r in proxied])
     chars = sum(len(r.text) for r in direct)
+    bytes_d = sum(r.bytes for r in direct)
+    bytes_p = sum(r.bytes for r in proxied)
     rows = [
-        ("", "direct", "via streamhop", ""),
-        ("SSE events received", f"{up_events}", f"{out_events}", f"{out_events / up_events:.0%}"),
+        ("", "direct", "via streamhop", "vs direct"),
+        (
+            "SSE events received",
+            f"{up_events}",
+            f"{out_events}",
+            f"{out_events / up_events:.0%} as many",
+        ),
         (
             "events per answer",
             f"{up_events / len(direct):.0f}",
@@ -314,15 +359,15 @@ def _table(direct: list[Result], proxied: list[Result], equal: bool) -> str:
         ),
         (
             "bytes received",
-            f"{sum(r.bytes for r in direct)}",
-            f"{sum(r.bytes for r in proxied)}",
-            "",
+            f"{bytes_d}",
+            f"{bytes_p}",
+            f"{bytes_p / bytes_d:.0%} as many" if bytes_d else "",
         ),
         (
             "final texts equal",
             "",
             "yes" if equal else "NO",
-            f"{len(direct)} answers, {chars} chars",
+            f"{len(direct)} answers, {chars} chars compared",
         ),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -1,5 +1,6 @@
 """The README's first command ends in `streamhop demo`: it must run, show equal texts,
-coalescing, and the sidecar's own metrics, and exit 0."""
+coalescing, and the sidecar's own metrics, and exit 0; every column of its table has a header,
+and it prints no /metrics URL that is gone when it exits."""
 
 from __future__ import annotations
 
@@ -24,4 +25,10 @@ def test_demo_prints_the_table_and_exits_zero() -> None:
     # 200 events/s with the default 20 ms window: at most a third reach the client.
     assert proxied <= direct / 3, (proxied, direct)
     assert "TTFT p50 (ms)" in out
-    assert "The sidecar's own view" in out and "/metrics" in out
+    header = re.search(r"^\s+direct\s+via streamhop\s+vs direct$", out, re.MULTILINE)
+    assert header is not None, out
+    assert re.search(r"SSE events received\s+\d+\s+\d+\s+\d+% as many$", out, re.MULTILINE)
+    assert "The sidecar's own view (scraped from its /metrics)" in out
+    # Without --keep-running both processes stop: no URL of theirs may be printed.
+    assert "http://" not in out, out
+    assert "--keep-running" in out
