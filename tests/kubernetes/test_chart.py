@@ -361,27 +361,8 @@ def test_impossible_combinations_fail_at_render_with_the_reason(
         render(values)
 
 
-def test_every_config_key_the_schema_allows_is_one_streamhop_knows() -> None:
-    """The values schema is written by hand: it must not let through a key that streamhop's
-    config model would refuse at start (the model may know keys the chart does not offer)."""
-    known = {*model.ServerConfig.__dataclass_fields__, *model.RouteConfig.__dataclass_fields__}
-    if ISSUE_23_KEYS - known:
-        pytest.skip("streamhop's config model does not have issue 23's keys yet")
-    tables = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
-    models = {
-        "server": model.ServerConfig,
-        "routes": model.RouteConfig,
-        "rechunk": model.RechunkConfig,
-        "backpressure": model.BackpressureConfig,
-        "resume": model.ResumeConfig,
-        "tracing": model.TracingConfig,
-        "metrics": model.MetricsConfig,
-    }
-    assert tables["properties"].keys() == models.keys()
-    for name, dataclass in models.items():
-        table = tables["properties"][name]
-        allowed = (table["items"] if name == "routes" else table)["properties"].keys()
-        assert allowed - dataclass.__dataclass_fields__.keys() == set(), name
+# The schema's config part is generated from the config model: tests/kubernetes/
+# test_config_schema.py checks that it is fresh and that its keys are exactly the model's.
 
 
 def test_app_version_and_the_default_image_tag_agree() -> None:
@@ -1272,7 +1253,7 @@ PROVIDER_PATHS = {"OpenAI": "/v1/chat/completions", "Anthropic": "/v1/messages"}
         ),
         (
             [
-                {"prefix": "/", "upstream": "https://api.openai.com", "format": "openai-chat"},
+                {"prefix": "/", "upstream": "https://u:pw@api.openai.com", "format": "openai-chat"},
                 {"prefix": "/claude/", "upstream": "https://api.anthropic.com"},
                 {"prefix": "/vllm", "upstream": "http://vllm.llm.svc:8000/v1"},
             ],
@@ -1294,6 +1275,7 @@ def test_notes_print_a_working_base_url_for_every_route(
     service = "http://streamhop.llm.svc.cluster.local:8787"
     printed = _sdk_lines(rendered.notes)
     assert printed == {p: (sdk, service + path) for p, (sdk, path) in expected.items()}
+    assert ":pw@" not in rendered.notes  # a route's credentials are never printed
     keys = {"CEREBRAS_API_KEY": "k1", "ANTHROPIC_API_KEY": "k2"}
     table = RouteTable(config_from_dict(rendered.config, keys).routes)
     for prefix, (sdk, url) in printed.items():

@@ -402,10 +402,11 @@ OpenAI(base_url="{{ $url }}{{ if not (hasSuffix "/v1" $upstreamPath) }}/v1{{ end
 {{- end }}
 {{- end }}
 
-{{/* One block per route for NOTES.txt: prefix, upstream, and the SDK line with its base URL. */}}
+{{/* One block per route for NOTES.txt: prefix, upstream (userinfo hidden, as streamhop's logs
+hide it), and the SDK line with its base URL. */}}
 {{- define "streamhop.routeList" -}}
 {{- range $route := .Values.config.routes }}
-  route {{ $route.prefix | quote }} -> {{ $route.upstream }}
+  route {{ $route.prefix | quote }} -> {{ regexReplaceAll "://[^/]*@" $route.upstream "://***@" }}
       {{ include "streamhop.routeClient" (dict "ctx" $ "route" $route) }}
 {{- end }}
 {{- end }}
