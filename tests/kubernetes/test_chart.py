@@ -1332,12 +1332,19 @@ def test_the_native_sidecar_needs_kubernetes_1_29_and_falls_back_to_a_plain_one(
     assert ("it is a native sidecar" in notes) is native
 
 
-def test_without_capabilities_in_its_context_the_sidecar_follows_sidecar_native(
+def test_the_example_chart_passes_its_capabilities_so_the_sidecar_follows_the_version(
     tmp_path: Path,
 ) -> None:
-    """The example chart passes no .Capabilities: sidecar.native alone decides, as before."""
-    rendered = render_example(tmp_path, kube_version=OLDEST_KUBERNETES)
-    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    """examples/kubernetes/chat-with-sidecar hands .Capabilities to the streamhop templates: on
+    1.25 the sidecar is a plain container, from 1.29 a native one (an init container with
+    restartPolicy Always)."""
+    old = render_example(tmp_path / "old", kube_version=OLDEST_KUBERNETES)
+    pod = old.one("Deployment")["spec"]["template"]["spec"]
+    assert not pod.get("initContainers")
+    assert streamhop_container(pod).get("restartPolicy") is None
+    new = render_example(tmp_path / "new", kube_version=NATIVE_SIDECAR_KUBERNETES)
+    pod = new.one("Deployment")["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["streamhop"]
     assert streamhop_container(pod).get("restartPolicy") == "Always"
 
 
