@@ -24,6 +24,7 @@ from streamhop.middleware.engine_build import engine_build
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.admission.limits import HeadLimits, limited_httptools_protocol
 from streamhop.sidecar.app import build_admin_app, build_proxy_app
+from streamhop.sidecar.cli import ListenError, bind_listener
 from streamhop.sidecar.config import Config, parse_hostport
 from streamhop.sidecar.http.tls import CertificateReloader
 from streamhop.sidecar.observe.record import StreamRecord
@@ -129,10 +130,25 @@ def log_stream(record: StreamRecord) -> None:
 async def serve(config: Config, registry: CollectorRegistry | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code (0).
 
+    Both listeners are bound first, before anything is logged or started, so a busy port is one
+    :class:`~streamhop.sidecar.cli.ListenError` naming the listener and its key; uvicorn gets
+    the bound sockets (it would log and ``sys.exit(3)`` on a bind error of its own).
+
     Raises:
         ConfigError: a listen address is invalid.
-        OSError: a port cannot be bound.
+        ListenError: a listener cannot bind its address.
     """
+    host, port = parse_hostport("server.listen", config.server.listen)
+    ahost, aport = parse_hostport("server.admin_listen", config.server.admin_listen)
+    proxy_sockets = bind_listener("proxy listener", "[server] listen / --listen", host, port)
+    try:
+        admin_sockets = bind_listener(
+            "admin listener", "[server] admin_listen / --admin-listen", ahost, aport
+        )
+    except ListenError:
+        for sock in proxy_sockets:
+            sock.close()
+        raise
     registry = registry or CollectorRegistry()
     logger.info("stream engine: %s", engine_build())
     for route in config.routes:
@@ -150,8 +166,6 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
         burst_events=config.metrics.burst_events,
     )
     state = SidecarState()
-    host, port = parse_hostport("server.listen", config.server.listen)
-    ahost, aport = parse_hostport("server.admin_listen", config.server.admin_listen)
     # uvicorn's httptools protocol plus bounds on the request head (431/408), on both
     # listeners: the admin one is reachable too (the chart binds it on 0.0.0.0).
     http_protocol = limited_httptools_protocol(
@@ -243,11 +257,11 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
 
     async def run_proxy() -> None:
         try:
-            await proxy.serve()
+            await proxy.serve(sockets=proxy_sockets)
         finally:
             admin.should_exit = True
 
-    admin_task = loop.create_task(admin.serve())
+    admin_task = loop.create_task(admin.serve(sockets=admin_sockets))
     announce = loop.create_task(_announce(proxy, admin, config))
     try:
         await run_proxy()

@@ -20,6 +20,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
+from streamhop.sidecar.cli import ListenError, bind_listener
 from streamhop.sidecar.simulate.app import make_app
 from streamhop.sidecar.simulate.config import SimulatorConfig
 from streamhop.sidecar.simulate.errors import SimulatorConfigError
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     listening. Uses uvloop when it is installed.
 
     Returns:
-        0 after a signal.
+        0 after a signal; 2 when ``--listen`` cannot be bound (one line on stderr).
 
     Raises:
         SystemExit: (status 2) the flags are invalid; the message names the flag.
@@ -178,8 +179,12 @@ def run(args: argparse.Namespace) -> int:
     except SimulatorConfigError as exc:
         _usage_error(args, f"argument --{exc.key.replace('_', '-')}: {exc.reason}")
     host, port = args.listen
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(config, host, port))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(config, host, port))
+    except ListenError as exc:
+        print(f"streamhop simulate: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -197,7 +202,12 @@ async def serve(
         host: address to bind.
         port: port to bind; 0 picks a free one.
         ready: called with the host and bound port once listening; default prints the ready line.
+
+    Raises:
+        ListenError: ``host:port`` cannot be bound (bound before the app is built, by
+            :func:`~streamhop.sidecar.cli.bind_listener`: aiohttp would raise a bare ``OSError``).
     """
+    sockets = bind_listener("simulator listener", "--listen", host, port)
     app = make_app(config)
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
@@ -207,7 +217,8 @@ async def serve(
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     try:
-        await web.TCPSite(runner, host, port).start()
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
         bound_port = int(runner.addresses[0][1])
         (ready or _print_ready)(host, bound_port)
         for signum in signals:
