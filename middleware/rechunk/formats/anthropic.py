@@ -18,7 +18,8 @@ Response facts: ``message_start``'s ``message.id`` and ``message.model``, ``mess
 ``delta.stop_reason``.
 Errors (https://docs.anthropic.com/en/api/errors): ``event: error`` with
 ``{"type": "error", "error": {"type", "message"}}``, on which the ``anthropic`` SDK raises; the
-same object is the body of an error response. The API lives under ``/v1/messages``.
+same object is the body of an error response, its ``type`` by the response's status
+(``not_found_error`` for a 404: :func:`anthropic_error_type`). The API lives under ``/v1/messages``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,39 @@ _EVENTS: Final = frozenset(
         "message_stop",
     )
 )
+
+# The error ``type`` of each HTTP status Anthropic's errors page names (see anthropic_error_type).
+_ERROR_TYPES: Final[dict[int, str]] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int | None) -> str:
+    """Anthropic's error ``type`` for a response of HTTP ``status``.
+
+    From Anthropic's "Errors" page (https://docs.anthropic.com/en/api/errors): 400
+    ``invalid_request_error`` (also used "for other 4XX status codes not listed": 405, 408,
+    410, 421, 431), 401 ``authentication_error``, 403 ``permission_error``, 404 ``not_found_error``,
+    413 ``request_too_large``, 429 ``rate_limit_error``, 500 ``api_error``, 529
+    ``overloaded_error``. Divergences: streamhop's 503 (draining, too many streams, resume
+    store down) is ``overloaded_error``, the page's type for "temporarily overloaded, try
+    again"; other 5xx (502, 504) and ``None`` are ``api_error``, the page lists no type of
+    their own.
+    """
+    if status is None:
+        return "api_error"
+    known = _ERROR_TYPES.get(status)
+    if known is not None:
+        return known
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
 
 
 class AnthropicFormat:
@@ -161,10 +195,14 @@ class AnthropicFormat:
         """``event: error`` with Anthropic's error object (``type`` ``api_error``)."""
         return SSEEvent(data=self.error_body(code, message).decode(), event="error")
 
-    def error_body(self, code: str, message: str) -> bytes:
-        """Anthropic's error object; streamhop's ``code`` rides along in ``error.code``."""
+    def error_body(self, code: str, message: str, status: int | None = None) -> bytes:
+        """Anthropic's error object, its ``type`` by ``status`` (:func:`anthropic_error_type`);
+        streamhop's ``code`` rides along in ``error.code``."""
         return orjson.dumps(
-            {"type": "error", "error": {"type": "api_error", "message": message, "code": code}}
+            {
+                "type": "error",
+                "error": {"type": anthropic_error_type(status), "message": message, "code": code},
+            }
         )
 
     def claims_path(self, path: str) -> bool:

@@ -268,12 +268,16 @@ class Format(Protocol):
             message: a sentence for a person.
         """
 
-    def error_body(self, code: str, message: str) -> bytes:
-        """A JSON error response body in the provider's shape (a 502/503/504 before any byte).
+    def error_body(self, code: str, message: str, status: int | None = None) -> bytes:
+        """A JSON error response body in the provider's shape: a request streamhop refuses
+        itself (400, 404, 413...) or a 502/503/504 before any byte.
 
         Args:
             code: streamhop's machine-readable reason (``upstream_unreachable``).
             message: a sentence for a person.
+            status: the HTTP status the body goes out with; it picks the provider's error
+                ``type`` (a 4xx is the client's fault, a 5xx streamhop's or the upstream's).
+                ``None``: a server-side failure (the type of a 500).
 
         Returns:
             UTF-8 JSON bytes.
@@ -356,8 +360,32 @@ def token_count(value: object) -> int | None:
     return value if type(value) is int else None
 
 
-def openai_error_object(code: str, message: str) -> dict[str, Any]:
+def openai_error_type(status: int | None) -> str:
+    """OpenAI's error ``type`` for a response of HTTP ``status``.
+
+    OpenAI's API answers the client's faults (400, 404, 405, 413...) with
+    ``invalid_request_error`` and its own with ``server_error``
+    (https://platform.openai.com/docs/guides/error-codes and the error objects the API returns).
+    The SDKs pick the exception class from the status (``openai.NotFoundError`` for 404); the
+    type is what code that inspects ``exc.type`` or the body sees, so a refused request must not
+    read as an outage. ``None`` (no status known, and every in-stream error event) is
+    ``server_error``: a stream cut by streamhop or the upstream is not the client's fault.
+    """
+    if status is not None and 400 <= status < 500:
+        return "invalid_request_error"
+    return "server_error"
+
+
+def openai_error_object(code: str, message: str, status: int | None = None) -> dict[str, Any]:
     """OpenAI's error object ``{"error": {"message", "type", "code", "param"}}``
     (https://platform.openai.com/docs/guides/error-codes): the shape OpenAI-compatible clients
-    parse, so also the one of formats without their own (``type`` is ``server_error``)."""
-    return {"error": {"message": message, "type": "server_error", "code": code, "param": None}}
+    parse, so also the one of formats without their own. ``type`` follows ``status``
+    (:func:`openai_error_type`)."""
+    return {
+        "error": {
+            "message": message,
+            "type": openai_error_type(status),
+            "code": code,
+            "param": None,
+        }
+    }

@@ -224,9 +224,9 @@ class OpenAIChatFormat:
         """``data: {"error": {...}}``, OpenAI's error object without an event name."""
         return SSEEvent(data=orjson.dumps(openai_error_object(code, message)).decode())
 
-    def error_body(self, code: str, message: str) -> bytes:
-        """OpenAI's error object."""
-        return orjson.dumps(openai_error_object(code, message))
+    def error_body(self, code: str, message: str, status: int | None = None) -> bytes:
+        """OpenAI's error object, its ``type`` by ``status``."""
+        return orjson.dumps(openai_error_object(code, message, status))
 
     def claims_path(self, path: str) -> bool:
         """The OpenAI API paths of :meth:`operation_name`."""

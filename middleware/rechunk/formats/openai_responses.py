@@ -179,9 +179,10 @@ class OpenAIResponsesFormat:
         body = {"type": "error", "code": code, "message": message, "param": None}
         return SSEEvent(data=orjson.dumps(body).decode(), event="error")
 
-    def error_body(self, code: str, message: str) -> bytes:
-        """OpenAI's error object (the Responses API answers errors like every OpenAI API)."""
-        return orjson.dumps(openai_error_object(code, message))
+    def error_body(self, code: str, message: str, status: int | None = None) -> bytes:
+        """OpenAI's error object (the Responses API answers errors like every OpenAI API), its
+        ``type`` by ``status``."""
+        return orjson.dumps(openai_error_object(code, message, status))
 
     def claims_path(self, path: str) -> bool:
         """``/v1/responses``."""

@@ -69,9 +69,9 @@ class PlainSSEFormat:
         """None: streamhop never adds an event to a stream it does not understand."""
         return None
 
-    def error_body(self, code: str, message: str) -> bytes:
-        """OpenAI's error object."""
-        return orjson.dumps(openai_error_object(code, message))
+    def error_body(self, code: str, message: str, status: int | None = None) -> bytes:
+        """OpenAI's error object, its ``type`` by ``status``."""
+        return orjson.dumps(openai_error_object(code, message, status))
 
     def claims_path(self, path: str) -> bool:
         """No path says a stream is plain SSE."""

@@ -171,11 +171,21 @@ def error_event(format_name: str | None, code: str, message: str) -> SSEEvent:
     return event
 
 
-def error_body(format_name: str | None, code: str, message: str) -> bytes:
-    """A JSON error response body (502/503/504 before any byte) in ``format_name``'s shape
-    (:meth:`Format.error_body`; ``None``, ``auto`` and unknown names: the default's).
+def error_body(
+    format_name: str | None, code: str, message: str, status: int | None = None
+) -> bytes:
+    """A JSON error response body in ``format_name``'s shape (:meth:`Format.error_body`;
+    ``None``, ``auto`` and unknown names: the default's).
+
+    Args:
+        format_name: the route's or request path's format.
+        code: streamhop's machine-readable reason (``no_route``).
+        message: a sentence for a person.
+        status: the response's HTTP status; it picks the provider's error ``type``
+            (``invalid_request_error``, ``not_found_error``...). ``None`` answers as for a
+            server-side failure (``server_error``, ``api_error``).
 
     Returns:
         UTF-8 JSON bytes.
     """
-    return error_format(format_name).error_body(code, message)
+    return error_format(format_name).error_body(code, message, status)

@@ -464,7 +464,7 @@ class _ToyFormat:
     def error_event(self, code: str, message: str) -> SSEEvent:
         return SSEEvent(data=self.error_body(code, message).decode(), event="error")
 
-    def error_body(self, code: str, message: str) -> bytes:
+    def error_body(self, code: str, message: str, status: int | None = None) -> bytes:
         return orjson.dumps({"toy_error": code, "message": message})
 
     def claims_path(self, path: str) -> bool:
