@@ -194,7 +194,7 @@ class StreamHopMiddleware:
         try:
             controls = parse_controls(scope["headers"])
         except ControlHeaderError as exc:
-            body = error_body(self.error_format, "bad_control_header", str(exc))
+            body = error_body(self.error_format, "bad_control_header", str(exc), 400)
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -26,7 +26,7 @@ async def json_error(
 ) -> None:
     """Answer with a JSON error body in the provider's shape (see ``error_body``);
     ``extra_headers`` (``Allow`` for a 405) are added to the response."""
-    body = error_body(fmt, code, message)
+    body = error_body(fmt, code, message, status)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

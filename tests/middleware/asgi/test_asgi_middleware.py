@@ -201,7 +201,7 @@ async def test_bad_control_header_is_answered_400_without_calling_the_app(
     assert (b"content-type", b"application/json") in start["headers"]
     error = json.loads(last["body"])["error"]
     assert error["code"] == "bad_control_header"
-    assert error["type"] == "server_error"
+    assert error["type"] == "invalid_request_error"
     assert value.decode() in error["message"]
     assert last["more_body"] is False
 

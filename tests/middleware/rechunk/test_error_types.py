@@ -190,11 +190,6 @@ def test_sdks_raise_the_client_error_class(
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="sidecar/http/asgi.py json_error does not pass its status to error_body yet "
-    "(error_body(fmt, code, message, status)); remove this mark with that change",
-)
 @pytest.mark.parametrize(("call", "path", "headers", "cls", "status", "code", "kind"), CASES)
 def test_sdks_see_the_providers_client_error_type(
     sidecar: StreamhopProcess,
