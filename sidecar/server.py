@@ -24,9 +24,9 @@ from streamhop.middleware.engine_build import engine_build
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.admission.limits import HeadLimits, limited_httptools_protocol
 from streamhop.sidecar.app import build_admin_app, build_proxy_app
-from streamhop.sidecar.cli import ListenError, bind_listener
 from streamhop.sidecar.config import Config, parse_hostport
 from streamhop.sidecar.http.tls import CertificateReloader
+from streamhop.sidecar.listen import ListenError, bind_listener
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
 from streamhop.sidecar.upstream.opening import SidecarState
@@ -131,7 +131,7 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
     """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code (0).
 
     Both listeners are bound first, before anything is logged or started, so a busy port is one
-    :class:`~streamhop.sidecar.cli.ListenError` naming the listener and its key; uvicorn gets
+    :class:`~streamhop.sidecar.listen.ListenError` naming the listener and its key; uvicorn gets
     the bound sockets (it would log and ``sys.exit(3)`` on a bind error of its own).
 
     Raises:

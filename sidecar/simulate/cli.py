@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from streamhop.sidecar.cli import ListenError, bind_listener
+from streamhop.sidecar.listen import ListenError, bind_listener
 from streamhop.sidecar.simulate.app import make_app
 from streamhop.sidecar.simulate.config import SimulatorConfig
 from streamhop.sidecar.simulate.errors import SimulatorConfigError
@@ -205,7 +205,8 @@ async def serve(
 
     Raises:
         ListenError: ``host:port`` cannot be bound (bound before the app is built, by
-            :func:`~streamhop.sidecar.cli.bind_listener`: aiohttp would raise a bare ``OSError``).
+            :func:`~streamhop.sidecar.listen.bind_listener`: aiohttp would raise a bare
+            ``OSError``).
     """
     sockets = bind_listener("simulator listener", "--listen", host, port)
     app = make_app(config)

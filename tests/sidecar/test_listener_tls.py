@@ -31,7 +31,7 @@ def write_pair(cert: trustme.LeafCert, directory: Path, name: str) -> tuple[Path
     return cert_file, key_file
 
 
-def presented(url: str, ca: trustme.CA) -> str:
+def presented(url: str, ca: trustme.CA) -> int:
     """The serial number of the certificate the listener presents to a new connection."""
     host, port = url.removeprefix("https://").rsplit(":", 1)
     context = ssl.create_default_context()
@@ -40,12 +40,13 @@ def presented(url: str, ca: trustme.CA) -> str:
         socket.create_connection((host, int(port)), timeout=10) as raw,
         context.wrap_socket(raw, server_hostname=host) as tls,
     ):
-        return str(tls.getpeercert()["serialNumber"])
+        # Hex with an even number of digits (a leading 0 when needed): compare as numbers.
+        return int(str(tls.getpeercert()["serialNumber"]), 16)
 
 
-def serial(cert: trustme.LeafCert) -> str:
+def serial(cert: trustme.LeafCert) -> int:
     pem = cert.cert_chain_pems[0].bytes()
-    return f"{x509.load_pem_x509_certificate(pem).serial_number:X}"
+    return int(x509.load_pem_x509_certificate(pem).serial_number)
 
 
 def test_https_listener_serves_the_sdk_and_reloads_its_certificate(
