@@ -37,6 +37,7 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from prometheus_client import CollectorRegistry, make_asgi_app
 from pydantic import BaseModel, Field
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from streamhop.middleware import StreamHopMiddleware
 
@@ -117,12 +118,33 @@ def create_app(
             return _error(502, "provider_error", f"the provider answered {exc.status_code}")
         except openai.APIConnectionError:
             return _error(502, "provider_unreachable", "the provider could not be reached")
-        return StreamingResponse(_relay(stream), media_type="text/event-stream")
+        return _ProviderStream(stream)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/metrics", make_asgi_app(registry=registry))
     app.add_middleware(StreamHopMiddleware, flush_interval_ms=flush_interval_ms, registry=registry)
     return app
+
+
+class _ProviderStream(StreamingResponse):
+    """The relay's response, which closes the provider's stream however the response ends.
+
+    ``async with stream`` in :func:`_relay` closes it when the generator ends or is cancelled at
+    one of its own awaits; but when the client leaves while Starlette is inside ``send()``, the
+    exception leaves the generator suspended at its ``yield``, and only its finalization (the
+    garbage collector's, when a traceback cycle holds it) would close the provider connection.
+    Closing here, in ``finally``, makes the provider see the close at once in every case.
+    """
+
+    def __init__(self, stream: AsyncStream[ChatCompletionChunk]) -> None:
+        super().__init__(_relay(stream), media_type="text/event-stream")
+        self._provider = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._provider.close()
 
 
 async def _relay(stream: AsyncStream[ChatCompletionChunk]) -> AsyncIterator[str]:
