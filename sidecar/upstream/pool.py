@@ -35,7 +35,7 @@ from streamhop.sidecar.upstream.connection import (
     UpstreamResponse,
 )
 from streamhop.sidecar.upstream.dial import DialError, dial
-from streamhop.sidecar.upstream.egress import Egress, describe_tls_error
+from streamhop.sidecar.upstream.egress import DEFAULT_PORTS, Egress, describe_tls_error
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ MAX_IDLE_PER_ORIGIN: Final = 1024
 """Idle connections kept per origin; more are closed (``max_streams`` bounds the busy ones)."""
 _IDEMPOTENT: Final = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 _BODY_METHODS: Final = frozenset(("POST", "PUT", "PATCH"))
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 PoolKey = tuple[str, str, int, int]
 """``(scheme, host, port, egress id)``: connections are shared by requests with the same origin
 and the same way there (proxy, TLS context)."""
@@ -251,7 +250,7 @@ class UpstreamPool:
                 f"cannot send to upstream {route.upstream_display}: {exc}"
             ) from None
         host = url.raw_host or ""
-        port = url.port or _DEFAULT_PORTS.get(url.scheme, 80)
+        port = url.port or DEFAULT_PORTS.get(url.scheme, 80)
         key = (url.scheme, host, port, egress_id)
         timing.start = time.monotonic()
         attempt = 0

@@ -67,6 +67,11 @@ MIN_READ_PAUSE_S: Final = 0.002
 """Shorter read pauses are not worth a timer."""
 
 
+def _corrupt(exc: zlib.error) -> Fault:
+    """The fault of a compressed body that does not decompress."""
+    return Fault("upstream_disconnected", f"the upstream body is corrupt: {exc}")
+
+
 class _Feeder:
     """Takes body chunks inside the upstream connection's ``data_received`` (no task woken per
     read) and feeds the pump; wakes :func:`relay` only for backpressure, a fault or the end.
@@ -137,7 +142,7 @@ class _Feeder:
         except StreamFault as exc:
             self._stop(exc.fault)
         except zlib.error as exc:
-            self._stop(Fault("upstream_disconnected", f"the upstream body is corrupt: {exc}"))
+            self._stop(_corrupt(exc))
 
     def _resume_reads(self) -> None:
         self._timer = None
@@ -242,7 +247,7 @@ async def relay(
     except StreamFault as exc:
         return exc.fault
     except zlib.error as exc:
-        return Fault("upstream_disconnected", f"the upstream body is corrupt: {exc}")
+        return _corrupt(exc)
     finally:
         watch.cancel()
         feeder.cancel()
