@@ -15,12 +15,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .engine_build import prefer_sources_if_requested
-
-# STREAMHOP_PURE_PYTHON=1: load the engine from its sources, not its compiled build (see
-# :mod:`.engine_build`). Must run before any engine module is imported, hence here.
-prefer_sources_if_requested()
-
 if TYPE_CHECKING:
     from .asgi.middleware import ClientDisconnectedError, StreamHopMiddleware
     from .errors import ConfigError, EventTooLargeError, SSEProtocolError, StreamHopError

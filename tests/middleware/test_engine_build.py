@@ -1,86 +1,49 @@
-"""Both builds of the engine: compiled with mypyc (what ``pip install`` builds) and pure Python
-(what runs without a compiler, or with ``STREAMHOP_PURE_PYTHON=1``).
+"""Which build of the engine runs: an editable install runs the sources (an edit takes effect
+without reinstalling); a wheel runs its compiled modules.
 
-The suite itself runs against the installed build; the last test runs the engine's own tests a
-second time in a child pytest with ``STREAMHOP_PURE_PYTHON=1``, so that both builds pass them.
+``.ci/run`` runs this file twice: in the README's editable install, and with the engine's tests
+against the compiled wheel ``python -m build`` makes (``tests/test_wheels.py`` checks both
+wheels' contents).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
+import importlib
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
 
 import streamhop.middleware
-from streamhop.middleware.engine_build import PURE_PYTHON_ENV, engine_build, pure_python_requested
+from streamhop.middleware.engine_build import engine_build
+
+from ..test_wheels import ENGINE
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = Path(streamhop.middleware.__file__).parent
-ENGINE_TESTS = (
-    "tests/middleware/sse",
-    "tests/middleware/rechunk",
-    "tests/middleware/test_pump.py",
-    "tests/conformance",
-)
-"""The tests of the compiled modules and of the pump over them."""
+PACKAGE = Path(streamhop.middleware.__file__).resolve().parent
+EDITABLE = PACKAGE.is_relative_to(ROOT)
 
 
-def _compiled_files() -> list[Path]:
-    return [p for p in PACKAGE.rglob("*") if p.name.endswith(tuple(EXTENSION_SUFFIXES))]
+def _compiled_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(tuple(EXTENSION_SUFFIXES))]
 
 
-def test_the_installed_build_is_the_one_that_runs() -> None:
-    import streamhop.middleware.rechunk.coalescer as coalescer
-    import streamhop.middleware.sse.decoder as decoder
+def test_an_editable_install_runs_the_sources() -> None:
+    if not EDITABLE:
+        pytest.skip("installed from a wheel")
+    assert engine_build() == "pure-python"
+    # A compiled file beside a source would shadow it: edits would silently not run.
+    assert not _compiled_files(PACKAGE)
+    assert not list(ROOT.glob("streamhop_engine__mypyc*"))
 
-    if pure_python_requested():
-        assert engine_build() == "pure-python"
-        assert decoder.__file__ is not None and decoder.__file__.endswith(".py")
-        assert coalescer.__file__ is not None and coalescer.__file__.endswith(".py")
-        return
-    compiler = (sysconfig.get_config_var("CC") or "").split()
-    if not _compiled_files() and (not compiler or shutil.which(compiler[0]) is None):
-        pytest.skip("no C compiler: installed as pure Python")
-    # A compiler is here: a pure install means the build fell back (setup.py warns why) or
-    # was asked for (STREAMHOP_PURE_PYTHON at install; unset it and reinstall).
+
+def test_a_wheel_runs_every_engine_module_compiled() -> None:
+    if EDITABLE:
+        pytest.skip("an editable install runs the sources")
+    if not _compiled_files(PACKAGE):
+        pytest.skip("a pure wheel (built without a compiler or with STREAMHOP_PURE_PYTHON=1)")
     assert engine_build() == "compiled"
-    assert coalescer.__file__ is not None
-    assert coalescer.__file__.endswith(tuple(EXTENSION_SUFFIXES))
-
-
-def test_compiled_modules_are_not_older_than_their_sources() -> None:
-    """An editable install compiles once: a source edited later would silently not run."""
-    stale = []
-    for ext in _compiled_files():
-        source = ext.with_name(ext.name.split(".", 1)[0] + ".py")
-        if source.exists() and source.stat().st_mtime > ext.stat().st_mtime + 1.0:
-            stale.append(str(source.relative_to(PACKAGE)))
-    assert not stale, (
-        f"edited after the compiled build: {stale}; run `pip install -e .` again "
-        f"(or set {PURE_PYTHON_ENV}=1 to run from source)"
-    )
-
-
-@pytest.mark.timeout(600)
-def test_the_engine_tests_pass_in_pure_python_too() -> None:
-    if pure_python_requested():
-        pytest.skip("this run is the pure-Python one")
-    if not _compiled_files():
-        pytest.skip("nothing compiled: the whole suite already ran in pure Python")
-    env = {**os.environ, PURE_PYTHON_ENV: "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ENGINE_TESTS],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+    for module in ENGINE:
+        name = "streamhop.middleware." + module.removesuffix(".py").replace("/", ".")
+        origin = importlib.import_module(name).__file__ or ""
+        assert origin.endswith(tuple(EXTENSION_SUFFIXES)), name
