@@ -8,19 +8,19 @@ same system-wide monotonic clock, when it saw its own connection close; the figu
 (upstream close seen by the provider) - (client close). The same trials straight against the
 simulator give the floor: how long the provider alone takes to notice a close.
 
-Usage: python bench/cancel.py [--trials 200]
+The client is a raw socket on purpose, not aiohttp: the close must happen at a known instant
+(stamped just before ``close()``), on a connection nothing pools or reuses.
+
+Usage: python -m bench.cancel [--trials 200]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import signal
+import contextlib
 import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -28,33 +28,7 @@ from typing import Any
 
 import orjson
 
-READY = re.compile(rb"listening on (http://[0-9.]+:\d+)(?: \(admin (http://[0-9.]+:\d+)\))?")
-
-
-def start(argv: list[str]) -> tuple[subprocess.Popen[bytes], str, str | None]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamhop.sidecar.cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    found: list[re.Match[bytes]] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            match = READY.search(line)
-            if match and not found:
-                found.append(match)
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not found and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if not found:
-        proc.kill()
-        raise SystemExit(f"{argv[0]} did not start")
-    admin = found[0].group(2)
-    return proc, found[0].group(1).decode(), admin.decode() if admin else None
+from bench.processes import start_streamhop
 
 
 def trial(url: str, kind: str) -> tuple[str, float]:
@@ -136,24 +110,37 @@ def show(label: str, values: list[float]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.cancel", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--trials", type=int, default=200, help="trials per kind and path")
     args = parser.parse_args()
-    sim, sim_url, _ = start(["simulate", "--listen", "127.0.0.1:0", "--ttft-ms", "20"])
-    side, side_url, admin = start(
-        [
-            "serve",
-            "--upstream",
-            sim_url,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warning",
-        ]
-    )
-    try:
+    with contextlib.ExitStack() as stack:  # stops what started, in reverse order
+        sim = stack.enter_context(
+            start_streamhop(
+                ["simulate", "--listen", "127.0.0.1:0", "--ttft-ms", "20"], name="simulator"
+            )
+        )
+        assert sim.url is not None
+        sim_url = sim.url
+        side = stack.enter_context(
+            start_streamhop(
+                [
+                    "serve",
+                    "--upstream",
+                    sim_url,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--log-level",
+                    "warning",
+                ],
+                name="sidecar",
+            )
+        )
+        assert side.url is not None
+        side_url, admin = side.url, side.admin_url
         print(f"{args.trials} trials per kind; time from client close to provider seeing its close")
         for kind in ("mid-stream", "before-first-token"):
             print(kind)
@@ -172,10 +159,6 @@ def main() -> int:
                     f"streamhop's own detection -> upstream close (metric): mean "
                     f"{total / count * 1000:.3f} ms over {count:.0f} cancellations"
                 )
-    finally:
-        for proc in (side, sim):
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
     return 0
 
 

@@ -4,7 +4,7 @@ Feeds a synthetic Cerebras-like OpenAI chat stream (10 tokens per event, multi-b
 upstream read per event (the worst case: reads rarely carry more at 200 events/s), with a 20 ms
 window on a 5 ms event cadence, and prints microseconds of CPU per upstream event.
 
-Usage: python bench/engine.py [--events 200000]
+Usage: python -m bench.engine [--events 200000]
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def make_events(n: int) -> list[bytes]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.engine", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--events", type=int, default=200_000)
     args = parser.parse_args()
     reads = make_events(args.events)

@@ -10,7 +10,7 @@ Direct and proxied requests alternate, so both see the same machine.
 Prints, per format: the median time to first answer direct and proxied, their difference, and the
 p90 difference. The issue's target: the proxied median within 5 ms of direct.
 
-Run: ``python bench/first_answer.py [--runs 20] [--pace-ms 5]``. Processes it starts are stopped
+Run: ``python -m bench.first_answer [--runs 20] [--pace-ms 5]``. Processes it starts are stopped
 by their PID; every socket is on 127.0.0.1.
 """
 
@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+
+from bench.processes import Process, start_streamhop
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 CASES = {
@@ -38,7 +36,6 @@ CASES = {
     "openai-responses": ("openai_responses_reasoning_summary", "/v1/responses"),
     "anthropic": ("anthropic_thinking_text", "/v1/messages"),
 }
-_READY = re.compile(rb"listening on (http://[0-9.]+:\d+)")
 
 
 def is_answer(line: bytes) -> bool:
@@ -101,12 +98,10 @@ async def first_answer(session: aiohttp.ClientSession, url: str) -> float:
     return found
 
 
-def start_sidecar(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen(
+def start_sidecar(upstream: str) -> Process:
+    """``streamhop serve`` (default config) in front of ``upstream``; its ``url`` is set."""
+    return start_streamhop(
         [
-            sys.executable,
-            "-m",
-            "streamhop.sidecar.cli",
             "serve",
             "--upstream",
             upstream,
@@ -117,20 +112,8 @@ def start_sidecar(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
             "--log-level",
             "warning",
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        name="sidecar",
     )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = _READY.search(line)
-        if match:
-            return proc, match.group(1).decode()
-    os.kill(proc.pid, signal.SIGTERM)
-    raise RuntimeError("streamhop serve did not start")
 
 
 async def main_async(runs: int, pace_s: float) -> None:
@@ -140,7 +123,9 @@ async def main_async(runs: int, pace_s: float) -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     upstream = f"http://127.0.0.1:{port}"
-    proc, sidecar = start_sidecar(upstream)
+    proc = await asyncio.to_thread(start_sidecar, upstream)  # the upstream keeps serving
+    assert proc.url is not None
+    sidecar = proc.url
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             print(f"{runs} runs each, one event every {pace_s * 1000:g} ms, default config\n")
@@ -161,13 +146,14 @@ async def main_async(runs: int, pace_s: float) -> None:
                     f"| {p90 * 1000:+.1f} |"
                 )
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(10)
+        await asyncio.to_thread(proc.stop)
         await runner.cleanup()
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.first_answer", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--pace-ms", type=float, default=5.0)
     args = parser.parse_args()

@@ -17,7 +17,7 @@ Then, alternating the two over ``--rounds`` (round 1 without → with, round 2 w
 connection per client, starts staggered over the first second; every request bounded by
 ``--request-timeout-s``, the whole phase by ``--seconds`` + that) and measures:
 
-* the server process's CPU (on-CPU time of every thread, :class:`peers_targets.TreeCpu`) per
+* the server process's CPU (on-CPU time of every thread, :class:`bench.procfs.TreeCpu`) per
   **app event** — the events the app yielded, counted by the app itself (``GET /stats``);
 * the client's socket reads per stream and SSE events received per stream;
 * TTFT (request written → the read that completes the first content event), p50 / p99; the
@@ -29,9 +29,10 @@ gets 2 s of the same load, not counted (its first requests pay lazy imports). ``
 runs one more phase of each server under pyinstrument (not counted in the table) and prints
 where the server's time goes, grouped by package.
 
-Every process is started here, remembered by PID and stopped by that PID.
+Every process is started through :mod:`bench.processes` (ready when the server prints its
+``listening on`` line), remembered by PID and stopped by that PID.
 
-Usage: python bench/middleware.py [--streams 50] [--seconds 10] [--rounds 2] [--profile]
+Usage: python -m bench.middleware [--streams 50] [--seconds 10] [--rounds 2] [--profile]
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +55,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+from bench.peers_client import Connection, Endpoint, Exchange
+from bench.processes import LISTENING, Process, start
+from bench.procfs import TreeCpu, loadavg
 
 HERE = Path(__file__).resolve().parent
 PATH = "/v1/chat/completions"
@@ -131,6 +136,15 @@ def serve(args: argparse.Namespace) -> None:
     """Run one server in this process until SIGTERM (uvicorn's graceful shutdown)."""
     import uvicorn
 
+    class Announcing(uvicorn.Server):
+        """Prints the line the parent waits for, once listening, with the port really bound."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                port = self.servers[0].sockets[0].getsockname()[1]
+                print(f"bench middleware app listening on http://127.0.0.1:{port}", flush=True)
+
     app = build_app(args.events, args.rate, args.middleware)
     config = uvicorn.Config(
         app,
@@ -140,7 +154,7 @@ def serve(args: argparse.Namespace) -> None:
         access_log=False,
         lifespan="off",
     )
-    server = uvicorn.Server(config)
+    server = Announcing(config)
     # uvicorn re-raises the SIGTERM it handled once it has shut down, with the handler it
     # found installed: a no-op one lets run() return (and the profile be written).
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -187,30 +201,22 @@ class Server:
     """One server process we started."""
 
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: Process
     port: int
 
     def stop(self) -> None:
         """SIGTERM to its PID, SIGKILL after 20 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.proc.stop()
 
 
 def start_server(name: str, args: argparse.Namespace, profile_out: str | None = None) -> Server:
-    """Start ``python bench/middleware.py --serve PORT`` and wait until it answers."""
-    from peers_targets import free_port
-
-    port = free_port()
+    """Start ``python -m bench.middleware --serve 0`` and wait for its ``listening on`` line."""
     argv = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "bench.middleware",
         "--serve",
-        str(port),
+        "0",
         "--events",
         str(args.events),
         "--rate",
@@ -220,19 +226,10 @@ def start_server(name: str, args: argparse.Namespace, profile_out: str | None = 
         argv.append("--middleware")
     if profile_out:
         argv += ["--profile-out", profile_out]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-    server = Server(name, proc, port)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server {name!r} exited with {proc.returncode} while starting")
-        try:
-            stats(server)
-            return server
-        except OSError:
-            time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"server {name!r} did not answer on 127.0.0.1:{port} within 30 s")
+    # The child imports bench.middleware from the repository root, whatever our cwd.
+    proc = start(argv, name=f"server {name!r}", ready=LISTENING, cwd=HERE.parent, echo=True)
+    assert proc.url is not None
+    return Server(name, proc, int(proc.url.rsplit(":", 1)[1]))
 
 
 def stats(server: Server) -> dict[str, int]:
@@ -267,9 +264,8 @@ async def drive(
     server: Server, streams: int, seconds: float, timeout_s: float, phase: Phase
 ) -> None:
     """``streams`` clients, each streaming request after request until ``seconds`` are over."""
-    from peers_client import Endpoint, Exchange, _Conn
 
-    class CountingConn(_Conn):
+    class CountingConn(Connection):
         """The bench client's connection, counting socket reads."""
 
         reads = 0
@@ -330,8 +326,6 @@ async def drive(
 
 def run_phase(server: Server, args: argparse.Namespace, rnd: int) -> Phase:
     """One measured phase: CPU of the server's process tree while the clients run."""
-    from peers_targets import TreeCpu
-
     phase = Phase(server.name, rnd)
     before = stats(server)
     t0 = time.monotonic()
@@ -345,20 +339,14 @@ def run_phase(server: Server, args: argparse.Namespace, rnd: int) -> Phase:
     return phase
 
 
-def load1() -> tuple[float, float, float]:
-    """The load averages (1, 5, 15 min)."""
-    parts = Path("/proc/loadavg").read_text().split()
-    return float(parts[0]), float(parts[1]), float(parts[2])
-
-
 def wait_for_quiet(max_load: float, max_wait_s: float) -> tuple[float, float, float]:
     """Poll every 30 s until the 1-minute load is below ``max_load`` (at most ``max_wait_s``)."""
     deadline = time.monotonic() + max_wait_s
-    load = load1()
+    load = loadavg()
     while load[0] >= max_load and time.monotonic() < deadline:
         print(f"load {load[0]:.2f} >= {max_load}: waiting 30 s", flush=True)
         time.sleep(30)
-        load = load1()
+        load = loadavg()
     return load
 
 
@@ -491,7 +479,9 @@ def profile(args: argparse.Namespace) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.middleware", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--streams", type=int, default=50, help="concurrent clients")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of a phase")
     parser.add_argument("--rounds", type=int, default=2)
@@ -509,11 +499,8 @@ def main() -> int:
         serve(args)
         return 0
 
-    sys.path.insert(0, str(HERE))
     try:
-        import uvloop
-
-        loop_name = f"uvloop {uvloop.__version__}"
+        loop_name = f"uvloop {version('uvloop')}"
     except ImportError:
         loop_name = "asyncio"
     print(
@@ -544,7 +531,7 @@ def main() -> int:
     finally:
         for server in servers.values():
             server.stop()
-    after = load1()
+    after = loadavg()
     print("load after: {:.2f} / {:.2f} / {:.2f}".format(*after))
     errors = [e for p in phases for e in p.errors]
     if errors:

@@ -58,7 +58,7 @@ Outputs in ``--out`` (default build/peers-report/): ``report.md`` (tables, machi
 average, the exact command), ``results.json``, ``peers-cpu-per-event.png`` and
 ``peers-ttft-p99.png``.
 
-Usage: python bench/peers.py [--duration-s 10] [--rounds 2] [--quick] [--targets a,b,...]
+Usage: python -m bench.peers [--duration-s 10] [--rounds 2] [--quick] [--targets a,b,...]
        [--scenarios "50 streams,50 together,50 streams, TLS,streams sustained"] [--together 50]
        [--sustained-start 50] [--sustained-max 800] [--sustained-seconds 5]
        [--sustained-refine 1] [--out build/peers-report]
@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
@@ -79,18 +78,16 @@ import re
 import shlex
 import signal
 import sys
-import threading
 import time
-import urllib.request
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import peers_targets as pt
-from peers_client import Endpoint, Exchange, cancel_once, run_load, run_together
-from peers_report import write_outputs
-from peers_sustained import Sustained, fd_warning
+from bench import peers_targets as pt
+from bench.peers_client import Endpoint, Exchange, cancel_once, run_load, run_together
+from bench.peers_report import Cell, Scenario, write_outputs
+from bench.peers_sustained import Sustained, fd_warning
+from bench.procfs import TreeCpu, cpu_model, tree_peak_rss_mb
 
 TARGETS = (
     "direct",
@@ -105,23 +102,6 @@ STREAM_TOKENS = 2000
 NONSTREAM_TOKENS = 200
 NONSTREAM_CONCURRENCY = 20
 CANCEL_AFTER = 2  # content events read before the client closes
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One load shape: ``kind`` is ``stream``, ``cancel``, ``json`` or ``sustained`` (a ladder
-    of concurrencies, bench/peers_sustained.py; ``concurrency`` unused).
-
-    ``together``: the streams start in bursts, every request written in one loop pass
-    (:func:`peers_client.run_together`) instead of kept in flight; ``tls``: over the HTTPS
-    upstream, against each target's TLS twin.
-    """
-
-    name: str
-    kind: str
-    concurrency: int
-    together: bool = False
-    tls: bool = False
 
 
 SCENARIOS = (
@@ -145,78 +125,6 @@ def extra_scenarios(together: int) -> tuple[Scenario, ...]:
         Scenario(f"{together} together, TLS", "stream", together, together=True, tls=True),
         Scenario(SUSTAINED, "sustained", 0),
     )
-
-
-@dataclass
-class Cell:
-    """Everything measured for one (target, scenario), pooled over rounds."""
-
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-    sim_cpu_s: float = 0.0
-    client_cpu_s: float = 0.0
-    upstream_events: int = 0
-    upstream_streams: int = 0
-    requests: int = 0
-    ok: int = 0
-    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    ttft_s: list[float] = field(default_factory=list)
-    latency_s: list[float] = field(default_factory=list)
-    transit_s: list[float] = field(default_factory=list)
-    transit_note: str = ""
-    delivered_events: list[int] = field(default_factory=list)
-    upstream_events_per_stream: list[int] = field(default_factory=list)
-    cancel_s: list[float] = field(default_factory=list)
-    cancel_not_propagated: int = 0
-    burst_spread_s: list[float] = field(default_factory=list)
-
-    def error(self, why: str) -> None:
-        self.errors[why.split(":")[0]] += 1
-
-
-class SimLog:
-    """Keeps the simulator's stream records: it holds only the last 1,000, so it is polled
-    (every ``every_s`` seconds)."""
-
-    def __init__(self, sim_url: str, every_s: float = 1.0) -> None:
-        self._url = sim_url + "/_simulator/streams"
-        self._every_s = every_s
-        self.records: dict[str, dict[str, Any]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def fetch(self) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(self._url, timeout=30) as response:
-            records: list[dict[str, Any]] = json.loads(response.read())
-        for record in records:
-            self.records[record["id"]] = record
-        return records
-
-    def clear(self) -> None:
-        request = urllib.request.Request(self._url, method="DELETE")
-        urllib.request.urlopen(request, timeout=30).close()
-        self.records = {}
-
-    def running(self) -> int:
-        return sum(1 for r in self.fetch() if r["outcome"] is None)
-
-    def __enter__(self) -> SimLog:
-        self._stop.clear()
-
-        def poll() -> None:
-            while not self._stop.wait(self._every_s):
-                with contextlib.suppress(OSError):
-                    self.fetch()
-
-        self._thread = threading.Thread(target=poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.fetch()
 
 
 def body(tokens: int, stream: bool) -> bytes:
@@ -252,11 +160,11 @@ class Bench:
         """Run ``scenario`` against ``target`` for ``seconds`` and pool the figures."""
         assert target.endpoint is not None
         cell = self.cells[target.name, scenario.name]
-        log = SimLog(self.sim_url)
+        log = pt.SimLog(self.sim_url)
         self.quiesce(log)
         log.clear()
-        proxy_cpu, sim_cpu = pt.TreeCpu(target.pid or None), pt.TreeCpu(self.sim_pid)
-        front_cpu = pt.TreeCpu(self.front_pid if scenario.tls else None)
+        proxy_cpu, sim_cpu = TreeCpu(target.pid or None), TreeCpu(self.sim_pid)
+        front_cpu = TreeCpu(self.front_pid if scenario.tls else None)
         me0, t0 = _cpu_self(), time.monotonic()
         with log, proxy_cpu, sim_cpu, front_cpu:
             if scenario.kind == "cancel":
@@ -299,7 +207,7 @@ class Bench:
         if scenario.kind != "cancel":
             self._pool(target, scenario, exchanges, records, cell)
 
-    def quiesce(self, log: SimLog) -> None:
+    def quiesce(self, log: pt.SimLog) -> None:
         """Wait (bounded) until no stream of an earlier slice still runs upstream."""
         deadline = time.monotonic() + 15
         while log.running() and time.monotonic() < deadline:
@@ -347,7 +255,7 @@ class Bench:
                 k += 1
 
     async def _cancel(
-        self, endpoint: Endpoint, seconds: float, log: SimLog, cell: Cell
+        self, endpoint: Endpoint, seconds: float, log: pt.SimLog, cell: Cell
     ) -> list[Exchange]:
         """Sequential trials: open, read two content events, close; find the upstream close."""
         payload = body(STREAM_TOKENS, True)
@@ -370,7 +278,7 @@ class Bench:
             await asyncio.sleep(0.01)
         return done
 
-    def _closed_record(self, log: SimLog, ex: Exchange, bound_s: float) -> dict[str, Any] | None:
+    def _closed_record(self, log: pt.SimLog, ex: Exchange, bound_s: float) -> dict[str, Any] | None:
         end = time.monotonic() + bound_s
         while True:
             records = log.fetch()
@@ -412,7 +320,9 @@ def start_targets(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.peers", description=__doc__.split("\n")[0]
+    )
     parser.add_argument(
         "--duration-s",
         type=float,
@@ -501,11 +411,13 @@ def main() -> int:
     except ImportError:
         pass
 
-    command = " ".join(["python bench/peers.py", shlex.join(sys.argv[1:])]).strip()
+    command = " ".join(["python -m bench.peers", shlex.join(sys.argv[1:])]).strip()
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
     wall0 = time.monotonic()
-    sim, sim_url = pt.start_simulator(args.events_per_second, args.tokens_per_event, args.ttft_ms)
+    sim = pt.start_simulator(args.events_per_second, args.tokens_per_event, args.ttft_ms)
+    assert sim.url is not None
+    sim_url = sim.url
     targets: list[pt.Target] = []
     twins: dict[str, pt.Target] = {}  # name -> the same peer in front of the TLS upstream
     tls: pt.Tls | None = None
@@ -538,14 +450,14 @@ def main() -> int:
                     print(f" ok {cell.ok}/{cell.requests}", flush=True)
         if len(sliced) < len(scenarios):
             sustained = run_sustained(bench, live, args)
-        peak_rss = {t.name: pt.tree_peak_rss_mb(t.pid) for t in live if t.pid}
-        peak_rss["simulator"] = pt.tree_peak_rss_mb(sim.pid)
+        peak_rss = {t.name: tree_peak_rss_mb(t.pid) for t in live if t.pid}
+        peak_rss["simulator"] = tree_peak_rss_mb(sim.pid)
     finally:
         for target in [*targets, *twins.values(), *([front] if front else [])]:
             target.stop()
         if tls is not None:
             tls.close()
-        pt.stop_simulator(sim)
+        sim.stop()
         signal.signal(signal.SIGTERM, old_term)
     meta = {
         "command": command,
@@ -586,7 +498,7 @@ def run_sustained(bench: Bench, live: list[pt.Target], args: argparse.Namespace)
         ttft_s=bench.ttft_s,
         payload=body(STREAM_TOKENS, True),
         # Polled 4x a second: at 800 streams of ~1 s the simulator's 1,000 records last ~1.2 s.
-        make_log=lambda: SimLog(bench.sim_url, every_s=0.25),
+        make_log=lambda: pt.SimLog(bench.sim_url, every_s=0.25),
         quiesce=bench.quiesce,
     )
     climbs = runner.climb(
@@ -664,13 +576,6 @@ def source_tree() -> str:
         return f"imported from {where} (PYTHONPATH), not the work tree at {head}"
     dirty = git("status", "--porcelain", "--", "middleware", "sidecar").splitlines()
     return f"{head}" + (f" + uncommitted changes in {len(dirty)} files" if dirty else "")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ class Endpoint:
         )
 
 
-class _Conn(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One keep-alive connection; runs one exchange at a time."""
 
     def __init__(self) -> None:
@@ -255,9 +255,12 @@ class _Conn(asyncio.Protocol):
         self._finish()
 
 
-async def _connect(endpoint: Endpoint) -> _Conn:
+async def connect(endpoint: Endpoint) -> Connection:
+    """Open one keep-alive :class:`Connection` to ``endpoint`` (TLS when it has a context)."""
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(_Conn, endpoint.host, endpoint.port, ssl=endpoint.tls)
+    _, conn = await loop.create_connection(
+        Connection, endpoint.host, endpoint.port, ssl=endpoint.tls
+    )
     return conn
 
 
@@ -295,7 +298,7 @@ async def run_load(
 
     async def worker(i: int) -> None:
         await asyncio.sleep(i * stagger_s)
-        conn: _Conn | None = None
+        conn: Connection | None = None
         try:
             while time.monotonic() < deadline:
                 ex = Exchange(uuid.uuid4().hex)
@@ -304,7 +307,7 @@ async def run_load(
                     if conn is None or conn.lost or not conn.keep_alive:
                         if conn is not None and conn.transport is not None:
                             conn.transport.close()
-                        conn = await _connect(endpoint)
+                        conn = await connect(endpoint)
                     await conn.start(
                         ex,
                         endpoint.request(make_body(), ex.rid),
@@ -357,7 +360,7 @@ async def run_together(
     """
     exchanges: list[Exchange] = []
     spreads: list[float] = []
-    conns: list[_Conn | None] = [None] * streams
+    conns: list[Connection | None] = [None] * streams
     deadline = time.monotonic() + duration_s
     try:
         while time.monotonic() < deadline:
@@ -368,14 +371,14 @@ async def run_together(
                     conns[i] = None
             fresh = [i for i, conn in enumerate(conns) if conn is None]
             opened = await asyncio.gather(
-                *(_connect(endpoint) for _ in fresh), return_exceptions=True
+                *(connect(endpoint) for _ in fresh), return_exceptions=True
             )
-            for i, conn in zip(fresh, opened, strict=True):
-                if isinstance(conn, BaseException):
-                    ex = Exchange(uuid.uuid4().hex, error=f"connect: {conn}")
+            for i, new in zip(fresh, opened, strict=True):
+                if isinstance(new, BaseException):
+                    ex = Exchange(uuid.uuid4().hex, error=f"connect: {new}")
                     exchanges.append(ex)
                 else:
-                    conns[i] = conn
+                    conns[i] = new
             await asyncio.sleep(pause_s)  # accepted by the target and idle
             ready = [c for c in conns if c is not None and not c.lost]
             batch = [Exchange(uuid.uuid4().hex) for _ in ready]
@@ -410,7 +413,7 @@ async def cancel_once(endpoint: Endpoint, body: bytes, after_content: int) -> Ex
     """
     ex = Exchange(uuid.uuid4().hex)
     try:
-        conn = await _connect(endpoint)
+        conn = await connect(endpoint)
     except OSError as exc:
         ex.error = f"connect: {exc}"
         return ex

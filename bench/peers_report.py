@@ -1,15 +1,68 @@
-"""The report of bench/peers.py: figures per (target, scenario), Markdown, JSON, PNG plots."""
+"""The report of bench/peers.py: figures per (target, scenario), Markdown, JSON, PNG plots.
+
+It owns what it reads: :class:`Scenario` (one load shape) and :class:`Cell` (everything measured
+for one target in one scenario). bench/peers.py fills the cells and imports both from here; this
+module imports nothing from bench/peers.py.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from peers import Cell, Scenario
-    from peers_targets import Target
+    from bench.peers_targets import Target
+
+ScenarioKind = Literal["stream", "cancel", "json", "sustained"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load shape: ``kind`` is ``stream``, ``cancel``, ``json`` or ``sustained`` (a ladder
+    of concurrencies, bench/peers_sustained.py; ``concurrency`` unused).
+
+    ``together``: the streams start in bursts, every request written in one loop pass
+    (:func:`peers_client.run_together`) instead of kept in flight; ``tls``: over the HTTPS
+    upstream, against each target's TLS twin.
+    """
+
+    name: str
+    kind: ScenarioKind
+    concurrency: int
+    together: bool = False
+    tls: bool = False
+
+
+@dataclass
+class Cell:
+    """Everything measured for one (target, scenario), pooled over rounds."""
+
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    sim_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    upstream_events: int = 0
+    upstream_streams: int = 0
+    requests: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    ttft_s: list[float] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    transit_s: list[float] = field(default_factory=list)
+    transit_note: str = ""
+    delivered_events: list[int] = field(default_factory=list)
+    upstream_events_per_stream: list[int] = field(default_factory=list)
+    cancel_s: list[float] = field(default_factory=list)
+    cancel_not_propagated: int = 0
+    burst_spread_s: list[float] = field(default_factory=list)
+
+    def error(self, why: str) -> None:
+        self.errors[why.split(":")[0]] += 1
+
 
 # One colour per target in every plot.
 COLORS = {

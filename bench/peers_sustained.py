@@ -53,31 +53,18 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import peers_targets as pt
-from peers_client import run_load
+from bench import peers_targets as pt
+from bench.peers_client import run_load
+from bench.procfs import TreeCpu
 
 if TYPE_CHECKING:
-    from peers_client import Exchange
+    from bench.peers_client import Exchange
 
 STALL_FACTOR = 10  # a stall: a gap longer than this many times the upstream's pacing
 FAIL_SHARE = 0.001  # a rung passes with failed streams below this share
 TARGET_CORES = 1  # every target runs one worker process with one event-loop thread
-
-
-class SimLogLike(Protocol):
-    """What this module needs of :class:`peers.SimLog`."""
-
-    records: dict[str, dict[str, Any]]
-
-    def clear(self) -> None: ...
-
-    def running(self) -> int: ...
-
-    def __enter__(self) -> SimLogLike: ...
-
-    def __exit__(self, *exc: object) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -235,8 +222,8 @@ class Sustained:
         interval_s: float,
         ttft_s: float,
         payload: bytes,
-        make_log: Callable[[], SimLogLike],
-        quiesce: Callable[[SimLogLike], None],
+        make_log: Callable[[], pt.SimLog],
+        quiesce: Callable[[pt.SimLog], None],
     ) -> None:
         self.sim_pid = sim_pid
         self.interval_s = interval_s
@@ -284,7 +271,7 @@ class Sustained:
         log = self.make_log()
         self.quiesce(log)
         log.clear()
-        proxy_cpu, sim_cpu = pt.TreeCpu(target.pid or None), pt.TreeCpu(self.sim_pid)
+        proxy_cpu, sim_cpu = TreeCpu(target.pid or None), TreeCpu(self.sim_pid)
         me0, t0 = _cpu_self(), time.monotonic()
         payload = self.payload
         with log, proxy_cpu, sim_cpu:

@@ -1,9 +1,10 @@
 """Starting and stopping what bench/peers.py measures: the simulator and each proxy.
 
-Every process is started by this module, remembered by PID, and stopped by that PID; every
-listener binds 127.0.0.1; every generated config lives in a temp dir that :meth:`Target.stop`
-removes. A peer that is not installed, or does not answer a first request, becomes a
-:class:`Target` with ``missing`` set to the reason, so the report can say so.
+Every process is started through :mod:`bench.processes` (remembered by PID, stopped by that
+PID); every listener binds 127.0.0.1; every generated config lives in a temp dir that
+:meth:`Target.stop` removes. :class:`SimLog` reads the simulator's stream log. A peer that is
+not installed, or does not answer a first request, becomes a :class:`Target` with ``missing``
+set to the reason, so the report can say so.
 
 Peers, as configured here (the choices a user of each would make for streaming):
 
@@ -35,27 +36,23 @@ which honour it), LiteLLM through ``SSL_CERT_FILE`` and ``REQUESTS_CA_BUNDLE``, 
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import psutil
-from peers_client import Endpoint
-from throughput import start as start_streamhop
-from throughput import stop as stop_streamhop
+from bench.peers_client import Endpoint
+from bench.processes import Process, StartError, free_port, start, start_streamhop
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "build" / "peers"
@@ -71,6 +68,7 @@ class Target:
         label: what it is, with its version.
         endpoint: where requests go; ``None`` when missing.
         proc: the root process we started (``None`` for ``direct`` and missing targets).
+        notes: extra lines for the report.
         passthrough_like: forwards each upstream event as its own event (transit is defined).
         missing: why the target could not be measured, else ``None``.
         tmpdir: generated config and logs, removed on stop.
@@ -79,7 +77,7 @@ class Target:
     name: str
     label: str
     endpoint: Endpoint | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
     passthrough_like: bool = True
     missing: str | None = None
     tmpdir: Path | None = None
@@ -92,37 +90,11 @@ class Target:
 
     def stop(self) -> None:
         """Stop the process we started (by PID) and remove the temp dir."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self.proc is not None:
+            self.proc.stop()
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
-
-
-def free_port() -> int:
-    """Return a free TCP port on 127.0.0.1 (the kernel's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> str | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return f"exited with status {proc.returncode} while starting"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return None
-        except OSError:
-            time.sleep(0.2)
-    return f"did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s"
 
 
 def _log_tail(tmpdir: Path, name: str) -> str:
@@ -136,27 +108,49 @@ def _log_tail(tmpdir: Path, name: str) -> str:
     return f" — log: {pick[:200]}" if pick else ""
 
 
-def _popen(
-    argv: list[str], tmpdir: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    log = (tmpdir / "out.log").open("wb")
+def launch(
+    target: Target,
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout_s: float,
+    log: str = "out.log",
+) -> Target:
+    """Start ``argv`` for ``target`` (its endpoint's port, its temp dir as cwd), wait until the
+    port accepts a connection, then check one small streamed answer (:func:`smoke`).
+
+    Output goes to ``out.log`` in the temp dir; ``log`` names the file whose last error line a
+    failure quotes (nginx writes ``error.log``). A target that fails comes back with
+    ``missing`` set and nothing left running.
+    """
+    assert target.endpoint is not None and target.tmpdir is not None
     try:
-        return subprocess.Popen(
+        target.proc = start(
             argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=tmpdir,
-            env={**os.environ, **(env or {})},
+            name=target.name,
+            port=target.endpoint.port,
+            timeout_s=timeout_s,
+            env=env,
+            cwd=target.tmpdir,
+            log=target.tmpdir / "out.log",
         )
-    finally:
-        log.close()
+    except StartError as exc:
+        return _failed(target, str(exc), log)
+    problem = smoke(target.endpoint)
+    return _failed(target, problem, log) if problem is not None else target
 
 
-def start_simulator(
-    events_per_second: float, tokens_per_event: float, ttft_ms: float
-) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``streamhop simulate``; return the process and its base URL.
+def _failed(target: Target, problem: str, log: str) -> Target:
+    tail = _log_tail(target.tmpdir, log) if target.tmpdir else ""
+    target.stop()
+    target.missing = f"{problem}{tail}"
+    target.endpoint = None
+    target.proc = None
+    return target
+
+
+def start_simulator(events_per_second: float, tokens_per_event: float, ttft_ms: float) -> Process:
+    """Start ``streamhop simulate``; its ``url`` is the base URL.
 
     One write per event (``--no-split-writes``): split writes exercise decoders in the tests;
     here they would triple the simulator's writes and make it the bottleneck sooner.
@@ -173,13 +167,57 @@ def start_simulator(
             "--tokens-per-second",
             f"{events_per_second * tokens_per_event:g}",
             "--no-split-writes",
-        ]
+        ],
+        name="simulator",
     )
 
 
-def stop_simulator(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the simulator started by :func:`start_simulator` (SIGTERM to its PID)."""
-    stop_streamhop(proc)
+class SimLog:
+    """Keeps the simulator's stream records: it holds only the last 1,000, so it is polled
+    (every ``every_s`` seconds) while used as a context manager."""
+
+    def __init__(self, sim_url: str, every_s: float = 1.0) -> None:
+        self._url = sim_url + "/_simulator/streams"
+        self._every_s = every_s
+        self.records: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def fetch(self) -> list[dict[str, Any]]:
+        """Read the records the simulator holds now and keep them (by stream id)."""
+        with urllib.request.urlopen(self._url, timeout=30) as response:
+            records: list[dict[str, Any]] = json.loads(response.read())
+        for record in records:
+            self.records[record["id"]] = record
+        return records
+
+    def clear(self) -> None:
+        """Empty the simulator's log and ours."""
+        request = urllib.request.Request(self._url, method="DELETE")
+        urllib.request.urlopen(request, timeout=30).close()
+        self.records = {}
+
+    def running(self) -> int:
+        """How many streams the simulator is still sending."""
+        return sum(1 for r in self.fetch() if r["outcome"] is None)
+
+    def __enter__(self) -> SimLog:
+        self._stop.clear()
+
+        def poll() -> None:
+            while not self._stop.wait(self._every_s):
+                with contextlib.suppress(OSError):
+                    self.fetch()
+
+        self._thread = threading.Thread(target=poll, name="sim-log", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.fetch()
 
 
 def _port_of(url: str) -> int:
@@ -262,15 +300,14 @@ def nginx(sim_url: str, tls: Tls | None = None) -> Target:
             NGINX_TLS_LOCATION.format(ca=tls.ca_file),
         )
     conf.write_text(text)
-    proc = _popen([binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")], tmp)
     target = Target(
         "nginx",
         f"nginx {version.rsplit('/', 1)[-1]} (proxy_buffering off, 1 worker)",
         Endpoint("127.0.0.1", port),
-        proc,
         tmpdir=tmp,
     )
-    return _ready(target, 15, "error.log")
+    argv = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")]
+    return launch(target, argv, timeout_s=15, log="error.log")
 
 
 LITELLM_CONF = """\
@@ -318,7 +355,14 @@ def litellm(sim_url: str, tls: Tls | None = None) -> Target:
     (tmp / "config.yaml").write_text(LITELLM_CONF.format(sim_url=sim_url, master_key=key))
     (tmp / "log.json").write_text(json.dumps(UVICORN_LOG_CONFIG))
     port = free_port()
-    proc = _popen(
+    target = Target(
+        "litellm",
+        f"LiteLLM proxy {version} (1 uvicorn worker)",
+        Endpoint("127.0.0.1", port, headers=f"Authorization: Bearer {key}\r\n".encode()),
+        tmpdir=tmp,
+    )
+    return launch(
+        target,
         [
             str(binary),
             "--config",
@@ -332,22 +376,14 @@ def litellm(sim_url: str, tls: Tls | None = None) -> Target:
             "--log_config",
             str(tmp / "log.json"),
         ],
-        tmp,
         # The model price map is fetched from the internet at import unless told otherwise.
-        {
+        env={
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LITELLM_LOG": "ERROR",
             **(tls.env() if tls is not None else {}),
         },
+        timeout_s=180,
     )
-    target = Target(
-        "litellm",
-        f"LiteLLM proxy {version} (1 uvicorn worker)",
-        Endpoint("127.0.0.1", port, headers=f"Authorization: Bearer {key}\r\n".encode()),
-        proc,
-        tmpdir=tmp,
-    )
-    return _ready(target, 180, "out.log")
 
 
 def portkey(sim_url: str, *, headers_shim: bool = True, tls: Tls | None = None) -> Target:
@@ -366,11 +402,6 @@ def portkey(sim_url: str, *, headers_shim: bool = True, tls: Tls | None = None) 
     argv = [node]
     for shim in shims:
         argv += ["--require", str(shim)]
-    proc = _popen(
-        [*argv, str(PORTKEY_ENTRY), f"--port={port}", "--headless"],
-        tmp,
-        tls.env() if tls is not None else None,
-    )
     headers = (
         "x-portkey-provider: openai\r\n"
         f"x-portkey-custom-host: {sim_url}/v1\r\n"
@@ -382,10 +413,14 @@ def portkey(sim_url: str, *, headers_shim: bool = True, tls: Tls | None = None) 
         "portkey",
         f"Portkey gateway {package['version']} (Node {_node_version(node)}, {shim_note})",
         Endpoint("127.0.0.1", port, headers=headers),
-        proc,
         tmpdir=tmp,
     )
-    return _ready(target, 60, "out.log")
+    return launch(
+        target,
+        [*argv, str(PORTKEY_ENTRY), f"--port={port}", "--headless"],
+        env=tls.env() if tls is not None else None,
+        timeout_s=60,
+    )
 
 
 def _node_version(node: str) -> str:
@@ -398,19 +433,15 @@ def streamhop(
     """``streamhop serve --upstream`` in ``mode`` (coalesce or passthrough); with
     ``coalesce_reads``, ``[rechunk] coalesce_reads = true`` too (target ``streamhop-<mode>-reads``).
 
-    With ``tls`` it trusts the local CA through ``SSL_CERT_FILE`` (set in this process's
-    environment only while the child is spawned: ``throughput.start`` passes no ``env``).
+    With ``tls`` it trusts the local CA through ``SSL_CERT_FILE`` (in the child's environment).
     """
     tmp = Path(tempfile.mkdtemp(prefix=f"streamhop-peers-{mode}-"))
     config = tmp / "streamhop.toml"
     reads = "true" if coalesce_reads else "false"
     config.write_text(f'[rechunk]\nmode = "{mode}"\ncoalesce_reads = {reads}\n')
     name = f"streamhop-{mode}" + ("-reads" if coalesce_reads else "")
-    saved = {k: os.environ.get(k) for k in (tls.env() if tls is not None else {})}
-    if tls is not None:
-        os.environ.update(tls.env())
     try:
-        proc, url = start_streamhop(
+        proc = start_streamhop(
             [
                 "serve",
                 "--config",
@@ -423,28 +454,29 @@ def streamhop(
                 "127.0.0.1:0",
                 "--log-level",
                 "warning",
-            ]
+            ],
+            name=name,
+            env=tls.env() if tls is not None else None,
         )
-    except SystemExit as exc:
+    except StartError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return Target(name, f"streamhop {mode}", missing=f"did not start: {exc}")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     from importlib.metadata import version
 
+    assert proc.url is not None
+    endpoint = Endpoint("127.0.0.1", _port_of(proc.url))
     target = Target(
         name,
         f"streamhop {version('streamhop')} {mode}" + (", coalesce_reads" if coalesce_reads else ""),
-        Endpoint("127.0.0.1", _port_of(url)),
+        endpoint,
         proc,
         passthrough_like=mode == "passthrough",
         tmpdir=tmp,
     )
-    return _ready(target, 10, "out.log")
+    problem = smoke(endpoint)
+    if problem is not None and proc.tail():
+        problem += f" — output: {proc.tail().splitlines()[-1][:200]}"
+    return _failed(target, problem, "out.log") if problem is not None else target
 
 
 class Tls:
@@ -550,36 +582,20 @@ def tls_front(sim_url: str, tls: Tls) -> Target:
             key=tls.key_file,
         )
     )
-    proc = _popen([binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")], tmp)
     target = Target(
         "tls-front",
         "nginx terminating TLS in front of the simulator",
         Endpoint("127.0.0.1", port, tls=tls.client_context()),
-        proc,
         tmpdir=tmp,
     )
-    return _ready(target, 15, "error.log")
+    argv = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")]
+    return launch(target, argv, timeout_s=15, log="error.log")
 
 
 def _missing_note(name: str, why: str) -> str:
     note = PEERS / f"{name}.missing"
     setup = f" (bench/setup_peers.sh said: {note.read_text().strip()})" if note.exists() else ""
     return f"{why}{setup}; run bash bench/setup_peers.sh"
-
-
-def _ready(target: Target, timeout_s: float, log: str) -> Target:
-    """Wait for the listener, then check one small streamed answer end to end."""
-    assert target.endpoint is not None and target.proc is not None
-    problem = _wait_port(target.endpoint.port, target.proc, timeout_s)
-    if problem is None:
-        problem = smoke(target.endpoint)
-    if problem is not None:
-        tail = _log_tail(target.tmpdir, log) if target.tmpdir else ""
-        target.stop()
-        target.missing = f"{problem}{tail}"
-        target.endpoint = None
-        target.proc = None
-    return target
 
 
 def smoke(endpoint: Endpoint) -> str | None:
@@ -610,99 +626,6 @@ def smoke(endpoint: Endpoint) -> str | None:
         if not re.search(rb'"content": ?"[^"]', text):
             return f"first request answered without content: {text[:200]!r}"
     return None
-
-
-def _tree_pids(pid: int) -> list[int]:
-    """``pid`` and its live descendants; empty if ``pid`` is gone."""
-    try:
-        root = psutil.Process(pid)
-        return [pid, *(p.pid for p in root.children(recursive=True))]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _tree_tasks(pid: int) -> dict[tuple[int, int], int]:
-    """CPU time so far of every thread of ``pid`` and its descendants, in ns, keyed by
-    ``(pid, tid)``, from ``/proc/PID/task/TID/schedstat`` (time on CPU: user and system alike;
-    the ticks of ``utime``/``stime`` are 10 ms coarse, too coarse for one stream of 200 events
-    at ~10 µs each)."""
-    pids = _tree_pids(pid)
-    tasks: dict[tuple[int, int], int] = {}
-    for each in pids:
-        try:
-            for task in os.listdir(f"/proc/{each}/task"):
-                with open(f"/proc/{each}/task/{task}/schedstat") as f:
-                    tasks[each, int(task)] = int(f.read().split()[0])
-        except (OSError, IndexError, ValueError):
-            continue  # a thread or process that ended while we read
-    return tasks
-
-
-class TreeCpu:
-    """CPU seconds a process tree uses over an interval, threads that come and go included.
-
-    Two snapshots of the live threads undercount a tree whose threads or worker processes end
-    within the interval (their time leaves the sum: LiteLLM's figure came out negative that
-    way). This samples every thread's ``schedstat`` every ``every_s`` seconds on a background
-    thread and keeps, per thread, the first and last value seen: a thread first seen after the
-    start counts from 0 (it was born in the interval), one that ended counts up to its last
-    sample (at most ``every_s`` of its time is lost). Reaped children's ``cutime`` is not used,
-    so nothing is counted twice.
-
-    Use as a context manager; :attr:`seconds` holds the result after exit.
-    """
-
-    def __init__(self, pid: int | None, every_s: float = 0.1) -> None:
-        self.pid = pid
-        self.every_s = every_s
-        self.seconds = 0.0
-        self._first: dict[tuple[int, int], int] = {}
-        self._last: dict[tuple[int, int], int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _sample(self, *, initial: bool = False) -> None:
-        if self.pid is None:
-            return
-        for key, ns in _tree_tasks(self.pid).items():
-            if key not in self._first:
-                self._first[key] = ns if initial else 0
-            self._last[key] = ns
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self._sample()
-
-    def __enter__(self) -> TreeCpu:
-        self._sample(initial=True)
-        self._thread = threading.Thread(target=self._run, name="tree-cpu", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._sample()
-        total = sum(self._last[key] - first for key, first in self._first.items())
-        self.seconds = total / 1e9
-
-
-def tree_peak_rss_mb(pid: int) -> float:
-    """Sum of the peak RSS (VmHWM) of ``pid`` and its live descendants, in MiB."""
-    pids = _tree_pids(pid)
-    if not pids:
-        return float("nan")
-    total = 0.0
-    for each in pids:
-        try:
-            status = Path(f"/proc/{each}/status").read_text()
-        except OSError:
-            continue
-        match = re.search(r"VmHWM:\s+(\d+) kB", status)
-        if match:
-            total += int(match.group(1)) / 1024
-    return total
 
 
 def python_version() -> str:

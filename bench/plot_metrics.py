@@ -13,7 +13,7 @@ would store):
 
 The picture is ``docs/img/time-breakdown.png`` in ``docs/observability.md``.
 
-Usage: python bench/plot_metrics.py [--streams 100] [--concurrency 8] [--out PATH]
+Usage: python -m bench.plot_metrics [--streams 100] [--concurrency 8] [--out PATH]
 Needs the ``bench`` extra (matplotlib).
 """
 
@@ -22,11 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -38,54 +34,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
 from prometheus_client.parser import text_string_to_metric_families
 
-READY = re.compile(rb"listening on (http://[0-9.]+:\d+)(?: \(admin (http://[0-9.]+:\d+)\))?")
+from bench.processes import start_streamhop
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Where does the time go?"
 E2E = "streamhop_time_to_first_token_seconds"
 PROVIDER = "streamhop_upstream_time_to_first_token_seconds"
 OVERHEAD = "streamhop_proxy_overhead_seconds"
-
-
-def start(argv: list[str]) -> tuple[subprocess.Popen[bytes], str, str | None]:
-    """Run ``streamhop ARGV...`` and wait for its ``listening on`` line.
-
-    Returns:
-        The process, its URL and its admin URL (``None`` for the simulator).
-    """
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamhop.sidecar.cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    found: list[re.Match[bytes]] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            match = READY.search(line)
-            if match and not found:
-                found.append(match)
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not found and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    if not found:
-        proc.kill()
-        raise SystemExit(f"{argv[0]} did not start")
-    admin = found[0].group(2)
-    return proc, found[0].group(1).decode(), admin.decode() if admin else None
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 30 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def provider_ttfts_ms(count: int, seed: int = 7) -> list[int]:
@@ -219,15 +174,19 @@ def plot_grouped(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.plot_metrics", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "docs/img/time-breakdown.png")
     args = parser.parse_args()
 
-    sim, sim_url, _ = start(["simulate", "--listen", "127.0.0.1:0"])
+    sim = start_streamhop(["simulate", "--listen", "127.0.0.1:0"], name="simulator")
+    assert sim.url is not None
+    sim_url = sim.url
     try:
-        side, side_url, admin = start(
+        side = start_streamhop(
             [
                 "serve",
                 "--upstream",
@@ -238,9 +197,11 @@ def main() -> int:
                 "127.0.0.1:0",
                 "--log-level",
                 "warning",
-            ]
+            ],
+            name="sidecar",
         )
-        assert admin is not None
+        side_url, admin = side.url, side.admin_url
+        assert side_url is not None and admin is not None
         try:
             ttfts = provider_ttfts_ms(args.streams)
             ok = asyncio.run(send_streams(side_url, ttfts, args.concurrency))
@@ -251,9 +212,9 @@ def main() -> int:
             }
             hops = scrape_histograms(admin, OVERHEAD, by="hop")
         finally:
-            stop(side)
+            side.stop()
     finally:
-        stop(sim)
+        sim.stop()
 
     print(f"{ok}/{args.streams} streams ok, concurrency {args.concurrency}")
     for name, hist in ttft.items():

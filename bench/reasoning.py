@@ -11,7 +11,7 @@ simulated clock, so the numbers are the engine's own and repeat exactly:
 The socket edges add their own cost on top (docs/performance.md measures those side by side
 with nginx); this table is about the engine's merge and flush rules.
 
-Run: ``python bench/reasoning.py`` (prints a Markdown table).
+Run: ``python -m bench.reasoning`` (prints a Markdown table).
 """
 
 from __future__ import annotations

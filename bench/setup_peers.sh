@@ -89,7 +89,7 @@ elif (cd "$PK" && npm install --silent --no-audit --no-fund "@portkey-ai/gateway
     # Two preloads that bench/peers.py passes with `node --require`:
     #
     # mutable-fetch-headers.cjs — needed by 1.15.2, the current release when this was written
-    # (check a newer one with `python bench/peers.py --portkey-no-shim --targets portkey`).
+    # (check a newer one with `.venv/bin/python -m bench.peers --portkey-no-shim --targets portkey`).
     # For a streamed answer the gateway hands on the Response that Node's fetch (undici)
     # returned and then appends its x-portkey-* headers to it; a fetch Response's headers are
     # immutable, so every streamed request fails with "TypeError: immutable" and a 500. The

@@ -14,7 +14,7 @@ client. Prints:
 
 With ``--profile`` the sidecar runs under ``py-spy record`` and the hottest functions are printed.
 
-Usage: python bench/throughput.py [--streams 50] [--seconds 10] [--events-per-second 200]
+Usage: python -m bench.throughput [--streams 50] [--seconds 10] [--events-per-second 200]
        [--tokens-per-event 10] [--profile]
 """
 
@@ -25,8 +25,6 @@ import asyncio
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +37,9 @@ import aiohttp
 import orjson
 import psutil
 
-READY = re.compile(rb"listening on (http://[0-9.]+:\d+)")
+from bench.processes import start_streamhop
+from bench.procfs import peak_rss_mb
+
 PROMPT = "Benchmark the plumbing, not the model."
 
 
@@ -52,39 +52,6 @@ class Phase:
     streams: int = 0
     bytes: int = 0
     errors: int = 0
-
-
-def start(argv: list[str], wrap: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    cmd = [*(wrap or []), sys.executable, "-m", "streamhop.sidecar.cli", *argv]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    found: list[str] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            match = READY.search(line)
-            if match and not found:
-                found.append(match.group(1).decode())
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 30
-    while not found and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    if not found:
-        proc.kill()
-        raise SystemExit(f"{' '.join(argv[:1])} did not start")
-    return proc, found[0]
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT if str(proc.args[0]).endswith("py-spy") else signal.SIGTERM)  # type: ignore[index]
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def one_stream(
@@ -182,17 +149,10 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
-def peak_rss_mb(pid: int) -> float:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return float("nan")
-    match = re.search(r"VmHWM:\s+(\d+) kB", status)
-    return int(match.group(1)) / 1024 if match else float("nan")
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.throughput", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--events-per-second", type=float, default=200.0)
@@ -209,7 +169,7 @@ def main() -> int:
     args.tracing_sink = start_otlp_sink() if args.tracing else ""
 
     tps = args.events_per_second * args.tokens_per_event
-    sim, sim_url = start(
+    sim = start_streamhop(
         [
             "simulate",
             "--listen",
@@ -223,10 +183,13 @@ def main() -> int:
             # One write per event: split writes exercise decoders in tests, here they would
             # only make the simulator the bottleneck.
             "--no-split-writes",
-        ]
+        ],
+        name="simulator",
     )
-    wrap = None
-    profile_out = Path("bench/profile-sidecar.txt")
+    assert sim.url is not None
+    sim_url = sim.url
+    wrap: list[str] = []
+    profile_out = Path(__file__).resolve().parent / "profile-sidecar.txt"
     if args.profile:
         py_spy = shutil.which("py-spy") or shutil.which(
             "py-spy", path=str(Path(sys.executable).parent)
@@ -247,7 +210,7 @@ def main() -> int:
         direct = asyncio.run(run_phase(sim_url, args.streams, args.seconds, args.max_tokens))
         s1, m1, direct_wall = sim_ps.cpu_times(), me.cpu_times(), time.monotonic() - t0
         direct_cpu = (_cpu(s1) - _cpu(s0), _cpu(m1) - _cpu(m0))
-        side, side_url = start(
+        side = start_streamhop(
             [
                 "serve",
                 "--upstream",
@@ -260,13 +223,15 @@ def main() -> int:
                 "warning",
                 *(["--config", str(tracing_config(args.tracing_sink))] if args.tracing else []),
             ],
-            wrap,
+            name="sidecar",
+            wrap=wrap,
         )
+        assert side.url is not None
+        side_url = side.url
         try:
             side_pid = side.pid
             if args.profile:
-                # py-spy is the parent; the sidecar is its child.
-                time.sleep(0.5)
+                # py-spy is the parent; the sidecar is its child (it printed the ready line).
                 children = psutil.Process(side.pid).children()
                 side_pid = children[0].pid if children else side.pid
             ps = psutil.Process(side_pid)
@@ -280,9 +245,9 @@ def main() -> int:
             proxied_cpu = (_cpu(s1) - _cpu(s0), _cpu(m1) - _cpu(m0))
             rss = peak_rss_mb(side_pid)
         finally:
-            stop(side)
+            side.stop()
     finally:
-        stop(sim)
+        sim.stop()
 
     # Every stream has the same shape, so upstream events per stream = direct events per stream;
     # a phase waits for every stream it started, so all their events fall inside `wall`.

@@ -1,7 +1,8 @@
 """What every spike relay shares: its command line and which headers it forwards.
 
-A relay is started as ``python relay_X.py --port P --upstream http://127.0.0.1:U``; it listens
-on 127.0.0.1:P and relays each request to the upstream, byte for byte (no re-chunking, no JSON):
+A relay is started as ``python -m bench.spike.relay_X --port P --upstream http://127.0.0.1:U``
+with the repository root on ``sys.path`` (its cwd, or ``PYTHONPATH``); it listens on
+127.0.0.1:P and relays each request to the upstream, byte for byte (no re-chunking, no JSON):
 request headers minus the hop-by-hop ones go up, the status, ``content-type`` and the framing
 (``content-length`` when the upstream sent one, else chunked) come back.
 """

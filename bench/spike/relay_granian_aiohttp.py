@@ -1,11 +1,11 @@
 """Spike relay (c): granian's RSGI server (Rust, hyper) in, aiohttp client up.
 
-Started by the runner as ``granian --interface rsgi relay_granian_aiohttp:app`` from
-build/spike-venv, one worker, uvloop, access log off; the upstream URL comes from the
-``SPIKE_UPSTREAM`` environment variable (granian owns the command line). ``await proto()`` reads
-the request body; a streamed answer goes out through ``proto.response_stream()`` one
-``send_bytes`` per chunk ``iter_any()`` yields; a body with a ``content-length`` is read whole and
-sent with ``response_bytes``.
+Started by the runner as ``granian --interface rsgi bench.spike.relay_granian_aiohttp:app``
+(working dir: the repository root) from build/spike-venv, one worker, uvloop, access log off;
+the upstream URL comes from the ``SPIKE_UPSTREAM`` environment variable (granian owns the
+command line). ``await proto()`` reads the request body; a streamed answer goes out through
+``proto.response_stream()`` one ``send_bytes`` per chunk ``iter_any()`` yields; a body with a
+``content-length`` is read whole and sent with ``response_bytes``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from typing import Any
 
 import aiohttp
 
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
-    | {"content-length", "proxy-connection"}
-)
+from bench.spike.common import HOP_BY_HOP
+
 UPSTREAM = os.environ.get("SPIKE_UPSTREAM", "http://127.0.0.1:1").rstrip("/")
 
 

@@ -28,7 +28,8 @@ from typing import cast
 
 import httptools
 import uvloop
-from common import HOP_BY_HOP, parse_args
+
+from bench.spike.common import HOP_BY_HOP, parse_args
 
 MAX_BODY = 1 << 20
 HIGH_WATER = 64 * 1024

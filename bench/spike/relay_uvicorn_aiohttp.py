@@ -12,7 +12,8 @@ from typing import Any
 
 import aiohttp
 import uvicorn
-from common import HOP_BY_HOP, parse_args
+
+from bench.spike.common import HOP_BY_HOP, parse_args
 
 ARGS = parse_args(__doc__.split("\n")[0])
 _session: aiohttp.ClientSession | None = None

@@ -13,7 +13,8 @@ import aiosonic
 import uvicorn
 from aiosonic.connectors import TCPConnector
 from aiosonic.pools import PoolConfig
-from common import HOP_BY_HOP, parse_args
+
+from bench.spike.common import HOP_BY_HOP, parse_args
 
 ARGS = parse_args(__doc__.split("\n")[0])
 _client: aiosonic.HTTPClient | None = None

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import uvicorn
-from common import HOP_BY_HOP, parse_args
 from pyreqwest.client import Client, ClientBuilder
+
+from bench.spike.common import HOP_BY_HOP, parse_args
 
 ARGS = parse_args(__doc__.split("\n")[0])
 _client: Client | None = None

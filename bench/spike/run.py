@@ -14,13 +14,13 @@ Scenarios, interleaved (each scenario runs on every stack before the next, the o
   keep-alive connections, each connection one request at a time.
 
 CPU is the relay's whole process tree (every thread's ``schedstat``, sampled every 100 ms:
-``TreeCpu`` of bench/peers_targets.py) over the scenario, divided by the SSE events the client
+``TreeCpu`` of bench/procfs.py) over the scenario, divided by the SSE events the client
 received (a byte relay delivers every upstream event) or by the requests answered.
 
 Prints one Markdown table (µs, and the ratio to nginx when nginx runs) and a second with the
 errors and the client's TTFT p50/p99 at 200 streams.
 
-Usage: .venv/bin/python bench/spike/run.py [--duration-s 3] [--requests 2000] [--stacks a,b,...]
+Usage: .venv/bin/python -m bench.spike.run [--duration-s 3] [--requests 2000] [--stacks a,b,...]
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-import peers_targets as pt  # noqa: E402
-from peers_client import Endpoint, Exchange, _connect, run_load  # noqa: E402
+from bench import peers_targets as pt
+from bench.peers_client import Connection, Endpoint, Exchange, connect, run_load
+from bench.processes import free_port
+from bench.procfs import TreeCpu
 
 SPIKE_VENV = pt.ROOT / "build" / "spike-venv"
 MAIN_PY = pt.ROOT / ".venv" / "bin" / "python"
@@ -68,7 +67,8 @@ STACKS = (
         "(a) uvicorn+httptools / aiohttp client",
         [
             "{py}",
-            str(HERE / "relay_uvicorn_aiohttp.py"),
+            "-m",
+            "bench.spike.relay_uvicorn_aiohttp",
             "--port",
             "{port}",
             "--upstream",
@@ -78,7 +78,7 @@ STACKS = (
     Stack(
         "b-raw-protocols",
         "(b) uvloop Protocols + httptools both sides",
-        ["{py}", str(HERE / "relay_raw.py"), "--port", "{port}", "--upstream", "{upstream}"],
+        ["{py}", "-m", "bench.spike.relay_raw", "--port", "{port}", "--upstream", "{upstream}"],
     ),
     Stack(
         "c-granian-aiohttp",
@@ -102,8 +102,8 @@ STACKS = (
             "warning",
             "--no-access-log",
             "--working-dir",
-            str(HERE),
-            "relay_granian_aiohttp:app",
+            str(pt.ROOT),
+            "bench.spike.relay_granian_aiohttp:app",
         ],
         python=SPIKE_VENV / "bin" / "python",
         env={"SPIKE_UPSTREAM": "{upstream}"},
@@ -113,7 +113,8 @@ STACKS = (
         "(d1) uvicorn+httptools / pyreqwest client",
         [
             "{py}",
-            str(HERE / "relay_uvicorn_pyreqwest.py"),
+            "-m",
+            "bench.spike.relay_uvicorn_pyreqwest",
             "--port",
             "{port}",
             "--upstream",
@@ -126,7 +127,8 @@ STACKS = (
         "(d2) uvicorn+httptools / aiosonic client",
         [
             "{py}",
-            str(HERE / "relay_uvicorn_aiosonic.py"),
+            "-m",
+            "bench.spike.relay_uvicorn_aiosonic",
             "--port",
             "{port}",
             "--upstream",
@@ -161,14 +163,14 @@ def start(stack: Stack, sim_url: str) -> pt.Target:
         return pt.Target(
             stack.name, stack.label, missing=f"{stack.python} or {stack.argv[0]} not found"
         )
-    port = pt.free_port()
+    port = free_port()
     fill = {"{py}": str(stack.python), "{port}": str(port), "{upstream}": sim_url}
     argv = [fill.get(a, a) for a in stack.argv]
-    env = {k: fill.get(v, v) for k, v in stack.env.items()}
+    # The relays import bench.spike.common: the repository root goes on their sys.path.
+    env = {"PYTHONPATH": str(pt.ROOT), **{k: fill.get(v, v) for k, v in stack.env.items()}}
     tmp = Path(tempfile.mkdtemp(prefix=f"streamhop-spike-{stack.name}-"))
-    proc = pt._popen(argv, tmp, env)
-    target = pt.Target(stack.name, stack.label, Endpoint("127.0.0.1", port), proc, tmpdir=tmp)
-    return pt._ready(target, 30, "out.log")
+    target = pt.Target(stack.name, stack.label, Endpoint("127.0.0.1", port), tmpdir=tmp)
+    return pt.launch(target, argv, env=env, timeout_s=30)
 
 
 async def json_load(endpoint: Endpoint, requests: int, timeout_s: float) -> list[Exchange]:
@@ -181,7 +183,7 @@ async def json_load(endpoint: Endpoint, requests: int, timeout_s: float) -> list
     done: list[Exchange] = []
 
     async def worker(n: int) -> None:
-        conn = None
+        conn: Connection | None = None
         try:
             for i in range(n):
                 ex = Exchange(f"json-{id(done)}-{n}-{i}")
@@ -189,7 +191,7 @@ async def json_load(endpoint: Endpoint, requests: int, timeout_s: float) -> list
                 if conn is None or conn.lost or not conn.keep_alive:
                     if conn is not None and conn.transport is not None:
                         conn.transport.close()
-                    conn = await _connect(endpoint)
+                    conn = await connect(endpoint)
                 await conn.start(ex, endpoint.request(payload, ex.rid), record_arrivals=False)
         finally:
             if conn is not None and conn.transport is not None:
@@ -222,7 +224,7 @@ class Cell:
 def measure(target: pt.Target, scenario: str, concurrency: int, args: argparse.Namespace) -> Cell:
     assert target.endpoint is not None
     cell = Cell()
-    cpu = pt.TreeCpu(target.pid)
+    cpu = TreeCpu(target.pid)
     with cpu:
         if concurrency:
             payload = body(STREAM_TOKENS, True)
@@ -300,7 +302,9 @@ def table(live: list[pt.Target], cells: dict[tuple[str, str], Cell]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.spike.run", description=__doc__.split("\n")[0]
+    )
     parser.add_argument(
         "--duration-s", type=float, default=3.0, help="seconds new streams start, per scenario"
     )
@@ -325,7 +329,9 @@ def main() -> int:
     started = dt.datetime.now(dt.UTC)
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}", flush=True)
-    sim, sim_url = pt.start_simulator(200, 10, 20)
+    sim = pt.start_simulator(200, 10, 20)
+    assert sim.url is not None
+    sim_url = sim.url
     targets: list[pt.Target] = []
     cells: dict[tuple[str, str], Cell] = {}
     old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -333,10 +339,8 @@ def main() -> int:
         for stack in stacks:
             target = start(stack, sim_url)
             target.label = stack.label if stack.name != "nginx" else target.label
-            print(
-                f"{stack.name}: {target.missing or f'up, port {target.endpoint.port}'}",
-                flush=True,
-            )  # type: ignore[union-attr]
+            port = target.endpoint.port if target.endpoint is not None else None
+            print(f"{stack.name}: {target.missing or f'up, port {port}'}", flush=True)
             targets.append(target)
         live = [t for t in targets if not t.missing]
         for si, (scen, conc) in enumerate(SCENARIOS):
@@ -354,7 +358,7 @@ def main() -> int:
     finally:
         for target in targets:
             target.stop()
-        pt.stop_simulator(sim)
+        sim.stop()
         signal.signal(signal.SIGTERM, old_term)
     after = os.getloadavg()
     print()
@@ -363,7 +367,7 @@ def main() -> int:
         f"load average before {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, "
         f"after {after[0]:.2f} / {after[1]:.2f} / {after[2]:.2f}"
     )
-    print(f"command: .venv/bin/python bench/spike/run.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"command: .venv/bin/python -m bench.spike.run {' '.join(sys.argv[1:])}".rstrip())
     for target in targets:
         if target.missing:
             print(f"missing: {target.name}: {target.missing}")
