@@ -1,8 +1,14 @@
 """Sidecar configuration: the TOML file of ``streamhop serve --config``, validated at start.
 
 :mod:`.model` holds the values (one dataclass per table, defaults included); :mod:`.load` reads
-and validates a file into them. Every key is documented in ``config.example.toml`` at the
-repository root and in ``docs/config.md``.
+a file and validates it into them, one module per table (:mod:`.server`, :mod:`.routes`,
+:mod:`.streaming`, :mod:`.resume`, :mod:`.telemetry`) over the typed readers of :mod:`.readers`
+and the URL checks of :mod:`.urls`. :mod:`.route_egress` parses a route's proxy URL and builds
+its TLS context (used by the loader's checks and by the upstream client alike). Every key is
+documented in ``config.example.toml`` at the repository root and in ``docs/config.md``.
+
+This package is the bottom layer of the sidecar: it imports no other ``streamhop.sidecar``
+package.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class ServerConfig:
     (1001)."""
     trust_env: bool = True
     """Honour ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` for routes that set
-    no ``proxy`` (:mod:`streamhop.sidecar.upstream.egress`)."""
+    no ``proxy`` (``sidecar/upstream/egress.py``)."""
     tls_cert_file: str | None = None
     """PEM certificate (chain) of the proxy listener; with ``tls_key_file``, the proxy port
     speaks HTTPS (the admin port stays plain). Reloaded when the file changes."""

@@ -16,7 +16,8 @@ from typing import TypeVar
 import httptools
 
 from streamhop.sidecar.config import RouteConfig
-from streamhop.sidecar.upstream.egress import Egress, ProxyURL, describe_tls_error
+from streamhop.sidecar.config.route_egress import ProxyURL
+from streamhop.sidecar.upstream.egress import Egress, describe_tls_error
 
 P = TypeVar("P", bound=asyncio.Protocol)
 

@@ -21,70 +21,27 @@ it the store is OpenSSL's default, which ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` re
 TLS), ``tls_server_name`` (the name sent as SNI and verified in the certificate, when the URL's
 host is not it), ``tls_verify = false`` (no verification at all; refused silently never: the
 sidecar logs a warning at start for each such route).
+
+The proxy URL parser, :class:`~streamhop.sidecar.config.route_egress.EgressError` and the TLS
+context builder live in :mod:`streamhop.sidecar.config.route_egress` (the config loader checks
+each route with them at start); this module picks a route's proxy and puts its connection
+settings together.
 """
 
 from __future__ import annotations
 
-import base64
 import ssl
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import unquote
 
 from yarl import URL
 
-from streamhop.sidecar.config import RouteConfig, redact_url
+from streamhop.sidecar.config import RouteConfig
+from streamhop.sidecar.config.route_egress import ProxyURL, parse_proxy, tls_context
 
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-
-
-class EgressError(ValueError):
-    """A proxy URL or TLS file that cannot be used (the message says which and why)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyURL:
-    """An HTTP forward proxy.
-
-    Attributes:
-        host, port: where to connect.
-        authorization: the ``Proxy-Authorization`` header value, from the URL's userinfo.
-        display: the URL with its userinfo redacted (for errors and logs).
-    """
-
-    host: str
-    port: int
-    authorization: bytes | None
-    display: str
-
-
-def parse_proxy(url: str) -> ProxyURL:
-    """Parse a proxy URL: ``http://[user:password@]host[:port]`` (port 80 by default).
-
-    Raises:
-        EgressError: not an ``http://`` URL with a host.
-    """
-    display = redact_url(url)
-    try:
-        parsed = URL(url if "://" in url else f"http://{url}")
-    except ValueError as exc:
-        raise EgressError(f"proxy URL {display!r} is not a URL: {exc}") from None
-    if parsed.scheme != "http":
-        raise EgressError(
-            f"proxy URL {display!r}: only http:// proxies are supported (the tunnel to an "
-            "https:// provider is TLS end to end either way)"
-        )
-    if not parsed.raw_host:
-        raise EgressError(f"proxy URL {display!r} has no host")
-    authorization = None
-    if parsed.raw_user is not None:
-        user = unquote(parsed.raw_user)
-        password = unquote(parsed.raw_password or "")
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        authorization = f"Basic {token}".encode("ascii")
-    return ProxyURL(parsed.raw_host, parsed.port or 80, authorization, display)
 
 
 def route_proxy(
@@ -136,43 +93,6 @@ def _environment_proxies(environ: Mapping[str, str] | None) -> dict[str, str]:
     return proxies
 
 
-def tls_context(route: RouteConfig) -> ssl.SSLContext:
-    """The client TLS context of ``route``: its CA bundle (else the default store), its client
-    certificate, verification on unless ``tls_verify = false``; ALPN ``http/1.1``.
-
-    Raises:
-        EgressError: a file is missing, unreadable or not PEM of the expected kind.
-    """
-    try:
-        if route.tls_ca_file:
-            context = ssl.create_default_context(cafile=route.tls_ca_file)
-        else:
-            context = ssl.create_default_context()
-    except (OSError, ssl.SSLError) as exc:
-        raise EgressError(f"tls_ca_file {route.tls_ca_file!r}: {_reason(exc)}") from None
-    if not route.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if route.tls_client_cert:
-        try:
-            context.load_cert_chain(route.tls_client_cert, route.tls_client_key or None)
-        except (OSError, ssl.SSLError) as exc:
-            raise EgressError(
-                f"tls_client_cert {route.tls_client_cert!r} / tls_client_key "
-                f"{route.tls_client_key!r}: {_reason(exc)}"
-            ) from None
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return f"{exc.reason} ({exc.library or 'ssl'})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
 @dataclass(frozen=True, slots=True)
 class Egress:
     """How one route connects.
@@ -194,7 +114,8 @@ class Egress:
         """Resolve ``route``'s proxy and TLS context (once per route and process).
 
         Raises:
-            EgressError: see :func:`route_proxy` and :func:`tls_context`.
+            EgressError: see :func:`route_proxy` and
+                :func:`~streamhop.sidecar.config.route_egress.tls_context`.
         """
         upstream = URL(route.upstream)
         proxy = route_proxy(route, trust_env=trust_env, environ=environ)

@@ -9,7 +9,8 @@ import base64
 import pytest
 
 from streamhop.sidecar.config import RouteConfig
-from streamhop.sidecar.upstream.egress import EgressError, parse_proxy, route_proxy
+from streamhop.sidecar.config.route_egress import EgressError, parse_proxy
+from streamhop.sidecar.upstream.egress import route_proxy
 
 
 def route(upstream: str = "https://api.example.com", proxy: str | None = None) -> RouteConfig:
