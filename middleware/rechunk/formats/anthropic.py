@@ -36,12 +36,13 @@ from streamhop.middleware.rechunk.formats.base import (
     TerminalCompletion,
     Usage,
     json_type,
-    parse_object,
+    named_object,
     text_or_none,
-    token_count,
+    token_usage,
     usage_object,
 )
 from streamhop.middleware.rechunk.formats.field_group import FieldGroup, FieldParsed
+from streamhop.middleware.rechunk.formats.parsing import parse_object
 from streamhop.middleware.sse.events import SSEEvent
 
 _DELTA_FIELDS: Final = {
@@ -167,19 +168,15 @@ class AnthropicFormat:
             return None
         message = obj.get("message")
         usage = message.get("usage") if type(message) is dict else obj.get("usage")
-        if type(usage) is not dict:
-            return None
-        return token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+        return token_usage(usage, "input_tokens", "output_tokens")
 
     def response_facts(self, event: SSEEvent) -> ResponseFacts | None:
         """``message.id`` and ``message.model`` of ``message_start``; ``delta.stop_reason`` of
         ``message_delta``. Every other event is skipped by its name, unparsed."""
-        kind = event.event or json_type(event)
-        if kind not in _FACT_EVENTS:
+        named = named_object(event, _FACT_EVENTS)
+        if named is None:
             return None
-        obj = parse_object(event)
-        if type(obj) is not dict:
-            return None
+        kind, obj = named
         if kind == "message_start":
             message = obj.get("message")
             if type(message) is not dict:

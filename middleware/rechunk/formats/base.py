@@ -41,6 +41,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from streamhop.middleware.rechunk.formats.parsing import MALFORMED as MALFORMED
+from streamhop.middleware.rechunk.formats.parsing import parse_object as parse_object
 from streamhop.middleware.sse.events import SSEEvent
 
 
@@ -292,35 +294,6 @@ class Format(Protocol):
         to ``path`` when it is one of this format's API endpoints, else ``None``."""
 
 
-class _Malformed:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MALFORMED"
-
-
-MALFORMED = _Malformed()
-"""``parsed`` value of an event whose data should have been JSON and was not."""
-
-
-def parse_object(event: SSEEvent) -> dict[str, Any] | _Malformed | None:
-    """The event's data as a JSON object: the first step of every JSON format's ``classify``.
-
-    Returns:
-        The object; ``None`` for a block without data or with ``retry`` (a boundary with nothing
-        to parse); :data:`MALFORMED` when the data is not a JSON object. Callers return
-        ``(Kind.FLUSH, False, result)`` for anything that is not a ``dict``.
-    """
-    data = event.data
-    if data is None or event.retry is not None:
-        return None
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return MALFORMED
-    return obj if type(obj) is dict else MALFORMED
-
-
 def json_type(event: SSEEvent) -> str | None:
     """The ``type`` member of the event's JSON object data, else ``None`` (never raises)."""
     data = event.data
@@ -348,6 +321,34 @@ def usage_object(event: SSEEvent) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return obj if type(obj) is dict else None
+
+
+def named_object(event: SSEEvent, names: frozenset[str]) -> tuple[str, dict[str, Any]] | None:
+    """The event's name and its data as a JSON object, when that name is one of ``names``.
+
+    The name is the ``event:`` line, else the data's JSON ``type`` (:func:`json_type`); an event
+    with another name is skipped unparsed: the first step of the :meth:`Format.response_facts`
+    of formats with typed events.
+
+    Returns:
+        ``(name, object)``, or ``None`` for another name or data that is not a JSON object.
+    """
+    name = event.event or json_type(event)
+    if name is None or name not in names:
+        return None
+    obj = parse_object(event)
+    if type(obj) is not dict:
+        return None
+    return name, obj
+
+
+def token_usage(usage: object, input_key: str, output_key: str) -> Usage | None:
+    """``(input_tokens, output_tokens)`` of a provider's usage object, read from its
+    ``input_key`` and ``output_key`` members (:func:`token_count` each); ``None`` when ``usage``
+    is not a JSON object: the last step of every JSON format's :meth:`Format.usage`."""
+    if type(usage) is not dict:
+        return None
+    return token_count(usage.get(input_key)), token_count(usage.get(output_key))
 
 
 def text_or_none(value: object) -> str | None:

@@ -33,7 +33,42 @@ def same_except(a: dict[str, Any], b: dict[str, Any], skip: frozenset[str]) -> b
     return True
 
 
-class FieldGroup:
+class JsonGroup:
+    """What every merge group of JSON deltas keeps, and its rendering (:class:`FieldGroup`,
+    the OpenAI chat group).
+
+    Attributes:
+        first: the event the group was opened with, rendered unchanged while it is alone.
+        obj: its parsed JSON object, the envelope of the merged event.
+        count: the number of events merged.
+        wire_size: the upstream bytes they occupied.
+        last_id: the last ``id`` among them (the merged event stands for all of them).
+
+    A subclass sets these in its ``__init__``, and its ``add`` counts each event it merges
+    (``count``, ``wire_size``, ``last_id``) itself: ``add`` runs once per delta, where a shared
+    method would cost a call each time. It says what the merged object is (:meth:`_merged_all`).
+    """
+
+    __slots__ = ("count", "first", "last_id", "obj", "wire_size")
+
+    first: SSEEvent
+    obj: dict[str, Any]
+    count: int
+    wire_size: int
+    last_id: str | None
+
+    def render(self) -> SSEEvent:
+        """The merged event (the first event unchanged when nothing was merged into it)."""
+        if self.count == 1:
+            return self.first
+        return render_like(self.first, self._merged_all(), self.last_id, self.wire_size)
+
+    def _merged_all(self) -> dict[str, Any]:
+        """The merged JSON object, with every merged event's text."""
+        raise NotImplementedError
+
+
+class FieldGroup(JsonGroup):
     """Consecutive events merged by concatenating one string field.
 
     Args:
@@ -55,16 +90,11 @@ class FieldGroup:
         "concat_parts",
         "container",
         "container_skip",
-        "count",
         "field",
-        "first",
         "holdable",
-        "last_id",
         "last_values",
-        "obj",
         "pieces",
         "skip",
-        "wire_size",
     )
 
     def __init__(
@@ -121,14 +151,6 @@ class FieldGroup:
             self.last_id = event.id
         return True
 
-    def render(self) -> SSEEvent:
-        """The merged event (the first event unchanged when nothing was merged into it)."""
-        if self.count == 1:
-            return self.first
-        return render_like(
-            self.first, self._merged("".join(self.pieces)), self.last_id, self.wire_size
-        )
-
     def _merged(self, text: str) -> dict[str, Any]:
         """The merged JSON object, with ``text`` as the field's value."""
         merged = dict(self.obj)
@@ -141,6 +163,10 @@ class FieldGroup:
             if key in merged and any(parts):
                 merged[key] = [item for part in parts if part for item in part]
         return merged
+
+    def _merged_all(self) -> dict[str, Any]:
+        """See :meth:`JsonGroup._merged_all`."""
+        return self._merged("".join(self.pieces))
 
     def boundary_text(self) -> tuple[Hashable, str] | None:
         """See :meth:`streamhop.middleware.rechunk.boundary.SplitText.boundary_text`: the text

@@ -61,9 +61,8 @@ from streamhop.middleware.rechunk.formats.base import (
     ResponseFacts,
     Usage,
     openai_error_object,
-    parse_object,
     text_or_none,
-    token_count,
+    token_usage,
     usage_object,
 )
 from streamhop.middleware.rechunk.formats.openai_chat_group import (
@@ -72,6 +71,7 @@ from streamhop.middleware.rechunk.formats.openai_chat_group import (
     Parsed,
     Slot,
 )
+from streamhop.middleware.rechunk.formats.parsing import parse_object
 from streamhop.middleware.sse.events import SSEEvent
 
 _TEXT_FIELDS: Final = TEXT_FIELDS
@@ -120,9 +120,7 @@ class OpenAIChatFormat:
 
     def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """See :meth:`streamhop.middleware.rechunk.formats.base.Format.classify`."""
-        if event.data == "[DONE]":
-            return Kind.FLUSH, False, None
-        obj = parse_object(event)
+        obj = parse_object(event, "[DONE]")
         if type(obj) is not dict:
             return Kind.FLUSH, False, obj
         choices = obj.get("choices")
@@ -193,9 +191,7 @@ class OpenAIChatFormat:
         """``usage.prompt_tokens`` / ``usage.completion_tokens`` of the usage chunk."""
         obj = usage_object(event)
         usage = obj.get("usage") if obj is not None else None
-        if type(usage) is not dict:
-            return None
-        return token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens"))
+        return token_usage(usage, "prompt_tokens", "completion_tokens")
 
     def response_facts(self, event: SSEEvent) -> ResponseFacts | None:
         """``id`` and ``model`` of a chunk, and the non-null ``finish_reason`` of its choices."""

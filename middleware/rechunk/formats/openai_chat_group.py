@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from streamhop.middleware.rechunk.formats.field_group import render_like, same_except
+from streamhop.middleware.rechunk.formats.field_group import JsonGroup, render_like, same_except
 from streamhop.middleware.sse.events import SSEEvent
 
 MISSING: Final = object()
@@ -91,8 +91,8 @@ def _same_choice(choice: dict[str, Any], base: dict[str, Any]) -> bool:
             choice["logprobs"] = logprobs
 
 
-class ChatGroup:
-    __slots__ = ("count", "first", "last_id", "logprobs", "obj", "pieces", "slots", "wire_size")
+class ChatGroup(JsonGroup):
+    __slots__ = ("logprobs", "pieces", "slots")
 
     def __init__(
         self, event: SSEEvent, obj: dict[str, Any], slots: tuple[Slot, ...], strings: list[str]
@@ -149,12 +149,6 @@ class ChatGroup:
             self.last_id = event.id
         return True
 
-    def render(self) -> SSEEvent:
-        if self.count == 1:
-            return self.first
-        texts = ["".join(piece) for piece in self.pieces]
-        return render_like(self.first, self._merged(texts), self.last_id, self.wire_size)
-
     def _merged(self, texts: list[str]) -> dict[str, Any]:
         """The merged chunk, with ``texts[i]`` in slot ``i``."""
         base = self.obj
@@ -178,6 +172,10 @@ class ChatGroup:
         merged = dict(base)
         merged["choices"] = choices
         return merged
+
+    def _merged_all(self) -> dict[str, Any]:
+        """See :meth:`~.field_group.JsonGroup._merged_all`."""
+        return self._merged(["".join(piece) for piece in self.pieces])
 
     def boundary_text(self) -> tuple[Hashable, str] | None:
         """See :meth:`streamhop.middleware.rechunk.boundary.SplitText.boundary_text`: only a

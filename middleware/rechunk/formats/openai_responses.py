@@ -34,13 +34,14 @@ from streamhop.middleware.rechunk.formats.base import (
     TerminalCompletion,
     Usage,
     json_type,
+    named_object,
     openai_error_object,
-    parse_object,
     text_or_none,
-    token_count,
+    token_usage,
     usage_object,
 )
 from streamhop.middleware.rechunk.formats.field_group import FieldGroup, FieldParsed
+from streamhop.middleware.rechunk.formats.parsing import parse_object
 from streamhop.middleware.sse.events import SSEEvent
 
 # delta event type -> what its (non-empty) text counts as for TTFT
@@ -113,11 +114,9 @@ class OpenAIResponsesFormat:
 
     def classify(self, event: SSEEvent) -> tuple[Kind, Content | bool, object]:
         """See :meth:`streamhop.middleware.rechunk.formats.base.Format.classify`."""
-        if event.data == "[DONE]":
-            # OpenAI-compatible Responses servers (OpenRouter) end with chat's `[DONE]` after
-            # `response.completed`; the openai SDK stops reading there. Not malformed.
-            return Kind.FLUSH, False, None
-        obj = parse_object(event)
+        # OpenAI-compatible Responses servers (OpenRouter) end with chat's `[DONE]` after
+        # `response.completed`; the openai SDK stops reading there. Not malformed.
+        obj = parse_object(event, "[DONE]")
         if type(obj) is not dict:
             return Kind.FLUSH, False, obj
         content = _DELTA_TYPES.get(obj.get("type"))  # type: ignore[arg-type]
@@ -141,9 +140,7 @@ class OpenAIResponsesFormat:
             return None
         response = obj.get("response")
         usage = response.get("usage") if type(response) is dict else None
-        if type(usage) is not dict:
-            return None
-        return token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+        return token_usage(usage, "input_tokens", "output_tokens")
 
     def response_facts(self, event: SSEEvent) -> ResponseFacts | None:
         """``response.id`` and ``response.model`` of ``response.created`` (and of the events
@@ -152,12 +149,10 @@ class OpenAIResponsesFormat:
         ``content_filter``) for ``response.incomplete``, ``error`` for ``response.failed``.
         The Responses API has no per-choice finish reason; these are the Chat Completions
         words for the same endings. Other events are skipped by their name, unparsed."""
-        kind = event.event or json_type(event)
-        if kind not in _FACT_EVENTS:
+        named = named_object(event, _FACT_EVENTS)
+        if named is None:
             return None
-        obj = parse_object(event)
-        if type(obj) is not dict:
-            return None
+        kind, obj = named
         response = obj.get("response")
         if type(response) is not dict:
             return None

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from streamhop.middleware import Coalescer, SSEEvent
 from streamhop.middleware.rechunk.boundary import (
     FLUSH_BOUNDARIES,
+    Finder,
+    FlushBoundary,
     finder,
     last_line_boundary,
     last_sentence_boundary,
@@ -90,9 +92,10 @@ def _join(parts: list[str]) -> str:
 @PROPERTY
 @given(context=TEXT.map(_join), text=NON_EMPTY_TEXT.map(_join), rest=NON_EMPTY_TEXT.map(_join))
 def test_a_cut_survives_any_continuation(
-    find: object, boundary: str, context: str, text: str, rest: str
+    find: Finder, boundary: FlushBoundary, context: str, text: str, rest: str
 ) -> None:
-    assert callable(find)
+    # The finder under test is the one the coalescer applies for this flush_boundary.
+    assert finder(boundary) is find, (boundary, finder(boundary), find)
     cut = find(text, context)
     assert 0 <= cut <= len(text)
     if cut:

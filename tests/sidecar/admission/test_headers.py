@@ -3,7 +3,7 @@
 forwarded, header values pass byte for byte, and ``Access-Control-*`` from upstream never reaches
 the client.
 
-The same rules against a real sidecar process: ``tests/sidecar/test_proxy_http.py``.
+The same rules against a real sidecar process: ``tests/sidecar/http/test_proxy_http.py``.
 """
 
 from __future__ import annotations

@@ -108,9 +108,12 @@ def test_unusable_frames_are_refused_with_their_code(frame: str, code: str) -> N
 # --- server frames -------------------------------------------------------------------------------
 
 
-def _frame(text: str) -> dict[str, Any]:
-    assert isinstance(text, str)
-    parsed: dict[str, Any] = orjson.loads(text)
+def _frame(frame: object) -> dict[str, Any]:
+    """A server frame as a client reads it: a WebSocket text frame (a ``str``; ``bytes`` would
+    go out as a binary frame) of valid UTF-8 holding one JSON object."""
+    assert type(frame) is str, f"not a text frame: {type(frame).__name__}"
+    parsed = orjson.loads(frame.encode("utf-8"))  # a lone surrogate raises: not UTF-8
+    assert type(parsed) is dict, frame
     return parsed
 
 
