@@ -2,12 +2,13 @@
 
 This is the IO edge shared by the sidecar and the middleware; it owns no socket. Shaped like
 h11's ``receive_data``/``next_event`` and uvicorn's ``FlowControl``: the caller builds it from
-:class:`PumpOptions`, awaits :meth:`StreamPump.feed` with bytes as they arrive (it waits for room
-itself), calls :meth:`StreamPump.feed_eof` at the end (it returns the :class:`Fault`, if any), then
-:meth:`StreamPump.finish`. It hands in an async ``write`` that sends one body chunk to the client,
-or ``write_events`` that sends events its own way (the WebSocket bridge makes frames from them).
-No caller touches the decoder or coalescer behind it; :attr:`StreamPump.stats` tells what
-happened. Behaviour (DESIGN.md, "Stream lifecycle"):
+:class:`PumpOptions` and one :class:`Sink` (an async ``write`` of SSE bytes, or ``write_events``
+that sends events its own way: the WebSocket bridge makes frames from them), awaits
+:meth:`StreamPump.feed` with bytes as they arrive (it waits for room itself), calls
+:meth:`StreamPump.feed_eof` at the end (it returns the :class:`Fault`, if any), then
+:meth:`StreamPump.finish`. No caller touches the decoder, coalescer or writer task behind it:
+:meth:`StreamPump.is_done` and :meth:`StreamPump.on_failure` tell how the writes went,
+:attr:`StreamPump.stats` what happened. Behaviour (DESIGN.md, "Stream lifecycle"):
 
 * at most one ``write`` is in flight; while it is, deltas keep merging in the coalescer, so a slow
   client gets fewer, larger writes and memory grows with unsent text, not with event count;
@@ -33,75 +34,64 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
 
 from streamhop.middleware.errors import EventTooLargeError
+from streamhop.middleware.pump_end import eof_fault, error_events
 from streamhop.middleware.pump_types import (
     DEFAULT_OPTIONS,
-    TERMINAL_EVENTS,
     ClientStallError,
     Fault,
     OnEvents,
     PumpObserver,
     PumpOptions,
     PumpStats,
+    Sink,
     StreamFault,
     Write,
     WriteEvents,
 )
 from streamhop.middleware.rechunk.coalescer import Coalescer
-from streamhop.middleware.rechunk.formats import error_format
 from streamhop.middleware.sse.decoder import SSEDecoder
 from streamhop.middleware.sse.encoder import encode_events
 from streamhop.middleware.sse.events import SSEEvent
+from streamhop.middleware.write_watch import WriteWatch
 
 __all__ = [
-    "TERMINAL_EVENTS",
     "ClientStallError",
     "Fault",
-    "OnEvents",
-    "PumpObserver",
     "PumpOptions",
     "PumpStats",
+    "Sink",
     "StreamFault",
     "StreamPump",
-    "Write",
-    "WriteEvents",
 ]
-
-_T = TypeVar("_T")
 
 
 class StreamPump:
     """Re-chunks one SSE stream and writes it downstream.
 
     Args:
-        write: sends one body chunk to the client; raising fails the pump.
+        sink: where the stream goes (:class:`Sink`: SSE bytes or event batches, and an optional
+            hook over each batch); a write that raises fails the pump.
         options: format, window, sizes and bounds (:class:`PumpOptions`).
         observer: optional receiver of per-read and per-write measurements.
-        on_events: optional :data:`OnEvents` hook applied to each batch right before it is
-            written (the sidecar's resume log numbers and records events with it).
-        write_events: optional; when given, batches go to it instead of being encoded for
-            ``write`` (comments and keep-alives are then not written: that transport has its
-            own keep-alive).
 
     Must be created inside a running event loop.
     """
 
     def __init__(
         self,
-        write: Write,
+        sink: Sink,
         options: PumpOptions = DEFAULT_OPTIONS,
         *,
         observer: PumpObserver | None = None,
-        on_events: OnEvents | None = None,
-        write_events: WriteEvents | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._write = write
-        self._write_events = write_events
-        self._options = options
+        # Unpacked once: the write path reads plain attributes, not the sink's.
+        self._write: Write | None = sink.write
+        self._write_events: WriteEvents | None = sink.write_events
+        self._on_events: OnEvents | None = sink.on_events
         self._coalescer = Coalescer(
             format=options.format,
             flush_interval=options.flush_interval_s,
@@ -112,61 +102,51 @@ class StreamPump:
         )
         self._decoder = SSEDecoder(options.max_event_bytes)
         self._max_pending = options.max_pending_bytes
-        self._stall = options.stall_timeout_s
         self._observer = observer
-        self.on_events = on_events
-        """The :data:`OnEvents` hook (settable until the first event is fed)."""
         self._woken = False
         self._waiter: asyncio.Future[None] | None = None
         self._room = asyncio.Event()
         self._room.set()
         self._timer: asyncio.TimerHandle | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._writing_since: float | None = None
-        self._stalled = False
+        # A stalled write closes the pump: its writer then fails with ClientStallError.
+        self._watch = WriteWatch(self._loop, options.stall_timeout_s, self.close)
         self._closing = False
         self._tail: list[SSEEvent] = []
-        self._forward_comments = options.forward_comments and write_events is None
+        # Comments and keep-alives are SSE bytes: an event sink gets neither.
+        bytes_sink = sink.write is not None
+        self._forward_comments = options.forward_comments and bytes_sink
         self._idle_write: bytes | None = None  # a comment to write once nothing else is due
-        keepalive = options.keepalive_interval_s if write_events is None else None
+        keepalive = options.keepalive_interval_s if bytes_sink else None
         self._keepalive_interval = keepalive
         self._keepalive: asyncio.TimerHandle | None = None
-        self._last_write = time.monotonic()
         if keepalive is not None:
             self._keepalive = self._loop.call_later(keepalive, self._on_keepalive)
-        self.writes = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.first_write_at: float | None = None
-        """``time.monotonic()`` when the first write completed."""
-        self.first_content_write_at: float | None = None
-        self.first_tool_args_write_at: float | None = None
-        self.first_answer_write_at: float | None = None
-        self.writer = self._loop.create_task(self._write_loop(), name="streamhop-writer")
-        """The writer task: done when the stream is fully written, or failed (client gone:
-        the writer's exception; :class:`ClientStallError`). Add a done callback to react."""
+        # Counters and times (``time.monotonic()``) of the writes; read through ``stats``.
+        self._writes = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._first_content_sent_at: float | None = None
+        self._first_tool_args_sent_at: float | None = None
+        self._first_answer_sent_at: float | None = None
+        self._writer = self._loop.create_task(self._write_loop(), name="streamhop-writer")
 
     def __repr__(self) -> str:
         c = self._coalescer
+        writer = self._writer
         state = (
             "failed"
-            if self.writer.done() and not self.writer.cancelled() and self.writer.exception()
+            if writer.done() and not writer.cancelled() and writer.exception()
             else "closing"
             if self._closing
             else "writing"
-            if self._writing_since is not None
+            if self._watch.writing_since is not None
             else "idle"
         )
         return (
-            f"<StreamPump {state} format={c.format_name} in={c.events_in}ev/{self.bytes_in}B "
-            f"out={c.events_out}ev/{self.bytes_out}B writes={self.writes} "
+            f"<StreamPump {state} format={c.format_name} in={c.events_in}ev/{self._bytes_in}B "
+            f"out={c.events_out}ev/{self._bytes_out}B writes={self._writes} "
             f"held={c.pending_bytes}B>"
         )
-
-    @property
-    def format_name(self) -> str | None:
-        """The stream's format, ``None`` while ``auto`` has seen no event with data."""
-        return self._coalescer.format_name
 
     @property
     def stats(self) -> PumpStats:
@@ -176,14 +156,14 @@ class StreamPump:
             format=c.format_name,
             events_in=c.events_in,
             events_out=c.events_out,
-            malformed=c.malformed,
-            writes=self.writes,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
+            malformed_events=c.malformed,
+            writes=self._writes,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
             upstream_first_content_at=c.first_content_at,
-            first_content_write_at=self.first_content_write_at,
-            first_tool_args_write_at=self.first_tool_args_write_at,
-            first_answer_write_at=self.first_answer_write_at,
+            first_content_sent_at=self._first_content_sent_at,
+            first_tool_args_sent_at=self._first_tool_args_sent_at,
+            first_answer_sent_at=self._first_answer_sent_at,
             usage_input_tokens=c.usage_input_tokens,
             usage_output_tokens=c.usage_output_tokens,
             upstream_first_event_at=c.first_event_at,
@@ -191,6 +171,21 @@ class StreamPump:
             response_model=c.response_model,
             finish_reasons=tuple(c.finish_reasons),
         )
+
+    def is_done(self) -> bool:
+        """True once the writes are over: all written (:meth:`finish`), failed, or closed."""
+        return self._writer.done()
+
+    def on_failure(self, callback: Callable[[BaseException], None]) -> None:
+        """Call ``callback`` once with the error if a write fails (the client is gone: the
+        write's exception; :class:`ClientStallError`); never after a clean end or :meth:`close`.
+        """
+
+        def writer_done(writer: asyncio.Task[None]) -> None:
+            if not writer.cancelled() and (error := writer.exception()) is not None:
+                callback(error)
+
+        self._writer.add_done_callback(writer_done)
 
     def read_pause(self, now: float, lead: float) -> float:
         """How long the reader may leave the next bytes in the kernel (read coalescing): until
@@ -206,7 +201,7 @@ class StreamPump:
                 that write.
         """
         coalescer = self._coalescer
-        if self.first_content_write_at is None or self._closing or not coalescer.answering:
+        if self._first_content_sent_at is None or self._closing or not coalescer.answering:
             return 0.0
         deadline = coalescer.deadline
         if deadline is None:
@@ -215,17 +210,13 @@ class StreamPump:
 
     def error_events(self, fault: Fault, format_hint: str | None = None) -> list[SSEEvent]:
         """The terminal error event for ``fault`` in the stream's format (``format_hint`` while
-        none is known); none for a plain ``sse`` stream, whose events streamhop never rewrites
-        or adds to."""
-        event = error_format(self._coalescer.format_name or format_hint).error_event(
-            fault.code, fault.message
-        )
-        return [] if event is None else [event]
+        none is known); none for a plain ``sse`` stream (:func:`.pump_end.error_events`)."""
+        return error_events(self._coalescer.format_name or format_hint, fault)
 
     async def feed(self, data: bytes) -> None:
         """Take upstream bytes (non-empty), schedule writes, and wait while more than
-        ``max_pending_bytes`` are held (returns at once if the writer has stopped, so the
-        caller sees the failure on :attr:`writer`).
+        ``max_pending_bytes`` are held (returns at once if the writes are over: see
+        :meth:`is_done`, :meth:`on_failure`).
 
         Raises:
             StreamFault: an event exceeded ``max_event_bytes`` (code ``event_too_large``).
@@ -260,32 +251,17 @@ class StreamPump:
             format_hint: the format expected when no event came (auto-detection saw nothing).
 
         Returns:
-            ``upstream_truncated`` when the body ended inside an event (its bytes are dropped as
-            a browser drops them); with ``expect_terminal``, ``upstream_incomplete`` when a
-            format with a terminal event (:data:`TERMINAL_EVENTS`) did not send it; else
-            ``None``.
+            ``upstream_truncated``, ``upstream_incomplete`` or ``None``
+            (:func:`.pump_end.eof_fault`).
         """
-        self._decoder.receive_data(b"")
-        if self._decoder.truncated:
-            return Fault(
-                "upstream_truncated", "the upstream stream ended in the middle of an event"
-            )
-        if not expect_terminal:
-            return None
-        c = self._coalescer
-        fmt = c.format_name or format_hint
-        if c.incomplete or (c.format_name is None and fmt in TERMINAL_EVENTS):
-            return Fault(
-                "upstream_incomplete",
-                "the upstream closed the stream before it was finished (expected "
-                f"{TERMINAL_EVENTS.get(fmt or '', '?')}); the answer is incomplete",
-            )
-        return None
+        decoder = self._decoder
+        decoder.receive_data(b"")
+        return eof_fault(decoder.truncated, self._coalescer, expect_terminal, format_hint)
 
     def _feed(self, data: bytes) -> None:
         """Decode ``data`` and push its events (the synchronous part of :meth:`feed`)."""
         now = time.monotonic()
-        self.bytes_in += len(data)
+        self._bytes_in += len(data)
         try:
             events = self._decoder.feed(data)
         except EventTooLargeError:
@@ -310,7 +286,7 @@ class StreamPump:
 
     async def wait_for_room(self) -> None:
         """Wait until at most ``max_pending_bytes`` are held, or the writer stopped."""
-        while self._coalescer.pending_bytes > self._max_pending and not self.writer.done():
+        while self._coalescer.pending_bytes > self._max_pending and not self._writer.done():
             self._room.clear()
             self._wake()
             await self._room.wait()
@@ -324,16 +300,17 @@ class StreamPump:
         self._tail = list(tail)
         self._closing = True
         self._wake()
-        await self.writer
+        await self._writer
 
     def close(self) -> None:
         """Stop at once without writing more (client gone, cancellation)."""
         self._cancel_timers()
-        if not self.writer.done():
-            self.writer.cancel()
+        if not self._writer.done():
+            self._writer.cancel()
 
     def _cancel_timers(self) -> None:
-        for name in ("_keepalive", "_timer", "_watchdog"):
+        self._watch.cancel()
+        for name in ("_keepalive", "_timer"):
             handle: asyncio.TimerHandle | None = getattr(self, name)
             if handle is not None:
                 handle.cancel()
@@ -347,20 +324,6 @@ class StreamPump:
             self._wake()
         elif self._timer is None:
             self._timer = self._loop.call_later(deadline - now, self._on_timer)
-
-    def _check_stall(self) -> None:
-        """The stall watchdog: one timer per ``stall_timeout`` while writes happen, instead of
-        a timeout object per write (writes are the pump's most frequent await)."""
-        self._watchdog = None
-        since = self._writing_since
-        if since is None:
-            return  # no write in flight: re-armed by the next one
-        left = since + self._stall - time.monotonic()
-        if left > 0:
-            self._watchdog = self._loop.call_later(left, self._check_stall)
-            return
-        self._stalled = True
-        self.writer.cancel()
 
     def _wake(self) -> None:
         """Wake the writer task (a plain future rather than an ``asyncio.Event``: the writer
@@ -376,16 +339,16 @@ class StreamPump:
 
     def _idle(self) -> bool:
         """Nothing held, nothing being written."""
-        return self._coalescer.deadline is None and self._writing_since is None
+        return self._coalescer.deadline is None and self._watch.writing_since is None
 
     def _on_keepalive(self) -> None:
         """One timer per ``keepalive_interval``: write a comment if the stream went quiet."""
         interval = self._keepalive_interval
         assert interval is not None
         self._keepalive = None
-        if self.writer.done() or self._closing:
+        if self._writer.done() or self._closing:
             return
-        left = self._last_write + interval - time.monotonic()
+        left = self._watch.last_write + interval - time.monotonic()
         if left <= 0:
             if self._idle():
                 self._idle_write = b": keep-alive\n\n"
@@ -433,60 +396,42 @@ class StreamPump:
     async def _send_bytes(self, data: bytes) -> None:
         """Write a comment (keep-alive, a forwarded provider comment): not an event, so no hook
         and no event counted, but its bytes count like every byte the client gets."""
+        write = self._write
+        assert write is not None  # comments are written to a bytes sink only
         start = time.monotonic()
-        await self._timed(self._write(data), start, f"{len(data)} bytes")
-        self.bytes_out += len(data)
+        watch = self._watch
+        await watch.timed(write(data), start, f"{len(data)} bytes")
+        self._bytes_out += len(data)
         if self._observer is not None:
-            self._observer.downstream_write(0, len(data), start, self._last_write)
-
-    async def _timed(self, write: Awaitable[_T], start: float, pending: str) -> _T:
-        """Await one downstream write under the stall watchdog; sets ``_last_write`` when done.
-
-        Raises:
-            ClientStallError: the write did not complete within ``stall_timeout_s``.
-        """
-        self._writing_since = start
-        if self._watchdog is None:
-            self._watchdog = self._loop.call_later(self._stall, self._check_stall)
-        try:
-            result = await write
-        except asyncio.CancelledError:
-            if self._stalled:
-                raise ClientStallError(
-                    f"client accepted no bytes for {self._stall:g} s ({pending} pending)"
-                ) from None
-            raise
-        finally:
-            self._writing_since = None
-        self._last_write = time.monotonic()
-        return result
+            self._observer.downstream_write(0, len(data), start, watch.last_write)
 
     async def _send(self, events: list[SSEEvent], begin: float) -> None:
-        """Write ``events`` (encoded for ``write``, or handed to ``write_events``); ``begin`` is
-        when their merge (``take``) started."""
-        if self.on_events is not None:
-            events = self.on_events(events)
+        """Write ``events`` (encoded for the sink's ``write``, or handed to its
+        ``write_events``); ``begin`` is when their merge (``take``) started."""
+        if self._on_events is not None:
+            events = self._on_events(events)
         start = time.monotonic()
         observer = self._observer
         if observer is not None:
             observer.flush_overhead(start - begin)
         coalescer = self._coalescer
-        if self.first_content_write_at is None and coalescer.content_seen:
-            self.first_content_write_at = start
-        if self.first_tool_args_write_at is None and coalescer.first_tool_args_at is not None:
-            self.first_tool_args_write_at = start
-        if self.first_answer_write_at is None and coalescer.first_answer_at is not None:
-            self.first_answer_write_at = start
-        if self._write_events is not None:
-            size = await self._timed(self._write_events(events), start, f"{len(events)} events")
-        else:
+        if self._first_content_sent_at is None and coalescer.content_seen:
+            self._first_content_sent_at = start
+        if self._first_tool_args_sent_at is None and coalescer.first_tool_args_at is not None:
+            self._first_tool_args_sent_at = start
+        if self._first_answer_sent_at is None and coalescer.first_answer_at is not None:
+            self._first_answer_sent_at = start
+        watch = self._watch
+        write = self._write
+        if write is not None:
             data = encode_events(events)
             size = len(data)
-            await self._timed(self._write(data), start, f"{size} bytes")
-        end = self._last_write
-        if self.first_write_at is None:
-            self.first_write_at = end
-        self.writes += 1
-        self.bytes_out += size
+            await watch.timed(write(data), start, f"{size} bytes")
+        else:
+            write_events = self._write_events
+            assert write_events is not None  # a Sink holds one of the two
+            size = await watch.timed(write_events(events), start, f"{len(events)} events")
+        self._writes += 1
+        self._bytes_out += size
         if observer is not None:
-            observer.downstream_write(len(events), size, start, end)
+            observer.downstream_write(len(events), size, start, watch.last_write)

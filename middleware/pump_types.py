@@ -1,11 +1,11 @@
-"""The pump's values: :class:`PumpOptions` in; :class:`PumpStats`, :class:`Fault` and the
-errors out (see :mod:`streamhop.middleware.pump`)."""
+"""The pump's values: :class:`PumpOptions` and the :class:`Sink` in; :class:`PumpStats`,
+:class:`Fault` and the errors out (see :mod:`streamhop.middleware.pump`)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol, final
 
 from streamhop.middleware import defaults
 from streamhop.middleware.errors import StreamHopError
@@ -78,18 +78,21 @@ DEFAULT_OPTIONS: Final = PumpOptions()
 
 @dataclass(frozen=True, slots=True)
 class PumpStats:
-    """What one stream did (times are ``time.monotonic()`` seconds, ``None`` if not reached)."""
+    """What one stream did (times are ``time.monotonic()`` seconds, ``None`` if not reached).
+
+    The names are those of :class:`~streamhop.middleware.observe.stream_end.StreamEnd`, which
+    takes them all (``sent`` is when a write handed the bytes over)."""
 
     format: str | None
     events_in: int
     events_out: int
-    malformed: int
+    malformed_events: int
     writes: int
     bytes_in: int
     bytes_out: int
     upstream_first_content_at: float | None
-    first_content_write_at: float | None
-    first_tool_args_write_at: float | None
+    first_content_sent_at: float | None
+    first_tool_args_sent_at: float | None
     usage_input_tokens: int | None
     usage_output_tokens: int | None
     upstream_first_event_at: float | None = None
@@ -100,17 +103,44 @@ class PumpStats:
     """The model that answered, as the stream reported it."""
     finish_reasons: tuple[str, ...] = ()
     """The finish reasons the stream reported, in order (one per finished choice)."""
-    first_answer_write_at: float | None = None
+    first_answer_sent_at: float | None = None
     """When the first answer text (not reasoning, not tool-call arguments) was handed to the
     client: the TTFT a reasoning model's user sees."""
 
 
 Write = Callable[[bytes], Awaitable[None]]
+"""Sends one SSE body chunk to the client."""
 WriteEvents = Callable[[list[SSEEvent]], Awaitable[int]]
 """Sends a batch of events its own way; returns the bytes it wrote (for accounting)."""
 OnEvents = Callable[[list[SSEEvent]], list[SSEEvent]]
 """A hook given each merged batch right before it is encoded; returns the events to write
 (e.g. the same events with ``id`` set, see ``SSEEvent._replace``)."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Sink:
+    """Where a pump writes one stream: SSE bytes (``write``), or event batches that the
+    transport frames itself (``write_events``: the WebSocket bridge). Exactly one is given.
+
+    Attributes:
+        write: sends one encoded body chunk; the pump also writes comments and keep-alives.
+        write_events: sends a batch of events; no comments and no keep-alive (that transport
+            has its own, e.g. ping frames).
+        on_events: a hook over each batch right before it is written (the resume log numbers
+            and records events with it).
+
+    Raises:
+        TypeError: neither or both of ``write`` and ``write_events`` were given.
+    """
+
+    write: Write | None = None
+    write_events: WriteEvents | None = None
+    on_events: OnEvents | None = None
+
+    def __post_init__(self) -> None:
+        if (self.write is None) == (self.write_events is None):
+            raise TypeError("a Sink takes exactly one of write (bytes) and write_events")
 
 
 class PumpObserver(Protocol):

@@ -16,12 +16,12 @@ import sys
 from collections.abc import Generator
 from typing import Any, Final
 
-import orjson
 import uvicorn
 from prometheus_client import CollectorRegistry
 
 from streamhop.middleware.engine_build import engine_build
 from streamhop.middleware.observe.metrics import Metrics
+from streamhop.middleware.observe.stream_end import log_end
 from streamhop.sidecar.admission.limits import HeadLimits, limited_httptools_protocol
 from streamhop.sidecar.app import build_admin_app, build_proxy_app
 from streamhop.sidecar.config import Config, parse_hostport
@@ -29,10 +29,9 @@ from streamhop.sidecar.http.tls import CertificateReloader
 from streamhop.sidecar.listen import ListenError, bind_listener
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
-from streamhop.sidecar.upstream.opening import SidecarState
+from streamhop.sidecar.upstream.registry import SidecarState
 
 logger = logging.getLogger("streamhop")
-stream_logger = logging.getLogger("streamhop.streams")
 
 WS_PING_INTERVAL_S = 15.0
 WS_FRAME_SLACK_BYTES = 64 * 1024
@@ -83,48 +82,10 @@ class _Server(uvicorn.Server):
 
 
 def log_stream(record: StreamRecord) -> None:
-    """One structured JSON log line per finished request (times in milliseconds)."""
-
-    def ms(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else round((b - a) * 1000, 3)
-
-    stream_logger.info(
-        "%s",
-        orjson.dumps(
-            {
-                "event": "stream_end",
-                "request_id": record.request_id,
-                "route": record.route,
-                "path": record.path,
-                "model": record.model,
-                "status": record.status,
-                "format": record.format,
-                "ttft_ms": ms(record.received_at, record.first_content_sent_at),
-                "answer_ms": ms(record.received_at, record.first_answer_sent_at),
-                "tool_args_ms": ms(record.received_at, record.first_tool_args_sent_at),
-                "upstream_ttft_ms": ms(
-                    record.upstream_request_at, record.upstream_first_content_at
-                ),
-                "duration_ms": ms(record.received_at, record.finished_at),
-                "events_in": record.events_in,
-                "events_out": record.events_out,
-                "bytes_in": record.bytes_in,
-                "bytes_out": record.bytes_out,
-                "malformed_events": record.malformed_events,
-                "cancel_reason": record.cancel_reason,
-                "cancel_latency_ms": None
-                if record.cancel_latency_s is None
-                else round(record.cancel_latency_s * 1000, 3),
-                "error": record.error,
-                "response_id": record.response_id,
-                "response_model": record.response_model,
-                "finish_reasons": list(record.finish_reasons),
-                "usage_input_tokens": record.usage_input_tokens,
-                "usage_output_tokens": record.usage_output_tokens,
-                "upstream_bursts": record.upstream_bursts,
-            }
-        ).decode(),
-    )
+    """One structured JSON log line per finished request on ``streamhop.streams`` (times in
+    milliseconds; the same line as the middleware's, :func:`~streamhop.middleware.observe.
+    stream_end.log_end`)."""
+    log_end(record)
 
 
 async def serve(config: Config, registry: CollectorRegistry | None = None) -> int:

@@ -23,7 +23,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from streamhop.middleware.observe.metrics import (
     CANCEL_REASONS,
-    ERROR_KINDS,
+    UPSTREAM_ERROR_KINDS,
     WEBSOCKET_REFUSED_REASONS,
     Metrics,
 )
@@ -194,7 +194,7 @@ def test_label_values_are_documented() -> None:
     def paragraph(name: str) -> str:
         return _section(doc, f"**`{name}", "\n\n")
 
-    for kind in ERROR_KINDS:
+    for kind in UPSTREAM_ERROR_KINDS:
         assert f"`{kind}`" in paragraph("streamhop_upstream_errors_total"), kind
     for reason in EVICTION_REASONS:
         assert f"`{reason}`" in paragraph("streamhop_resume_evictions_total"), reason

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from starlette.types import Message, Send
 
 from streamhop.middleware.observe.metrics import StreamMetrics
-from streamhop.middleware.pump import Fault, PumpOptions, PumpStats, StreamPump
+from streamhop.middleware.pump import Fault, PumpOptions, PumpStats, Sink, StreamPump
 from streamhop.middleware.sse.events import SSEEvent
 
 logger = logging.getLogger(__name__)
@@ -102,16 +102,16 @@ class SSEResponse:
         self._error_format = error_format
         self.writer_error: BaseException | None = None
         """The error the pump's write failed with, once it has (client gone or stalled)."""
-        self._pump = StreamPump(self._write, options, observer=observer)
-        self._pump.writer.add_done_callback(self._writer_done)
+        self._pump = StreamPump(Sink(self._write), options, observer=observer)
+        self._pump.on_failure(self._write_failed)
 
     def __repr__(self) -> str:
         return f"<SSEResponse {self._pump!r}>"
 
     @property
     def writing(self) -> bool:
-        """False once the pump's writer is over (finished, failed or closed)."""
-        return not self._pump.writer.done()
+        """False once the pump's writes are over (finished, failed or closed)."""
+        return not self._pump.is_done()
 
     @property
     def stats(self) -> PumpStats:
@@ -161,12 +161,7 @@ class SSEResponse:
         async with self._lock:
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
-    def _writer_done(self, writer: asyncio.Task[None]) -> None:
-        if writer.cancelled():
-            return
-        error = writer.exception()
-        if error is None:
-            return
+    def _write_failed(self, error: BaseException) -> None:
         self.writer_error = error
         self._on_failure(error)
 

@@ -4,21 +4,22 @@ its log line.
 :class:`RequestRecord` is the middleware's counterpart of the sidecar's stream record. The
 responder tells it what happens (:meth:`~RequestRecord.cancelled`, ``error_kind``) and, once
 the app's task is over, :meth:`~RequestRecord.finish` records the metrics of
-:mod:`streamhop.middleware.observe.metrics` and logs one line per re-chunked stream. A response
-passed through untouched and not cancelled records nothing.
+:mod:`streamhop.middleware.observe.metrics` and writes one JSON log line per re-chunked stream:
+the sidecar's end of a stream (:mod:`streamhop.middleware.observe.stream_end`), where the app is
+the upstream. A response passed through untouched and not cancelled records nothing.
 
 Labels: ``route`` is the configured ``route_label``, else the framework's route template from
 ``scope["route"]`` (Starlette and FastAPI set it while routing, so it is read at
 ``http.response.start`` or later), else :data:`DEFAULT_ROUTE_LABEL`; never the raw path, whose
 cardinality is unbounded. ``model`` is the request body's JSON ``model`` field when it is in the
-``models`` allow-list, else ``other``.
+``models`` allow-list, else ``other`` (the log line's ``model`` is the field as sent, read only
+with an allow-list).
 
 Times are ``time.monotonic()`` seconds.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import weakref
 from typing import Final
@@ -30,9 +31,8 @@ from starlette.types import Scope
 from streamhop.middleware.asgi.options import MiddlewareOptions
 from streamhop.middleware.asgi.receive import ReceiveRelay
 from streamhop.middleware.observe.metrics import OTHER_MODEL, Metrics, StreamMetrics
+from streamhop.middleware.observe.stream_end import StreamEnd, log_end, observe_end
 from streamhop.middleware.pump import PumpStats
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_ROUTE_LABEL: Final = "asgi"
 """The ``route`` label when neither ``route_label`` nor a framework route template is known."""
@@ -77,6 +77,7 @@ class RequestRecord:
         "_options",
         "_relay",
         "_scope",
+        "_status",
         "cancel_latency",
         "cancel_reason",
         "error_kind",
@@ -92,18 +93,21 @@ class RequestRecord:
         self._relay = relay
         self._observed: StreamMetrics | None = None
         self._cancel_detected_at: float | None = None
+        self._status: int | None = None
         self.received_at = time.monotonic()
         self.cancel_reason: str | None = None
         self.cancel_latency: float | None = None
         self.error_kind: str | None = None
 
-    def open_stream(self) -> StreamMetrics:
-        """The metric children of the SSE response that starts now (counted as active)."""
+    def open_stream(self, status: int | None) -> StreamMetrics:
+        """The metric children of the SSE response that starts now with HTTP ``status``
+        (counted as active)."""
         options = self._options
+        self._status = status
         observed = self._observed = StreamMetrics(
             self._metrics,
             self._route(),
-            self._model(),
+            self._model_label(),
             burst_gap_s=options.burst_gap_ms / 1000.0,
             burst_events=options.burst_events,
         )
@@ -121,55 +125,39 @@ class RequestRecord:
         if self._cancel_detected_at is not None:
             self.cancel_latency = time.monotonic() - self._cancel_detected_at
 
-    def finish(self, stats: PumpStats | None, *, complete: bool) -> None:
-        """Record the request's metrics and, for a re-chunked stream, log its line.
+    def finish(self, stats: PumpStats | None) -> None:
+        """Record the request's metrics and, for a re-chunked stream, write its log line
+        (:func:`~streamhop.middleware.observe.stream_end.observe_end`,
+        :func:`~streamhop.middleware.observe.stream_end.log_end`).
 
         Args:
-            stats: the pump's counters of an SSE response; ``None`` for any other response.
-            complete: its final body went to the server (the log's outcome ``complete``, else
-                ``unfinished``, unless cancelled or faulted).
+            stats: the pump's counters of an SSE response; ``None`` for any other response
+                (only its cancellation, if any, is recorded).
         """
         observed = self._observed
         reason = self.cancel_reason
         if observed is None and reason is None:
             return  # a response passed through untouched and not cancelled: nothing to record
         if observed is None:
-            observed = StreamMetrics(self._metrics, self._route(), self._model())
-        if reason is not None:
-            observed.cancelled(reason, self.cancel_latency)
-        if stats is None:
-            return
-        now = time.monotonic()
-        observed.flush()
-        observed.active.dec()
-        received = self.received_at
-        if stats.first_content_write_at is not None:
-            observed.ttft(stats.first_content_write_at - received)
-        if stats.first_answer_write_at is not None:
-            observed.time_to_first_answer_token(stats.first_answer_write_at - received)
-        if stats.first_tool_args_write_at is not None:
-            observed.time_to_first_tool_argument(stats.first_tool_args_write_at - received)
-        if stats.upstream_first_content_at is not None:
-            observed.upstream_ttft(stats.upstream_first_content_at - received)
-        observed.duration(now - received)
-        if self.error_kind is not None:
-            observed.upstream_error(self.error_kind)
-        if stats.malformed:
-            observed.upstream_error("malformed_event", stats.malformed)
-        logger.info(
-            "stream end route=%s model=%s format=%s outcome=%s events_in=%d events_out=%d "
-            "writes=%d bytes_in=%d bytes_out=%d duration_s=%.6f",
-            observed.route,
-            observed.model,
-            stats.format,
-            reason or self.error_kind or ("complete" if complete else "unfinished"),
-            stats.events_in,
-            stats.events_out,
-            stats.writes,
-            stats.bytes_in,
-            stats.bytes_out,
-            now - received,
+            observed = StreamMetrics(self._metrics, self._route(), self._model_label())
+        end = StreamEnd(
+            route=observed.route,
+            path=str(self._scope.get("path", "")),
+            received_at=self.received_at,
+            model=self._model(),
+            status=self._status,
+            cancel_reason=reason,
+            cancel_latency_s=self.cancel_latency,
+            error=self.error_kind,
         )
+        if stats is not None:
+            observed.active.dec()
+            end.sse = True
+            end.finished_at = time.monotonic()
+            end.take_stats(stats)
+        observe_end(observed, end)
+        if stats is not None:
+            log_end(end)
 
     def _route(self) -> str:
         label = self._options.route_label
@@ -178,13 +166,18 @@ class RequestRecord:
         path = getattr(self._scope.get("route"), "path", None)
         return path if isinstance(path, str) and path else DEFAULT_ROUTE_LABEL
 
-    def _model(self) -> str:
+    def _model(self) -> str | None:
+        """The request body's JSON ``model`` (the body is peeked only with an allow-list)."""
         peek = self._relay.peek
         if not peek or peek[:1] != b"{":
-            return OTHER_MODEL
+            return None
         try:
             obj = orjson.loads(peek)
         except orjson.JSONDecodeError:
-            return OTHER_MODEL
+            return None
         model = obj.get("model") if isinstance(obj, dict) else None
-        return model if isinstance(model, str) and model in self._options.models else OTHER_MODEL
+        return model if isinstance(model, str) else None
+
+    def _model_label(self) -> str:
+        model = self._model()
+        return model if model is not None and model in self._options.models else OTHER_MODEL

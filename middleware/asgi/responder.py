@@ -141,10 +141,7 @@ class Responder:
             stream = self._stream
             if stream is not None:
                 stream.close()
-            self._record.finish(
-                None if stream is None else stream.stats,
-                complete=self._phase is Phase.COMPLETE,
-            )
+            self._record.finish(None if stream is None else stream.stats)
 
     async def _call_app(self) -> None:
         await self._app(self._scope, self.receive, self.send)
@@ -317,7 +314,7 @@ class Responder:
         self._stream = stream = SSEResponse(
             self._send,
             self._pump_options,
-            self._record.open_stream(),
+            self._record.open_stream(message.get("status")),
             self._on_write_failed,
             self._options.error_format,
         )

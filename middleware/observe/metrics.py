@@ -52,7 +52,7 @@ CANCEL_REASONS: Final = (
 )
 HOPS: Final = ("request", "event", "flush")
 WEBSOCKET_REFUSED_REASONS: Final = ("max_websockets",)
-ERROR_KINDS: Final = (
+UPSTREAM_ERROR_KINDS: Final = (
     "connect",
     "headers_timeout",
     "disconnected",
@@ -62,6 +62,7 @@ ERROR_KINDS: Final = (
     "event_too_large",
     "malformed_event",
 )
+"""The ``kind`` label values of ``streamhop_upstream_errors_total``."""
 OTHER_MODEL: Final = "other"
 COUNTER_FLUSH_S: Final = 0.1
 """Longest a stream holds its event and byte counts before adding them to the counters (each
@@ -276,7 +277,7 @@ class Metrics:
             self._seen.add(key)
             for reason in CANCEL_REASONS:
                 self.cancellations.labels(route, label, reason)
-            for kind in ERROR_KINDS:
+            for kind in UPSTREAM_ERROR_KINDS:
                 self.upstream_errors.labels(route, label, kind)
         return StreamMetrics(self, route, label)
 

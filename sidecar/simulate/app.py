@@ -35,9 +35,9 @@ from streamhop.sidecar.simulate.errors import (
     SimulatorConfigError,
 )
 from streamhop.sidecar.simulate.pacing import connection_closed, sleep_until
-from streamhop.sidecar.simulate.pump import answer_delay_s, pump
-from streamhop.sidecar.simulate.replay import load_replay
+from streamhop.sidecar.simulate.recording import load_replay
 from streamhop.sidecar.simulate.request import Generation, SimRequest, parse_request
+from streamhop.sidecar.simulate.response import answer_delay_s, pump
 from streamhop.sidecar.simulate.streams import StreamLog
 from streamhop.sidecar.simulate.tools import ToolSpec
 

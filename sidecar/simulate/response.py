@@ -24,7 +24,7 @@ from streamhop.sidecar.simulate.buffering import HoldingWriter
 from streamhop.sidecar.simulate.config import SimulatorConfig
 from streamhop.sidecar.simulate.errors import ClientClosedError
 from streamhop.sidecar.simulate.request import Event
-from streamhop.sidecar.simulate.streams import StreamRecord
+from streamhop.sidecar.simulate.streams import ServedResponse
 from streamhop.sidecar.simulate.writer import SplitWriter
 
 # In burst mode nothing else awaits while the socket accepts data, so the pump yields to the loop
@@ -46,7 +46,7 @@ async def pump(
     request: web.BaseRequest,
     events: Iterable[Event],
     config: SimulatorConfig,
-    record: StreamRecord,
+    record: ServedResponse,
     arrival: float,
 ) -> web.StreamResponse:
     """Stream ``events`` as an SSE response, paced per ``config``.

@@ -24,7 +24,7 @@ MAX_RECORDS = 1000
 
 
 @dataclass(slots=True)
-class StreamRecord:
+class ServedResponse:
     """What happened to one response, streamed or not (a non-streamed one has no events).
 
     Attributes:
@@ -79,11 +79,11 @@ class StreamLog:
     """The last :data:`MAX_RECORDS` stream records, oldest first."""
 
     def __init__(self, max_records: int = MAX_RECORDS) -> None:
-        self._records: deque[StreamRecord] = deque(maxlen=max_records)
+        self._records: deque[ServedResponse] = deque(maxlen=max_records)
 
-    def open(self, stream_id: str, path: str, started: float) -> StreamRecord:
+    def open(self, stream_id: str, path: str, started: float) -> ServedResponse:
         """Add and return the record of a stream that is starting (``started`` in monotonic s)."""
-        record = StreamRecord(stream_id, path, started)
+        record = ServedResponse(stream_id, path, started)
         self._records.append(record)
         return record
 

@@ -1,5 +1,5 @@
 """The read side of a relayed stream: the upstream SSE body fed to the pump with a read
-timeout, the upstream closed, and the request's record filled from the pump's stats.
+timeout, and the upstream closed (with the cancel latency noted in the request's record).
 
 Used by :class:`~.driver.StreamDriver` for every transport.
 """
@@ -15,14 +15,16 @@ from streamhop.middleware.pump import Fault, StreamFault, StreamPump
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.upstream.connection import UpstreamResponse
 
-ERROR_KINDS: Final = {
+ERROR_KIND_OF_FAULT: Final = {
     "upstream_truncated": "truncated",
     "upstream_incomplete": "incomplete",
     "upstream_timeout": "read_timeout",
     "event_too_large": "event_too_large",
     "upstream_disconnected": "disconnected",
 }
-"""Terminal fault codes of a relayed stream -> ``streamhop_upstream_errors_total{kind}``."""
+"""The terminal fault code of a relayed stream (:class:`~streamhop.middleware.pump.Fault`) ->
+its ``kind`` in ``streamhop_upstream_errors_total`` (one of
+:data:`~streamhop.middleware.observe.metrics.UPSTREAM_ERROR_KINDS`)."""
 
 
 class _ReadWatch:
@@ -209,8 +211,8 @@ async def relay(
 
     Returns:
         ``None`` when the body ended, else the read fault: ``upstream_timeout``,
-        ``event_too_large``, ``upstream_disconnected`` (see :data:`ERROR_KINDS`). Never raises
-        for a provider fault.
+        ``event_too_large``, ``upstream_disconnected`` (see :data:`ERROR_KIND_OF_FAULT`). Never
+        raises for a provider fault.
     """
     watch = _ReadWatch(read_timeout_s)
     feeder = _Feeder(response, pump, watch, decompress, coalesce_reads)
@@ -266,27 +268,3 @@ def note_cancel_latency(record: StreamRecord) -> None:
     """Cancellation detected earlier and the upstream now closed: record how long it took."""
     if record.cancel_detected_at is not None and record.cancel_latency_s is None:
         record.cancel_latency_s = time.monotonic() - record.cancel_detected_at
-
-
-def collect(record: StreamRecord, pump: StreamPump | None) -> None:
-    """Copy the pump's stats into the record."""
-    if pump is None:
-        return
-    stats = pump.stats
-    record.format = stats.format
-    record.events_in = stats.events_in
-    record.events_out = stats.events_out
-    record.malformed_events = stats.malformed
-    record.writes = stats.writes
-    record.bytes_in = stats.bytes_in
-    record.bytes_out = stats.bytes_out
-    record.first_content_sent_at = stats.first_content_write_at
-    record.first_tool_args_sent_at = stats.first_tool_args_write_at
-    record.first_answer_sent_at = stats.first_answer_write_at
-    record.upstream_first_content_at = stats.upstream_first_content_at
-    record.usage_input_tokens = stats.usage_input_tokens
-    record.usage_output_tokens = stats.usage_output_tokens
-    record.upstream_first_event_at = stats.upstream_first_event_at
-    record.response_id = stats.response_id
-    record.response_model = stats.response_model
-    record.finish_reasons = stats.finish_reasons

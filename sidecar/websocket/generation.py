@@ -28,12 +28,12 @@ from typing import Any, Final
 
 import orjson
 
-from streamhop.middleware.pump import Fault, StreamPump
+from streamhop.middleware.pump import Fault, Sink, StreamPump
 from streamhop.middleware.sse.events import SSEEvent
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.resume import LogWriter, ResumeStore
 from streamhop.sidecar.resume.store import close_log
-from streamhop.sidecar.upstream.driver import StreamDriver, StreamRequest, StreamSink
+from streamhop.sidecar.upstream.driver import StreamDriver, StreamRequest
 from streamhop.sidecar.upstream.pool import UpstreamBodyError, UpstreamResponse, UpstreamTiming
 from streamhop.sidecar.websocket.messages import done_frame, error_frame, event_frame
 
@@ -138,7 +138,7 @@ class Generation:
         logger.warning("stream %s: %s", self.record.request_id, message)
         self._terminal = ("error", _error(code, message, status=status, body=body))
 
-    async def open(self, response: UpstreamResponse, timing: UpstreamTiming) -> StreamSink:
+    async def open(self, response: UpstreamResponse, timing: UpstreamTiming) -> Sink:
         self.started = True
         send_frames = self.send_frames
 
@@ -150,14 +150,11 @@ class Generation:
                 await send_frames(frames)
             return sum(len(f) for f in frames)
 
-        async def unused(data: bytes) -> None:  # the pump hands this transport events only
-            raise AssertionError("the WebSocket transport takes events, not bytes")
-
         if self._log_at is None:
-            return StreamSink(unused, write_events=write_events)
+            return Sink(write_events=write_events)
         store, key = self._log_at
         self.log = store.open_writer(self.record.stream_id, _LOG_HEADERS, key)
-        return StreamSink(unused, write_events=write_events, on_events=self.log.stamp)
+        return Sink(write_events=write_events, on_events=self.log.stamp)
 
     async def close(self, pump: StreamPump, fault: Fault | None) -> None:
         await pump.finish()

@@ -1297,3 +1297,20 @@ async def test_burst_thresholds_are_options() -> None:
     assert counts == [1, 0]
     with pytest.raises(ValueError, match="burst_events"):
         StreamHopMiddleware(buffered_app(), burst_events=1)
+
+
+async def test_a_rechunked_stream_logs_the_sidecars_json_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One end of stream for both: the same ``stream_end`` line on ``streamhop.streams``."""
+    data = fixture_bytes(CHAT_FIXTURE)
+    with caplog.at_level(logging.INFO, logger="streamhop.streams"):
+        await run(paced_app(data), Server(), registry=CollectorRegistry())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "streamhop.streams"]
+    logged = json.loads(line)
+    assert logged["event"] == "stream_end"
+    assert (logged["route"], logged["path"], logged["status"]) == ("asgi", "/stream", 200)
+    assert logged["format"] == "openai-chat" and logged["bytes_in"] == len(data)
+    assert logged["events_in"] == len(fixture_events(CHAT_FIXTURE))
+    assert logged["ttft_ms"] is not None and logged["duration_ms"] >= logged["ttft_ms"]
+    assert logged["cancel_reason"] is None and logged["error"] is None

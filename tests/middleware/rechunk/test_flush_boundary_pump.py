@@ -12,7 +12,7 @@ import time
 import pytest
 
 from streamhop.middleware.controls import ControlHeaderError, Controls, parse_controls
-from streamhop.middleware.pump import PumpOptions, StreamPump
+from streamhop.middleware.pump import PumpOptions, Sink, StreamPump
 from streamhop.middleware.sse.decoder import SSEDecoder
 
 from ..accumulate import chat_chunk
@@ -77,7 +77,7 @@ async def test_the_pump_cuts_at_a_sentence_and_writes_an_idle_tail_after_the_wai
         flush_boundary="sentence",
         max_boundary_wait_s=0.100,
     )
-    pump = StreamPump(writer, options)
+    pump = StreamPump(Sink(writer), options)
     await pump.feed(chat("Hi"))
     await writer.until(1)
     assert writer.texts == ["Hi"]  # the first content at once
@@ -96,7 +96,8 @@ async def test_the_pump_cuts_at_a_sentence_and_writes_an_idle_tail_after_the_wai
 async def test_the_pump_writes_everything_at_the_end() -> None:
     writer = Writer()
     pump = StreamPump(
-        writer, PumpOptions(format="openai-chat", flush_boundary="word", max_boundary_wait_s=60)
+        Sink(writer),
+        PumpOptions(format="openai-chat", flush_boundary="word", max_boundary_wait_s=60),
     )
     await pump.feed(chat("One"))
     await pump.feed(chat(" two thr"))

@@ -32,8 +32,8 @@ from aiohttp import web
 from streamhop.sidecar.simulate import SimulatorConfig, make_app
 from streamhop.sidecar.simulate.cli import add_arguments, run
 from streamhop.sidecar.simulate.errors import SimulatorConfigError
-from streamhop.sidecar.simulate.pump import answer_delay_s
-from streamhop.sidecar.simulate.replay import split_events
+from streamhop.sidecar.simulate.recording import split_events
+from streamhop.sidecar.simulate.response import answer_delay_s
 from streamhop.sidecar.simulate.writer import split_offsets
 from tests.support import FIXTURES, sse_pairs, wait_for_async
 

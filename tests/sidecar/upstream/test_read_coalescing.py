@@ -12,7 +12,7 @@ import time
 
 from yarl import URL
 
-from streamhop.middleware.pump import PumpOptions, StreamPump
+from streamhop.middleware.pump import PumpOptions, Sink, StreamPump
 from streamhop.sidecar.config import config_from_dict
 from streamhop.sidecar.upstream.pool import UpstreamPool, UpstreamTiming
 from streamhop.sidecar.upstream.relay import relay
@@ -91,7 +91,7 @@ async def test_answer_reads_are_coalesced_and_phase_changes_read_at_once() -> No
             )  # fmt: skip
             reads = Reads()
             options = PumpOptions(format="openai-chat", flush_interval_s=WINDOW_S)
-            pump = StreamPump(write, options, observer=reads)
+            pump = StreamPump(Sink(write), options, observer=reads)
             fault = await asyncio.wait_for(relay(response, pump, 10.0, coalesce_reads=True), 20)
             assert fault is None
             assert pump.feed_eof(expect_terminal=True) is None
