@@ -20,15 +20,16 @@ from starlette.routing import Route
 
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.admission.guard import host_allowed, host_error
+from streamhop.sidecar.asgi import Receive, Scope, Send, json_error
 from streamhop.sidecar.config import Config, ServerConfig
-from streamhop.sidecar.http.asgi import Receive, Scope, Send, json_error
 from streamhop.sidecar.http.proxy import Proxy
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
 from streamhop.sidecar.resume import build_store
 from streamhop.sidecar.resume.memory import EVICTION_REASONS, MemoryStore
-from streamhop.sidecar.upstream.opening import SidecarState
+from streamhop.sidecar.upstream.edge import EdgeContext
 from streamhop.sidecar.upstream.pool import UpstreamPool
+from streamhop.sidecar.upstream.registry import SidecarState
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def build_proxy_app(
     (inside the server's loop) and closed at shutdown.
     """
     pool = UpstreamPool(trust_env=config.server.trust_env)
-    proxy = Proxy(config, pool, state, metrics, on_finish, tracing)
+    proxy = Proxy(EdgeContext.build(config, pool, state, metrics, on_finish, tracing))
 
     async def startup() -> None:
         if config.resume.enabled:

@@ -1,4 +1,5 @@
-"""ASGI types and the small responses streamhop itself answers with."""
+"""ASGI types (scope, messages, receive, send) and the small answers both edges send themselves:
+JSON errors in the provider's shape, the request body under a limit, disconnect watching."""
 
 from __future__ import annotations
 
@@ -67,6 +68,22 @@ async def wait_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def client_left_first(receive: Receive, work: asyncio.Future[Any]) -> bool:
+    """Wait until ``work`` is done or the client disconnects, whichever comes first; True when
+    the client left first (``work`` still runs: the caller decides whether to cancel it or
+    let it run on). The disconnect watcher never outlives this call.
+
+    Raises:
+        asyncio.CancelledError: this task was cancelled (``work`` is left to the caller).
+    """
+    watcher = asyncio.ensure_future(wait_disconnect(receive))
+    try:
+        await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return not work.done()
+    finally:
+        watcher.cancel()
 
 
 def with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:

@@ -87,9 +87,9 @@ def _sources(wheel: Path) -> set[str]:
     names = set()
     for folder in ("middleware", "sidecar"):
         for path in (source / folder).rglob("*"):
-            if path.suffix == ".py" or path.name == "py.typed":
-                if "__pycache__" not in path.parts:
-                    names.add(f"streamhop/{path.relative_to(source).as_posix()}")
+            wanted = path.suffix == ".py" or path.name == "py.typed"
+            if wanted and "__pycache__" not in path.parts:
+                names.add(f"streamhop/{path.relative_to(source).as_posix()}")
     return names
 
 

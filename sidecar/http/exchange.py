@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 
-from streamhop.middleware.pump import Fault, StreamPump
+from streamhop.middleware.pump import Fault, Sink, StreamPump
 from streamhop.sidecar.admission.headers import response_headers
-from streamhop.sidecar.http.asgi import Scope, Send, json_error
+from streamhop.sidecar.asgi import Scope, Send, json_error
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.resume import LogWriter, ResumeStore
 from streamhop.sidecar.resume.store import close_log
-from streamhop.sidecar.upstream.driver import StreamSink
 from streamhop.sidecar.upstream.pool import UpstreamBodyError, UpstreamResponse, UpstreamTiming
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,30 @@ logger = logging.getLogger(__name__)
 _SSE_DROP = frozenset(
     (b"content-length", b"content-encoding", b"cache-control", b"x-accel-buffering")
 )
+
+
+class Phase(enum.Enum):
+    """Where one proxied response is, toward its client. It only moves forward::
+
+        WAITING ─► SENDING ─┬─► DETACHED     (the client left; into the log only)
+                            ├─► HANDED_OFF   (told to reconnect elsewhere; into the log only)
+                            └─► ENDED        (the response's end was sent)
+
+    Whether the *generation* reached its own end (:meth:`HttpTransport.close` ran) is a
+    separate fact: a detached stream goes on to its end into the resume log.
+    """
+
+    WAITING = "waiting"
+    """Nothing sent yet: a failure can still be a JSON error with its own status."""
+    SENDING = "sending"
+    """The response started and the client is attached."""
+    DETACHED = "detached"
+    """The client left a resumable stream: the generation goes on into the log only."""
+    HANDED_OFF = "handed off"
+    """Draining: the client was told to reconnect elsewhere (an SSE ``retry``) and its response
+    ended; the generation goes on into the log only."""
+    ENDED = "ended"
+    """The response's end went to the client."""
 
 
 class HttpTransport:
@@ -68,28 +92,42 @@ class HttpTransport:
         self.format_hint = format_hint
         self.resume = resume
         self.log_key = log_key or record.stream_id
-        self.started = False
+        self.phase = Phase.WAITING
         self.log: LogWriter | None = None
         """The stream's resume log (an SSE answer with ``[resume]`` on), else ``None``."""
-        self.detached = False
-        """True once the client left and the generation goes on into the log only."""
-        self.handed_off = False
-        """True once the client was told to reconnect elsewhere (:meth:`handoff`)."""
         self.reconnects = _reconnects(scope)
         """The client reconnects by itself with ``Last-Event-ID`` (EventSource-like)."""
-        self._ended = False
+        self._closed = False  # the generation reached its own end (close() ran)
         self._lock = asyncio.Lock()  # orders a handoff with the pump's writes
+
+    def __repr__(self) -> str:
+        return f"<HttpTransport {self.record.stream_id} {self.phase.value}>"
+
+    @property
+    def started(self) -> bool:
+        """Something was sent to the client (a failure can no longer change the status)."""
+        return self.phase is not Phase.WAITING
+
+    @property
+    def handed_off(self) -> bool:
+        """The client was told to reconnect elsewhere (:meth:`handoff`)."""
+        return self.phase is Phase.HANDED_OFF
+
+    @property
+    def _attached(self) -> bool:
+        return self.phase is Phase.WAITING or self.phase is Phase.SENDING
 
     def detach(self) -> None:
         """The client left: stop writing to it, keep generating into the resume log."""
-        self.detached = True
+        if self._attached:
+            self.phase = Phase.DETACHED
 
     def accepts(self, response: UpstreamResponse) -> bool:
         ctype = response.headers.get("content-type", "")
         return ctype.startswith("text/event-stream") and self.scope["method"] != "HEAD"
 
     async def refuse(self, status: int, code: str, message: str) -> None:
-        self.started = True
+        self.phase = Phase.ENDED
         await json_error(self.send, status, self.format_hint, code, message)
 
     async def pass_through(
@@ -106,7 +144,7 @@ class HttpTransport:
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
-        self.started = True
+        self.phase = Phase.SENDING
         while True:
             try:
                 async with asyncio.timeout(read_timeout_s):
@@ -139,8 +177,9 @@ class HttpTransport:
                 return
             record.bytes_out += len(chunk)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.phase = Phase.ENDED
 
-    async def open(self, response: UpstreamResponse, timing: UpstreamTiming) -> StreamSink:
+    async def open(self, response: UpstreamResponse, timing: UpstreamTiming) -> Sink:
         record = self.record
         headers = response_headers(response.raw_headers, _SSE_DROP)
         headers += [
@@ -152,21 +191,21 @@ class HttpTransport:
         ]
         send = self.send
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        self.started = True
+        self.phase = Phase.SENDING
 
         async def write(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         if self.resume is None:
-            return StreamSink(write)
+            return Sink(write)
 
         async def write_unless_detached(data: bytes) -> None:
             async with self._lock:
-                if not self.detached:
+                if self.phase is Phase.SENDING:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
 
         self.log = self.resume.open_writer(record.stream_id, headers, self.log_key)
-        return StreamSink(write_unless_detached, on_events=self.log.stamp)
+        return Sink(write_unless_detached, on_events=self.log.stamp)
 
     async def handoff(self, retry_ms: int) -> bool:
         """Tell a reconnecting client to come back in ``retry_ms`` ms (an SSE ``retry`` field,
@@ -177,12 +216,12 @@ class HttpTransport:
             False when there is nothing to hand off (no log, not an EventSource-like client,
             not started, already ended or detached).
         """
-        if self.log is None or not self.reconnects or not self.started:
+        if self.log is None or not self.reconnects:
             return False
         async with self._lock:
-            if self.detached or self._ended:
+            if self.phase is not Phase.SENDING or self._closed:
                 return False
-            self.detached = self.handed_off = True
+            self.phase = Phase.HANDED_OFF
             with contextlib.suppress(OSError):  # the client is gone already: same outcome
                 await self.send(
                     {
@@ -197,15 +236,16 @@ class HttpTransport:
     async def close(self, pump: StreamPump, fault: Fault | None) -> None:
         tail = [] if fault is None else pump.error_events(fault, self.format_hint)
         await pump.finish(tail)
-        self._ended = True
-        if not self.detached:
+        self._closed = True
+        if self._attached:
+            self.phase = Phase.ENDED
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def after(self, pump: StreamPump | None) -> None:
         """End the resume log; a stream stopped before its end gets a terminal event first."""
         if self.log is not None:
             close_log(
-                self.log, pump, ended=self._ended, record=self.record, format_hint=self.format_hint
+                self.log, pump, ended=self._closed, record=self.record, format_hint=self.format_hint
             )
 
 

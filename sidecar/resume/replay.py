@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from streamhop.middleware.rechunk.formats import error_format
 from streamhop.middleware.sse.encoder import encode_events
-from streamhop.sidecar.http.asgi import Send, json_error
+from streamhop.sidecar.asgi import Send, json_error
 from streamhop.sidecar.resume.store import (
     ResumeError,
     ResumeLogFullError,

@@ -31,18 +31,9 @@ from yarl import URL
 
 from streamhop.middleware.controls import Controls
 from streamhop.middleware.observe.metrics import StreamMetrics
-from streamhop.middleware.pump import (
-    ClientStallError,
-    Fault,
-    OnEvents,
-    PumpOptions,
-    StreamPump,
-    Write,
-    WriteEvents,
-)
+from streamhop.middleware.pump import ClientStallError, Fault, PumpOptions, Sink, StreamPump
 from streamhop.sidecar.config import Config, RouteConfig
 from streamhop.sidecar.observe.record import StreamRecord
-from streamhop.sidecar.upstream.opening import OpenStream, SidecarState, open_stream
 from streamhop.sidecar.upstream.pool import (
     UpstreamError,
     UpstreamPool,
@@ -50,7 +41,7 @@ from streamhop.sidecar.upstream.pool import (
     UpstreamTimeoutError,
     UpstreamTiming,
 )
-from streamhop.sidecar.upstream.relay import ERROR_KINDS, close_upstream, collect, relay
+from streamhop.sidecar.upstream.relay import ERROR_KIND_OF_FAULT, close_upstream, relay
 
 logger = logging.getLogger(__name__)
 
@@ -65,27 +56,12 @@ _END_STATUS: Final = {"shutdown": 503, "timeout": 504, "stop": 409}
 """HTTP status of an early end before the response started."""
 
 
-@dataclass(slots=True)
-class StreamSink:
-    """Where a re-chunked stream's events go, from :meth:`Transport.open`.
-
-    Attributes:
-        write: sends one encoded body chunk (HTTP).
-        write_events: sends a batch of events its own way (WebSocket frames); when set,
-            ``write`` is unused and the pump writes no comments.
-        on_events: a hook over each batch before it is written (the resume log).
-    """
-
-    write: Write
-    write_events: WriteEvents | None = None
-    on_events: OnEvents | None = None
-
-
 class Transport(Protocol):
     """How one stream's outcomes reach the client (HTTP response or WebSocket messages)."""
 
-    started: bool
-    """True once anything was sent to the client for this stream."""
+    @property
+    def started(self) -> bool:
+        """True once anything was sent to the client for this stream."""
 
     def accepts(self, response: UpstreamResponse) -> bool:
         """True when the answer is to be re-chunked (else :meth:`pass_through`)."""
@@ -102,8 +78,9 @@ class Transport(Protocol):
         Every upstream read is bounded by ``read_timeout_s`` and every client write by
         ``stall_timeout_s`` (seconds), as on the SSE path."""
 
-    async def open(self, response: UpstreamResponse, timing: UpstreamTiming) -> StreamSink:
-        """The SSE answer starts: send what precedes its events, return where they go."""
+    async def open(self, response: UpstreamResponse, timing: UpstreamTiming) -> Sink:
+        """The SSE answer starts: send what precedes its events, return where they go (SSE
+        bytes for HTTP, event batches for WebSocket frames; a hook for the resume log)."""
 
     async def close(self, pump: StreamPump, fault: Fault | None) -> None:
         """Write what the pump holds (and the fault, in the transport's way) and end."""
@@ -199,10 +176,12 @@ class StreamDriver:
             # Also when cancelled before any response: the pool aborted the connection as the
             # request unwound, which is now.
             close_upstream(self.response, record)
-            if self.pump is not None:
-                self.pump.close()
-            self.transport.after(self.pump)
-            collect(record, self.pump)
+            pump = self.pump
+            if pump is not None:
+                pump.close()
+            self.transport.after(pump)
+            if pump is not None:
+                record.take_stats(pump.stats)
 
     async def _run(self) -> None:
         req = self.request
@@ -257,25 +236,21 @@ class StreamDriver:
         record.sse = True
         sink = await self.transport.open(response, timing)
         self.pump = pump = StreamPump(
-            sink.write,
-            pump_options(req.config, req.route, req.controls),
-            observer=req.observed,
-            on_events=sink.on_events,
-            write_events=sink.write_events,
+            sink, pump_options(req.config, req.route, req.controls), observer=req.observed
         )
         me = asyncio.current_task()
         assert me is not None
 
-        def writer_done(task: asyncio.Task[None]) -> None:
+        def write_failed(error: BaseException) -> None:
             # A failed write (client stalled or gone) must stop the reader and close upstream.
-            if task.cancelled() or task.exception() is None or me.done():
+            if me.done():
                 return
             self.writer_failed = True
-            stalled = isinstance(task.exception(), ClientStallError)
+            stalled = isinstance(error, ClientStallError)
             record.mark_cancel("stall" if stalled else "client_disconnect")
             me.cancel()
 
-        pump.writer.add_done_callback(writer_done)
+        pump.on_failure(write_failed)
         fault = await relay(
             response,
             pump,
@@ -290,7 +265,7 @@ class StreamDriver:
                 format_hint=req.format_hint,
             )
         if fault is not None:
-            record.error = ERROR_KINDS[fault.code]
+            record.error = ERROR_KIND_OF_FAULT[fault.code]
             close_upstream(self.response, record)
             logger.warning("stream %s: %s", record.request_id, fault.message)
         await self.transport.close(pump, fault)
@@ -306,7 +281,7 @@ class StreamDriver:
             await self.transport.refuse(_END_STATUS.get(reason, 504), code, message)
             return
         pump = self.pump
-        if pump is None or pump.writer.done():
+        if pump is None or pump.is_done():
             return  # a copied body cannot carry an error: the connection ends unfinished
         await self.transport.close(pump, Fault(code, message))
 
@@ -321,12 +296,8 @@ def _decompressor(encoding: str) -> Any:
 
 __all__ = [
     "END_MESSAGES",
-    "OpenStream",
-    "SidecarState",
     "StreamDriver",
     "StreamRequest",
-    "StreamSink",
     "Transport",
-    "open_stream",
     "pump_options",
 ]

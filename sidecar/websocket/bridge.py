@@ -34,76 +34,40 @@ are cancelled with reason ``shutdown``.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Coroutine
+from typing import Any
 
-from streamhop.middleware.observe.metrics import Metrics
-from streamhop.sidecar.admission.routing import RouteTable
-from streamhop.sidecar.config import Config
-from streamhop.sidecar.http.asgi import Message, Receive, Scope, Send, json_error
-from streamhop.sidecar.observe.record import StreamRecord
-from streamhop.sidecar.observe.tracing import Tracing
-from streamhop.sidecar.resume import ResumeStore
-from streamhop.sidecar.resume.binding import ResumeBinding
-from streamhop.sidecar.upstream.pool import UpstreamPool
+from streamhop.sidecar.asgi import Message, Receive, Scope, Send, json_error
+from streamhop.sidecar.upstream.edge import EdgeContext
 from streamhop.sidecar.websocket.generation import Generation
 from streamhop.sidecar.websocket.session import Session
-
-if TYPE_CHECKING:
-    from streamhop.sidecar.upstream.opening import SidecarState
 
 
 class WebSocketBridge:
     """ASGI endpoint for ``websocket`` scopes; per-socket state lives in a :class:`Session`.
 
     Args:
-        config: the sidecar config.
-        pool: the upstream client pool.
-        state: the process state (draining, open streams).
-        metrics: the metric families.
-        table: the route table.
-        binding: the resume binding (the proxy's, so a log a generation writes here can be
-            resumed over HTTP and the other way round).
-        on_finish: called with each generation's record once it ended (the JSON log line).
-        tracing: spans per generation, or ``None``.
+        edge: what both edges share (:class:`~..upstream.edge.EdgeContext`): the HTTP proxy's
+            own, so a log a generation writes here can be resumed over HTTP and the other way
+            round, and a stop over HTTP finds a generation here.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        pool: UpstreamPool,
-        state: SidecarState,
-        metrics: Metrics,
-        table: RouteTable,
-        binding: ResumeBinding,
-        on_finish: Callable[[StreamRecord], None] | None = None,
-        tracing: Tracing | None = None,
-    ) -> None:
-        self.config = config
-        self.pool = pool
-        self.state = state
-        self.metrics = metrics
-        self.table = table
-        self.on_finish = on_finish
-        self.tracing = tracing
-        self.resume: ResumeStore | None = None
-        """The resume store (set at startup when ``[resume]`` is on): generations are logged."""
-        self.binding = binding
-        """The proxy's own binding: HTTP and WebSocket resumes must agree on a log's key."""
+    def __init__(self, edge: EdgeContext) -> None:
+        self.edge = edge
         self.sessions: set[Session] = set()
         """Open sockets, from the handshake on (what ``max_websockets`` counts)."""
-        state.on_drain.append(self.handoff_all)
-        metrics.websockets_open.set_function(lambda: len(self.sessions))
+        edge.state.on_drain.append(self.handoff_all)
+        edge.metrics.websockets_open.set_function(lambda: len(self.sessions))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.config.server.max_websockets
+        limit = self.edge.config.server.max_websockets
         if len(self.sessions) >= limit:
-            self.metrics.websocket_refused.labels("max_websockets").inc()
+            self.edge.metrics.websocket_refused.labels("max_websockets").inc()
             message = f"streamhop is at max_websockets={limit}"
             await _refuse(scope, receive, send, "too_many_websockets", message)
             return
-        session = Session(self, scope, receive, send)
+        session = Session(self.edge, scope, receive, send)
         self.sessions.add(session)
         try:
             await session.run()
@@ -112,19 +76,16 @@ class WebSocketBridge:
 
     def handoff_all(self) -> list[Coroutine[Any, Any, Any]]:
         """Draining with a shared resume store: send each socket with a logged generation a
-        ``reconnect`` message (a random ``retry_ms`` in ``[0, handoff_jitter_ms]``); the
-        generation goes on into the log for the client to ``resume`` on another replica.
-        Returns the handoffs, for the server to run."""
-        if self.resume is None or self.config.resume.store != "redis":
-            return []
-        jitter = self.config.resume.handoff_jitter_ms
-        return [
-            session.handoff(gen, int(random.uniform(0, jitter)))
+        ``reconnect`` message (:meth:`~..upstream.edge.EdgeContext.handoffs`); the generation
+        goes on into the log for the client to ``resume`` on another replica. Returns the
+        handoffs, for the server to run."""
+        return self.edge.handoffs(
+            functools.partial(session.handoff, gen)
             for session in list(self.sessions)
             if isinstance(gen := session.current, Generation)
             and gen.log is not None
             and session.running()
-        ]
+        )
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, code: str, message: str) -> None:

@@ -8,29 +8,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import orjson
 
 from streamhop.middleware.controls import ControlHeaderError, Controls
-from streamhop.sidecar.admission.guard import (
-    PathError,
-    RequestPath,
-    check_browser,
-    host_allowed,
-    host_error,
-    normalise_path,
-)
-from streamhop.sidecar.admission.headers import (
-    HeaderValueError,
-    upstream_request_headers,
-)
-from streamhop.sidecar.admission.routing import raw_path
+from streamhop.sidecar.admission.admit import Refusal, admit, forwarded_headers
+from streamhop.sidecar.admission.guard import RequestPath
+from streamhop.sidecar.admission.headers import HeaderValueError, upstream_request_headers
+from streamhop.sidecar.asgi import Message, Receive, Scope, Send
 from streamhop.sidecar.config import RouteConfig
-from streamhop.sidecar.http.asgi import Message, Receive, Scope, Send
-from streamhop.sidecar.upstream.driver import StreamRequest
-from streamhop.sidecar.upstream.opening import open_stream
+from streamhop.sidecar.upstream.edge import EdgeContext
 from streamhop.sidecar.websocket.generation import Generation
+from streamhop.sidecar.websocket.headers import caller_headers, combine, generation_headers
 from streamhop.sidecar.websocket.messages import (
     CancelMessage,
     MessageError,
@@ -41,10 +31,8 @@ from streamhop.sidecar.websocket.messages import (
     parse_client_frame,
     reconnect_frame,
 )
-from streamhop.sidecar.websocket.replay import WsReplay
-
-if TYPE_CHECKING:
-    from streamhop.sidecar.websocket.bridge import WebSocketBridge
+from streamhop.sidecar.websocket.resuming import WsReplay
+from streamhop.sidecar.websocket.slots import GenerationStop, ReplaySlot
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +43,13 @@ CLOSE_GOING_AWAY: Final = 1001
 CLOSE_UNSUPPORTED_DATA: Final = 1003
 CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
-# Handshake headers that belong to the WebSocket, not to the generation.
-_HANDSHAKE_ONLY: Final = ("origin", "accept-encoding")
-_DROP_ALWAYS: Final = frozenset(("accept-encoding", "content-type"))
 
 
 class Session:
     """One WebSocket connection: the reader loop and the current generation."""
 
-    def __init__(self, bridge: WebSocketBridge, scope: Scope, receive: Receive, send: Send) -> None:
-        self.bridge = bridge
+    def __init__(self, edge: EdgeContext, scope: Scope, receive: Receive, send: Send) -> None:
+        self.edge = edge
         self.scope = scope
         self.receive = receive
         self._send = send
@@ -79,7 +64,7 @@ class Session:
         self._cancelled: asyncio.Task[None] | None = None
         """The task cancelled last: whoever cancelled it sends its ``done``, nobody else."""
         self._stopper: asyncio.Task[None] | None = None
-        self._replay_slot: _ReplaySlot | None = None  # the running resume's max_streams slot
+        self._replay_slot: ReplaySlot | None = None  # the running resume's max_streams slot
         """Sends ``done`` ``cancelled`` after a stop from outside (:meth:`stop`)."""
 
     async def send_frames(self, frames: Sequence[str]) -> None:
@@ -103,41 +88,28 @@ class Session:
         message = await self.receive()
         if message["type"] != "websocket.connect":
             return
-        bridge = self.bridge
-        server = bridge.config.server
-        headers = self.scope["headers"]
-        ambiguous = host_error(headers, self.scope.get("http_version", "1.1")) is not None
-        if ambiguous or not host_allowed(server, headers):
-            await self._send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION})
-            return  # refused before the handshake: the client sees 403
-        try:
-            self.path = path = normalise_path(raw_path(self.scope))
-        except PathError:
-            await self._send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION})
-            return
-        route = bridge.table.match(path)
-        if route is not None and check_browser(server, route, "GET", headers).refused:
-            # A web page on another origin: refuse the handshake (403), as for HTTP.
+        edge = self.edge
+        admitted = admit(edge.config.server, edge.table, self.scope, "GET")
+        if isinstance(admitted, Refusal) and admitted.code != "no_route":
+            # Refused before the handshake (the client sees 403): a Host not served here, a
+            # path that could steer a route, a web page on another origin.
             await self._send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION})
             return
         await self._send({"type": "websocket.accept"})
-        if route is None:
-            await self.close(CLOSE_POLICY_VIOLATION, f"no route for path {path.text}")
+        if isinstance(admitted, Refusal):
+            await self.close(CLOSE_POLICY_VIOLATION, admitted.message)
             return
-        if bridge.state.draining:
+        if edge.state.draining:
             await self.close(CLOSE_GOING_AWAY, "streamhop is shutting down")
             return
-        try:
-            forward, self.controls = upstream_request_headers(self.scope["headers"])
-        except (ControlHeaderError, HeaderValueError) as exc:
-            await self.close(CLOSE_POLICY_VIOLATION, str(exc))
+        forwarded = forwarded_headers(self.scope["headers"], None)
+        if isinstance(forwarded, Refusal):
+            await self.close(CLOSE_POLICY_VIOLATION, forwarded.message)
             return
+        forward, self.controls = forwarded
+        route, self.path = admitted.route, admitted.path
         self.route = route
-        self.forward = [
-            (n, v)
-            for n, v in forward
-            if n not in _HANDSHAKE_ONLY and not n.startswith("sec-websocket-")
-        ]
+        self.forward = generation_headers(forward)
         try:
             await self._read_loop()
         except asyncio.CancelledError:
@@ -154,7 +126,7 @@ class Session:
                 if next_message is None:
                     next_message = asyncio.ensure_future(self.receive())
                 if not await self._wait_message(next_message):
-                    idle_s = self.bridge.config.server.websocket_idle_timeout_s
+                    idle_s = self.edge.config.server.websocket_idle_timeout_s
                     reason = f"idle for {idle_s:g} s, nothing running (websocket_idle_timeout_s)"
                     await self.close(CLOSE_GOING_AWAY, reason)
                     return
@@ -170,7 +142,7 @@ class Session:
         running, no message) for ``websocket_idle_timeout_s``. A generation is never idle,
         however long it runs: the idle clock starts when it ends."""
         loop = asyncio.get_running_loop()
-        idle_s = self.bridge.config.server.websocket_idle_timeout_s
+        idle_s = self.edge.config.server.websocket_idle_timeout_s
         idle_since = loop.time()
         while not next_message.done():
             task = self.task
@@ -186,10 +158,10 @@ class Session:
 
     async def _handle(self, message: Message) -> bool:
         """Act on one ASGI message from the client; False when the socket is done."""
-        limit = self.bridge.config.server.max_request_bytes
+        limit = self.edge.config.server.max_request_bytes
         kind = message["type"]
         if kind == "websocket.disconnect":
-            reason = "shutdown" if self.bridge.state.draining else "client_disconnect"
+            reason = "shutdown" if self.edge.state.draining else "client_disconnect"
             await self._end_current(reason)
             return False
         if kind != "websocket.receive":
@@ -287,7 +259,7 @@ class Session:
         gen = self.current
         if isinstance(gen, Generation) and gen.detached:
             # Handed off: it runs on into the log (bounded by the drain) for a resume elsewhere.
-            await asyncio.wait((task,), timeout=self.bridge.config.resume.window_s)
+            await asyncio.wait((task,), timeout=self.edge.config.resume.window_s)
             return False
         cancelled = self._running()
         if cancelled:
@@ -305,7 +277,7 @@ class Session:
     def _own_slot(self) -> int:
         """1 when this socket's current generation or resume replay holds a ``max_streams``
         slot (it ends before a new one starts), else 0."""
-        streams = self.bridge.state.streams
+        streams = self.edge.state.streams
         current = self.current
         if isinstance(current, Generation) and current in streams:
             return 1
@@ -317,14 +289,14 @@ class Session:
         (cutting over a running one); bound to this route and the caller's credentials: the
         handshake's, with those of the ``resume`` message replacing same-named ones (as a
         generation is bound to the credentials its ``request`` sent upstream)."""
-        bridge = self.bridge
+        edge = self.edge
         route = self.route
         assert route is not None
-        if bridge.resume is None:
+        if edge.resume is None:
             await self._error("resume_unavailable", "resume is off ([resume] enabled = false)")
             return
-        limit = bridge.config.server.max_streams
-        if bridge.state.active - self._own_slot() >= limit:
+        limit = edge.config.server.max_streams
+        if edge.state.active - self._own_slot() >= limit:
             # A replay holds a socket and follows a live tail like a stream: it counts too.
             await self._error("too_many_streams", f"streamhop is at max_streams={limit}")
             return
@@ -340,12 +312,10 @@ class Session:
         except (ControlHeaderError, HeaderValueError) as exc:
             await self._error("bad_control_header", str(exc))
             return
-        key = bridge.binding.log_key(
-            route.prefix, message.stream_id, _caller_headers(self.scope["headers"], extra)
-        )
-        backpressure = bridge.config.backpressure
+        key = edge.log_key(route, message.stream_id, caller_headers(self.scope["headers"], extra))
+        backpressure = edge.config.backpressure
         replay = WsReplay(
-            bridge.resume,
+            edge.resume,
             key,
             message,
             self.send_frames,
@@ -354,11 +324,11 @@ class Session:
         )
         self.current = replay
         self.task = task = asyncio.get_running_loop().create_task(replay.run())
-        slot = self._replay_slot = _ReplaySlot(task)
-        bridge.state.streams.add(slot)  # counts toward max_streams; shutdown ends it
+        slot = self._replay_slot = ReplaySlot(task)
+        edge.state.streams.add(slot)  # counts toward max_streams; shutdown ends it
 
         def finished(_: asyncio.Task[None]) -> None:
-            bridge.state.streams.discard(slot)
+            edge.state.streams.discard(slot)
             if replay.stalled:
                 # The client accepted nothing for stall_timeout_s: drop the socket.
                 self._closer = asyncio.get_running_loop().create_task(
@@ -369,7 +339,7 @@ class Session:
 
     async def _request(self, message: RequestMessage) -> bool:
         """Start a generation, cutting over a running one; False when the socket must close."""
-        bridge = self.bridge
+        edge = self.edge
         route = self.route
         assert route is not None
         try:
@@ -379,14 +349,14 @@ class Session:
         except (ControlHeaderError, HeaderValueError) as exc:
             await self._error("bad_control_header", str(exc))
             return True
-        if bridge.state.draining:
+        if edge.state.draining:
             await self._error("draining", "streamhop is shutting down")
             await self._end_current("shutdown")
             await self.close(CLOSE_GOING_AWAY, "streamhop is shutting down")
             return False
-        limit = bridge.config.server.max_streams
+        limit = edge.config.server.max_streams
         # This socket's own generation or replay, still counted, ends before the new one starts.
-        if bridge.state.active - self._own_slot() >= limit:
+        if edge.state.active - self._own_slot() >= limit:
             await self._error("too_many_streams", f"streamhop is at max_streams={limit}")
             return True
         if self._running():
@@ -404,18 +374,20 @@ class Session:
         extra: list[tuple[str, str]],
         controls: Controls,
     ) -> None:
-        bridge = self.bridge
+        edge = self.edge
         path = self.path
         assert path is not None
         body = dict(message.body)
         body["stream"] = True
         model = body.get("model")
-        headers = _combine(self.forward, extra)
+        headers = combine(self.forward, extra)
         headers.append(("content-type", "application/json"))
-        opened = open_stream(
+        opened, request = edge.open(
             route=route,
+            path=path,
             method="POST",
-            path=path.text,
+            query=self.scope.get("query_string", b""),
+            body=orjson.dumps(body),
             model=model if isinstance(model, str) else None,
             streaming=True,
             client_headers=[
@@ -424,38 +396,17 @@ class Session:
             ],
             forward=headers,
             controls=controls,
-            metrics=bridge.metrics,
-            tracing=bridge.tracing,
-            registry=bridge.state,
-            on_finish=bridge.on_finish,
+            format_hint=None if route.format == "auto" else route.format,
         )
         record = opened.record
         # Resume and stop are bound to the credentials that went upstream: the handshake's,
         # with the message's replacing same-named ones (a browser puts Authorization in the
         # message).
-        caller = _caller_headers(self.scope["headers"], extra)
+        caller = caller_headers(self.scope["headers"], extra)
         log = None
-        if bridge.resume is not None:
-            key = bridge.binding.log_key(route.prefix, record.stream_id, caller)
-            log = (bridge.resume, key)
-        gen = Generation(
-            StreamRequest(
-                config=bridge.config,
-                pool=bridge.pool,
-                route=route,
-                method="POST",
-                url=bridge.table.upstream_url(route, path, self.scope.get("query_string", b"")),
-                headers=opened.headers,
-                body=orjson.dumps(body),
-                controls=controls,
-                record=record,
-                observed=opened.observed,
-                deadline=opened.deadline,
-                format_hint=None if route.format == "auto" else route.format,
-            ),
-            self.send_frames,
-            log,
-        )
+        if edge.resume is not None:
+            log = (edge.resume, edge.log_key(route, record.stream_id, caller))
+        gen = Generation(request, self.send_frames, log)
         opened.register(gen)
         # DELETE <prefix>/streamhop/v1/streams/<id> finds it by route and id, then checks the
         # caller's credentials (as for an HTTP stream).
@@ -465,7 +416,7 @@ class Session:
             # A done callback, not a finally: it also runs for a task cancelled before it began.
             if not task.cancelled() and (error := task.exception()) is not None:
                 logger.error("stream %s: generation failed: %r", record.request_id, error)
-            bridge.state.running.pop(stop_key, None)
+            edge.state.running.pop(stop_key, None)
             opened.close()
             if record.cancel_reason == "stall":
                 # The client accepted nothing for stall_timeout_s: drop the socket.
@@ -476,54 +427,4 @@ class Session:
         self.current = gen
         self.task = task = asyncio.get_running_loop().create_task(gen.run())
         task.add_done_callback(finished)
-        bridge.state.running[stop_key] = task, _Stop(self, gen), caller
-
-
-class _Stop:
-    """A generation's entry in the stop registry (:attr:`SidecarState.running`): a stop ends it
-    through its session, as ``cancel`` would."""
-
-    __slots__ = ("gen", "session")
-
-    def __init__(self, session: Session, gen: Generation) -> None:
-        self.session = session
-        self.gen = gen
-
-    def stop(self, reason: str) -> None:
-        self.session.stop(self.gen, reason)
-
-
-class _ReplaySlot:
-    """A WebSocket resume replay as an open stream (:class:`~..upstream.opening.Stoppable`):
-    it counts toward ``max_streams`` as an HTTP resume does, and shutdown ends it."""
-
-    __slots__ = ("task",)
-
-    def __init__(self, task: asyncio.Task[None]) -> None:
-        self.task = task
-
-    def stop(self, reason: str) -> None:
-        """End the replay (``shutdown``): the socket itself is closed by the drain."""
-        self.task.cancel()
-
-
-def _caller_headers(
-    handshake: list[tuple[bytes, bytes]], message: list[tuple[str, str]]
-) -> list[tuple[bytes, bytes]]:
-    """The caller's headers as a generation sends them upstream (ASGI shape, lower-case
-    names): the handshake's, with the message's replacing same-named ones."""
-    override = {n.lower().encode("latin-1") for n, _ in message}
-    out = [(n, v) for n, v in handshake if n.lower() not in override]
-    out.extend((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in message)
-    return out
-
-
-def _combine(
-    handshake: list[tuple[str, str]], message: list[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """Handshake headers, with the message's headers replacing same-named ones; the body's
-    ``Content-Type`` and the upstream ``Accept-Encoding`` are streamhop's to set."""
-    override = {n.lower() for n, _ in message}
-    out = [(n, v) for n, v in handshake if n not in override and n not in _DROP_ALWAYS]
-    out.extend((n, v) for n, v in message if n.lower() not in _DROP_ALWAYS)
-    return out
+        edge.state.running[stop_key] = task, GenerationStop(self, gen), caller

@@ -38,9 +38,9 @@ from streamhop.middleware.errors import ConfigError
 from streamhop.middleware.observe.metrics import GAP_BUCKETS, Metrics
 from streamhop.sidecar.app import build_proxy_app
 from streamhop.sidecar.config import config_from_dict
-from streamhop.sidecar.http.proxy import SidecarState
 from streamhop.sidecar.observe.tracing import Tracing
 from streamhop.sidecar.simulate.cli import add_arguments
+from streamhop.sidecar.upstream.registry import SidecarState
 from tests.support import (
     CHAT,
     BackgroundUvicorn,

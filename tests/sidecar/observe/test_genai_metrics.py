@@ -34,7 +34,6 @@ from streamhop.middleware.errors import ConfigError
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.app import build_proxy_app
 from streamhop.sidecar.config import TracingConfig, config_from_dict
-from streamhop.sidecar.http.proxy import SidecarState
 from streamhop.sidecar.observe.genai_metrics import (
     DURATION_BUCKETS_S,
     PER_TOKEN_BUCKETS_S,
@@ -42,6 +41,7 @@ from streamhop.sidecar.observe.genai_metrics import (
     TOKEN_BUCKETS,
 )
 from streamhop.sidecar.observe.tracing import Tracing
+from streamhop.sidecar.upstream.registry import SidecarState
 from tests.support import BackgroundAiohttp, BackgroundUvicorn, StreamhopProcess, wait_for
 
 CHAT_BODY: dict[str, Any] = {

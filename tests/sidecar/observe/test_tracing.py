@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.app import build_proxy_app
 from streamhop.sidecar.config import config_from_dict
-from streamhop.sidecar.http.proxy import SidecarState
 from streamhop.sidecar.observe.tracing import Tracing
+from streamhop.sidecar.upstream.registry import SidecarState
 from tests.support import BackgroundAiohttp, BackgroundUvicorn, StreamhopProcess, wait_for
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -18,7 +18,7 @@ from streamhop.sidecar.app import build_proxy_app
 from streamhop.sidecar.config import ResumeConfig, config_from_dict
 from streamhop.sidecar.resume import StreamNotFoundError, build_store
 from streamhop.sidecar.resume.memory import MemoryStore
-from streamhop.sidecar.upstream.opening import SidecarState
+from streamhop.sidecar.upstream.registry import SidecarState
 
 KIB = 1024
 

@@ -87,7 +87,7 @@ def test_bounded_bodies_loses_nothing_at_any_limit(limit: int) -> None:
 
 def test_a_websocket_resume_sends_bounded_batches_and_stops_on_a_stall() -> None:
     from streamhop.sidecar.websocket.messages import ResumeMessage
-    from streamhop.sidecar.websocket.replay import WsReplay
+    from streamhop.sidecar.websocket.resuming import WsReplay
 
     batches: list[int] = []
 

@@ -21,9 +21,11 @@ from websockets.exceptions import ConnectionClosed
 
 from streamhop.middleware.observe.metrics import Metrics
 from streamhop.sidecar.config import config_from_dict
-from streamhop.sidecar.http.proxy import Proxy, SidecarState
+from streamhop.sidecar.http.proxy import Proxy
 from streamhop.sidecar.observe.record import StreamRecord
+from streamhop.sidecar.upstream.edge import EdgeContext
 from streamhop.sidecar.upstream.pool import UpstreamPool
+from streamhop.sidecar.upstream.registry import SidecarState
 from tests.support import (
     SLOW_SIM,
     Scrape,
@@ -396,7 +398,8 @@ def _bridge(
     state = SidecarState()
     pool = UpstreamPool()
     on_finish = None if records is None else records.append
-    return Proxy(config, pool, state, Metrics(CollectorRegistry()), on_finish), state, pool
+    edge = EdgeContext.build(config, pool, state, Metrics(CollectorRegistry()), on_finish)
+    return Proxy(edge), state, pool
 
 
 def _scope(path: str) -> dict[str, Any]:
