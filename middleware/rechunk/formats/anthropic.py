@@ -113,7 +113,8 @@ class AnthropicFormat:
     provider_name = "anthropic"
 
     def detect(self, event: SSEEvent, obj: dict[str, Any] | None) -> Match:
-        """See :meth:`streamhop.middleware.rechunk.formats.base.Format.detect`."""
+        """An Anthropic Messages event: its ``event:`` name (``message_start``, …) is one of
+        the Messages stream's, else its body's ``type`` is (:meth:`.base.Format.detect`)."""
         if event.event in _EVENTS:
             return Match.NAME
         if obj is not None and obj.get("type") in _EVENTS:

@@ -93,7 +93,8 @@ class OpenAIResponsesFormat:
     provider_name = "openai"
 
     def detect(self, event: SSEEvent, obj: dict[str, Any] | None) -> Match:
-        """See :meth:`streamhop.middleware.rechunk.formats.base.Format.detect`."""
+        """A Responses API event: its ``event:`` name starts with ``response.``, else its
+        body's ``type`` does (:meth:`.base.Format.detect`)."""
         name = event.event
         if name is not None and name.startswith("response."):
             return Match.NAME
