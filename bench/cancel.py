@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from bench.processes import start_streamhop
+from bench.processes import start_sidecar, start_streamhop
 
 
 def trial(url: str, kind: str) -> tuple[str, float]:
@@ -124,20 +124,7 @@ def main() -> int:
         assert sim.url is not None
         sim_url = sim.url
         side = stack.enter_context(
-            start_streamhop(
-                [
-                    "serve",
-                    "--upstream",
-                    sim_url,
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--admin-listen",
-                    "127.0.0.1:0",
-                    "--log-level",
-                    "warning",
-                ],
-                name="sidecar",
-            )
+            start_sidecar(sim_url)
         )
         assert side.url is not None
         side_url, admin = side.url, side.admin_url

@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from bench.processes import Process, start_streamhop
+from bench.processes import start_sidecar
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 CASES = {
@@ -96,24 +96,6 @@ async def first_answer(session: aiohttp.ClientSession, url: str) -> float:
     if found is None:
         raise RuntimeError(f"no answer text from {url}")
     return found
-
-
-def start_sidecar(upstream: str) -> Process:
-    """``streamhop serve`` (default config) in front of ``upstream``; its ``url`` is set."""
-    return start_streamhop(
-        [
-            "serve",
-            "--upstream",
-            upstream,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warning",
-        ],
-        name="sidecar",
-    )
 
 
 async def main_async(runs: int, pace_s: float) -> None:

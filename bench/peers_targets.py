@@ -52,7 +52,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers_client import Endpoint
-from bench.processes import Process, StartError, free_port, start, start_streamhop
+from bench.processes import (
+    Process,
+    StartError,
+    free_port,
+    start,
+    start_sidecar,
+    start_streamhop,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "build" / "peers"
@@ -441,20 +448,10 @@ def streamhop(
     config.write_text(f'[rechunk]\nmode = "{mode}"\ncoalesce_reads = {reads}\n')
     name = f"streamhop-{mode}" + ("-reads" if coalesce_reads else "")
     try:
-        proc = start_streamhop(
-            [
-                "serve",
-                "--config",
-                str(config),
-                "--upstream",
-                sim_url,
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "warning",
-            ],
+        proc = start_sidecar(
+            sim_url,
+            "--config",
+            str(config),
             name=name,
             env=tls.env() if tls is not None else None,
         )

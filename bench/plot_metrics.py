@@ -34,7 +34,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.processes import start_streamhop
+from bench.processes import start_sidecar, start_streamhop
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Where does the time go?"
@@ -186,20 +186,7 @@ def main() -> int:
     assert sim.url is not None
     sim_url = sim.url
     try:
-        side = start_streamhop(
-            [
-                "serve",
-                "--upstream",
-                sim_url,
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "warning",
-            ],
-            name="sidecar",
-        )
+        side = start_sidecar(sim_url)
         side_url, admin = side.url, side.admin_url
         assert side_url is not None and admin is not None
         try:

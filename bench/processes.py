@@ -289,6 +289,25 @@ def start_streamhop(
     )
 
 
+
+def start_sidecar(
+    upstream: str,
+    *extra: str,
+    name: str = "sidecar",
+    wrap: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Process:
+    """``streamhop serve`` in front of ``upstream`` on free loopback ports (proxy and admin),
+    logging warnings only; ``extra`` arguments go after (``--config FILE``). See
+    :func:`start_streamhop` for the rest.
+
+    Raises:
+        StartError: it did not print its listening line in time.
+    """
+    argv = ["serve", "--upstream", upstream, "--listen", "127.0.0.1:0"]
+    argv += ["--admin-listen", "127.0.0.1:0", "--log-level", "warning", *extra]
+    return start_streamhop(argv, name=name, wrap=wrap, env=env)
+
 def free_port() -> int:
     """Return a free TCP port on 127.0.0.1 (the kernel's pick), for a program that needs one
     on its command line (nginx, LiteLLM, Portkey, the spike relays)."""

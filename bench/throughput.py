@@ -37,7 +37,7 @@ import aiohttp
 import orjson
 import psutil
 
-from bench.processes import start_streamhop
+from bench.processes import start_sidecar, start_streamhop
 from bench.procfs import peak_rss_mb
 
 PROMPT = "Benchmark the plumbing, not the model."
@@ -210,22 +210,8 @@ def main() -> int:
         direct = asyncio.run(run_phase(sim_url, args.streams, args.seconds, args.max_tokens))
         s1, m1, direct_wall = sim_ps.cpu_times(), me.cpu_times(), time.monotonic() - t0
         direct_cpu = (_cpu(s1) - _cpu(s0), _cpu(m1) - _cpu(m0))
-        side = start_streamhop(
-            [
-                "serve",
-                "--upstream",
-                sim_url,
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "warning",
-                *(["--config", str(tracing_config(args.tracing_sink))] if args.tracing else []),
-            ],
-            name="sidecar",
-            wrap=wrap,
-        )
+        tracing = ["--config", str(tracing_config(args.tracing_sink))] if args.tracing else []
+        side = start_sidecar(sim_url, *tracing, wrap=wrap)
         assert side.url is not None
         side_url = side.url
         try:

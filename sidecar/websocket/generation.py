@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
@@ -49,6 +50,27 @@ ERROR_BODY_LIMIT: Final = 64 * 1024
 """Bytes of an upstream error body included in the ``error`` message."""
 
 
+class Phase(enum.Enum):
+    """Where one WebSocket generation is, toward its socket. It only moves forward::
+
+        WAITING ─► STREAMING ─┬──────────────► ENDING
+           │                  └─► HANDED_OFF ─┘  ▲
+           └─────────────────────────────────────┘
+
+    Whether the generation reached its own end (the driver's ``close`` ran) is a separate
+    fact: a handed-off generation goes on to its end into the resume log.
+    """
+
+    WAITING = "waiting"
+    """No answer yet: the upstream request is on its way (a refusal ends it from here)."""
+    STREAMING = "streaming"
+    """The pump writes ``event`` messages to the socket."""
+    HANDED_OFF = "handed off"
+    """The client was told to reconnect elsewhere: events go to the log only."""
+    ENDING = "ending"
+    """The generation sends its own ``done``: too late to cancel or interrupt."""
+
+
 class Generation:
     """One generation: a :class:`StreamDriver` with this WebSocket transport.
 
@@ -68,15 +90,35 @@ class Generation:
         self._log_at = log
         self.log: LogWriter | None = None
         """The generation's resume log (``[resume]`` on), else ``None``."""
-        self.detached = False
-        """True once the client was told to reconnect: events go to the log only."""
+        self.phase = Phase.WAITING
         self._format_hint = request.format_hint
-        self._ended = False
-        self.started = False
-        self.ending = False
-        """True once the generation sends its own ``done``: too late to cancel or interrupt."""
+        self._closed = False  # the generation reached its own end (close() ran)
         self._terminal: Terminal | None = None
         self.driver = StreamDriver(request, self)
+
+    def __repr__(self) -> str:
+        return f"<Generation {self.record.stream_id} {self.phase.value}>"
+
+    @property
+    def started(self) -> bool:
+        """The answer began streaming to the socket (the Transport protocol's ``started``)."""
+        return self.phase is not Phase.WAITING
+
+    @property
+    def detached(self) -> bool:
+        """The client was told to reconnect elsewhere: events go to the log only."""
+        return self.phase is Phase.HANDED_OFF
+
+    @property
+    def ending(self) -> bool:
+        """The generation sends its own ``done``: too late to cancel or interrupt."""
+        return self.phase is Phase.ENDING
+
+    def hand_off(self) -> None:
+        """The client is told to reconnect elsewhere (draining): from now on events go to the
+        log only."""
+        if self.phase is Phase.STREAMING:
+            self.phase = Phase.HANDED_OFF
 
     def mark_cancel(self, reason: str) -> None:
         """Note why streamhop is ending the generation early (first reason wins)."""
@@ -98,7 +140,7 @@ class Generation:
         terminal = self._terminal
         if terminal is None or self.driver.writer_failed:
             return
-        self.ending = True
+        self.phase = Phase.ENDING
         reason, error = terminal
         frames = [] if error is None else [error_frame(**error)]
         frames.append(done_frame(reason))
@@ -139,11 +181,11 @@ class Generation:
         self._terminal = ("error", _error(code, message, status=status, body=body))
 
     async def open(self, response: UpstreamResponse, timing: UpstreamTiming) -> Sink:
-        self.started = True
+        self.phase = Phase.STREAMING
         send_frames = self.send_frames
 
         async def write_events(events: list[SSEEvent]) -> int:
-            if self.detached:
+            if self.phase is not Phase.STREAMING:
                 return 0
             frames = [event_frame(e) for e in events if e.data is not None]
             if frames:
@@ -162,7 +204,7 @@ class Generation:
             # A follower resuming from the log learns how the generation ended (this client
             # gets the ``error`` message instead).
             self.log.stamp(pump.error_events(fault, self._format_hint))
-        self._ended = True
+        self._closed = True
         if fault is None:
             self._terminal = ("complete", None)
         else:
@@ -170,9 +212,8 @@ class Generation:
 
     def after(self, pump: StreamPump | None) -> None:
         if self.log is not None:
-            close_log(
-                self.log, pump, ended=self._ended, record=self.record, format_hint=self._format_hint
-            )
+            hint = self._format_hint
+            close_log(self.log, pump, ended=self._closed, record=self.record, format_hint=hint)
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
