@@ -21,7 +21,7 @@ from ..test_wheels import ENGINE
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = Path(streamhop.middleware.__file__).resolve().parent
-EDITABLE = PACKAGE.is_relative_to(ROOT)
+EDITABLE = PACKAGE == ROOT / "middleware"  # a wheel installs it elsewhere (site-packages)
 
 
 def _compiled_files(folder: Path) -> list[Path]:
