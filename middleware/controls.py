@@ -9,10 +9,13 @@ One parser for the sidecar and the middleware, so both accept and refuse the sam
 * ``X-Streamhop-Timeout-Ms``: a deadline in milliseconds (``0 <`` value ``<=``
   :data:`MAX_TIMEOUT_MS`); it can only shorten a route's ``timeout_s``
   (:meth:`Controls.deadline_s`);
-* ``X-Streamhop-On-Disconnect``: ``detach`` or ``cancel``, what the sidecar does when the client
-  leaves (where the route allows the client to choose).
+* ``X-Streamhop-On-Disconnect``: ``cancel``, ``detach`` or ``grace``, what the sidecar does when
+  the client leaves (where the route allows the client to choose; docs/resume.md);
+* ``X-Streamhop-Record``: ``1`` asks the sidecar to record this stream, ``0`` not to (where
+  the route allows it, ``client_record``; docs/recording.md).
 
-The middleware ignores the last two (the app owns its deadlines and its generation).
+The middleware ignores the last three (the app owns its deadlines and its generation, and the
+middleware records nothing).
 
 Header names are matched in any case (RFC 9110 §5.1); other ``X-Streamhop-*`` names are ignored.
 """
@@ -25,14 +28,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, get_args
 
-from streamhop.middleware.defaults import RechunkMode
+from streamhop.middleware.defaults import OnDisconnect, RechunkMode
 from streamhop.middleware.errors import StreamHopError
 from streamhop.middleware.pump_types import PumpOptions
 from streamhop.middleware.rechunk.boundary import FLUSH_BOUNDARIES, FlushBoundary
 
 PREFIX: Final = b"x-streamhop-"
 MODES: Final = get_args(RechunkMode)
-ON_DISCONNECT: Final = ("cancel", "detach")
+ON_DISCONNECT: Final = get_args(OnDisconnect)
 MAX_TIMEOUT_MS: Final = 86_400_000
 """Largest ``X-Streamhop-Timeout-Ms`` accepted (one day)."""
 
@@ -49,8 +52,9 @@ class Controls:
         flush_interval_ms: the flush window, milliseconds.
         mode: ``coalesce`` or ``passthrough``.
         timeout_ms: the requested deadline, milliseconds.
-        on_disconnect: ``cancel`` or ``detach``.
+        on_disconnect: ``cancel``, ``detach`` or ``grace``.
         flush_boundary: ``none``, ``word``, ``sentence`` or ``line``.
+        record: ``True`` to record the stream (``X-Streamhop-Record: 1``), ``False`` not to.
     """
 
     flush_interval_ms: float | None = None
@@ -58,6 +62,7 @@ class Controls:
     timeout_ms: float | None = None
     on_disconnect: str | None = None
     flush_boundary: FlushBoundary | None = None
+    record: bool | None = None
 
     def over(self, base: Controls) -> Controls:
         """These values where set, ``base``'s elsewhere (a WebSocket message over its
@@ -70,6 +75,7 @@ class Controls:
             self.timeout_ms if self.timeout_ms is not None else base.timeout_ms,
             self.on_disconnect if self.on_disconnect is not None else base.on_disconnect,
             self.flush_boundary if self.flush_boundary is not None else base.flush_boundary,
+            self.record if self.record is not None else base.record,
         )
 
     def apply(self, options: PumpOptions) -> PumpOptions:
@@ -111,6 +117,7 @@ def parse_controls(headers: Iterable[tuple[bytes, bytes]]) -> Controls:
     """
     flush = mode = timeout = on_disconnect = None
     boundary: FlushBoundary | None = None
+    record: bool | None = None
     for name, value in headers:
         if not is_control(name):
             continue
@@ -132,21 +139,27 @@ def parse_controls(headers: Iterable[tuple[bytes, bytes]]) -> Controls:
                 )
         elif key == b"on-disconnect":
             if text not in ON_DISCONNECT:
+                allowed = ", ".join(repr(value) for value in ON_DISCONNECT)
                 raise ControlHeaderError(
-                    f"X-Streamhop-On-Disconnect must be 'cancel' or 'detach', got {text!r}"
+                    f"X-Streamhop-On-Disconnect must be one of {allowed}, got {text!r}"
                 )
             on_disconnect = text
         elif key == b"flush-boundary":
             boundary = _flush_boundary(text)
+        elif key == b"record":
+            if text not in ("0", "1"):
+                raise ControlHeaderError(f"X-Streamhop-Record must be '1' or '0', got {text!r}")
+            record = text == "1"
     if (
         flush is None
         and mode is None
         and timeout is None
         and on_disconnect is None
         and boundary is None
+        and record is None
     ):
         return NO_CONTROLS
-    return Controls(flush, mode, timeout, on_disconnect, boundary)
+    return Controls(flush, mode, timeout, on_disconnect, boundary, record)
 
 
 def _flush_boundary(text: str) -> FlushBoundary:

@@ -24,14 +24,17 @@ MAX_PENDING_BYTES: Final = 1024 * 1024
 """Held bytes per stream above which reading stops (backpressure)."""
 STALL_TIMEOUT_S: Final = 30.0
 """Seconds a client may accept no bytes before it is dropped (``stall``)."""
+DISCONNECT_GRACE_MS: Final = 10_000
+"""``[[routes]] disconnect_grace_ms``: how long a generation runs on after its client left
+(``on_disconnect = "grace"``) waiting for a resume, before it is cancelled."""
 KEEPALIVE_INTERVAL_S: Final = 15.0
 """Seconds of silence before a ``: keep-alive`` comment (WHATWG HTML §9.2.7: "every 15
 seconds or so")."""
 
 RechunkMode = Literal["coalesce", "passthrough"]
 """``[rechunk] mode`` / the middleware's ``mode``."""
-OnDisconnect = Literal["cancel", "detach"]
-"""``[[routes]] on_disconnect``: what a client leaving does to its generation."""
+OnDisconnect = Literal["cancel", "detach", "grace"]
+"""``[[routes]] on_disconnect``: what a client leaving does to its generation (docs/resume.md)."""
 ResumeStoreKind = Literal["memory", "redis"]
 """``[resume] store``."""
 FormatName = Literal["auto", "anthropic", "openai-responses", "openai-chat", "sse"]

@@ -49,6 +49,7 @@ def _sections() -> list[tuple[str, type[Any]]]:
         ("resume", model.ResumeConfig),
         ("tracing", model.TracingConfig),
         ("metrics", model.MetricsConfig),
+        ("record", model.RecordConfig),
     ]
 
 

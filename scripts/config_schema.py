@@ -8,7 +8,8 @@ the generated part:
 
 * bounds and patterns (the loader's ``minimum=`` arguments, URL and header-name shapes);
 * the chart's own rules: keys the chart renders itself (``[server] listen`` and ``admin_listen``
-  from ``mode`` and ``ports``, ``tls_cert_file`` and ``tls_key_file`` from ``tls``) are left out,
+  from ``mode`` and ``ports``, ``tls_cert_file`` and ``tls_key_file`` from ``tls``, ``[record]
+  dir`` from ``record``) are left out,
   so ``additionalProperties: false`` refuses them; proxy URLs may carry no credentials (the
   ConfigMap is no place for them); ``required`` keys the templates read.
 
@@ -51,6 +52,7 @@ TABLES: Final[Mapping[str, type]] = {
     "resume": model.ResumeConfig,
     "tracing": model.TracingConfig,
     "metrics": model.MetricsConfig,
+    "record": model.RecordConfig,
 }
 """The TOML tables, in the order of config.example.toml; ``routes`` is an array of tables."""
 
@@ -149,6 +151,16 @@ OVERLAY: Final[Mapping[str, Mapping[str, Any]]] = {
         "fields": {
             "burst_gap_ms": {"minimum": 10},
             "burst_events": {"minimum": 2},
+        },
+    },
+    "record": {
+        "chart_owned": ["dir"],
+        "description": "[record]; dir is set by the chart to the volume of record.enabled.",
+        "fields": {
+            "sample": {"minimum": 0, "maximum": 1},
+            "max_bytes": {"minimum": 1024},
+            "max_recording_bytes": {"minimum": 1024},
+            "routes": {"items": {"type": "string", "pattern": "^/"}},
         },
     },
 }

@@ -25,6 +25,7 @@ from streamhop.sidecar.config import Config, ServerConfig
 from streamhop.sidecar.http.proxy import Proxy
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
+from streamhop.sidecar.recording import Recordings
 from streamhop.sidecar.resume import build_store
 from streamhop.sidecar.resume.memory import EVICTION_REASONS, MemoryStore
 from streamhop.sidecar.upstream.edge import EdgeContext
@@ -82,10 +83,18 @@ def build_proxy_app(
     """The proxying app: every method and path goes to :class:`~.http.proxy.Proxy`.
 
     The upstream pool and the resume store (``[resume] enabled``) are created at startup
-    (inside the server's loop) and closed at shutdown.
+    (inside the server's loop) and closed at shutdown. The recordings directory (``[record]
+    dir``) is created here; pending recordings are written before shutdown ends.
+
+    Raises:
+        ConfigError: ``[record] dir`` cannot be created or read.
     """
     pool = UpstreamPool(trust_env=config.server.trust_env)
-    proxy = Proxy(EdgeContext.build(config, pool, state, metrics, on_finish, tracing))
+    edge = EdgeContext.build(config, pool, state, metrics, on_finish, tracing)
+    edge.recordings = recordings = Recordings.from_config(
+        config.record, metrics.registry, config.resume.binding_headers
+    )
+    proxy = Proxy(edge)
 
     async def startup() -> None:
         if config.resume.enabled:
@@ -115,6 +124,8 @@ def build_proxy_app(
             await proxy.resume.aclose()
         if tracing is not None:
             tracing.shutdown()
+        if recordings is not None:
+            await recordings.aclose()
 
     return ProxyApp(proxy, startup, shutdown)
 

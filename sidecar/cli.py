@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             return _run(serve(config))
-        except ListenError as exc:
+        except (ConfigError, ListenError) as exc:  # a [record] dir it cannot use, a busy port
             print(f"streamhop serve: {exc}", file=sys.stderr)
             return 2
     if args.command == "simulate":

@@ -43,13 +43,8 @@ DURATION_BUCKETS: Final = (
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
 CANCEL_REASONS: Final = (
-    "client_disconnect",
-    "timeout",
-    "stall",
-    "interrupt",
-    "shutdown",
-    "stop",
-)
+    "client_disconnect", "timeout", "stall", "interrupt", "shutdown", "stop", "grace_expired",
+)  # fmt: skip
 HOPS: Final = ("request", "event", "flush")
 WEBSOCKET_REFUSED_REASONS: Final = ("max_websockets",)
 UPSTREAM_ERROR_KINDS: Final = (

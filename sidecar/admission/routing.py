@@ -78,6 +78,9 @@ class RouteTable:
 
 CONTROL_SEGMENTS = ("streamhop", "v1", "streams")
 """Path segments (after a route's prefix) of streamhop's stream control endpoint."""
+CONTROL_METHODS = ("GET", "DELETE")
+"""The methods the stream control path serves, whatever a route's ``methods`` forwards: ``GET``
+follows the stream (docs/resume.md, "Followers"), ``DELETE`` stops it; others get ``405``."""
 
 
 def _segments(prefix: str) -> tuple[str, ...]:

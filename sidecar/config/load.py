@@ -6,9 +6,10 @@ and what was expected, before any socket is opened. ``${NAME}`` in route headers
 ``resume.binding_key`` and ``resume.redis_url`` is replaced by the environment variable ``NAME``.
 
 This module reads the file and puts the tables together; each table is validated by its own
-module (:mod:`.server`, :mod:`.routes`, :mod:`.streaming`, :mod:`.resume`, :mod:`.telemetry`),
-from the value readers of :mod:`.readers` and the URL checks of :mod:`.urls`. Checks that span
-two tables (a ``detach`` route needs ``[resume]``) live here.
+module (:mod:`.server`, :mod:`.routes`, :mod:`.streaming`, :mod:`.resume`, :mod:`.telemetry`,
+:mod:`.record`), from the value readers of :mod:`.readers` and the URL checks of
+:mod:`.urls`. Checks that span two tables (a ``detach`` or ``grace`` route needs ``[resume]``,
+``[record] routes`` name routes) live here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from streamhop.middleware.errors import ConfigError
 from streamhop.sidecar.config.model import Config, RouteConfig
 from streamhop.sidecar.config.readers import no_unknown, table
+from streamhop.sidecar.config.record import check_record_routes, record_config
 from streamhop.sidecar.config.resume import resume_config
 from streamhop.sidecar.config.routes import routes_config
 from streamhop.sidecar.config.server import server_config
@@ -59,16 +61,21 @@ def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
     """
     env = os.environ if environ is None else environ
     no_unknown(
-        "", data, {"server", "routes", "rechunk", "backpressure", "resume", "tracing", "metrics"}
+        "",
+        data,
+        {"server", "routes", "rechunk", "backpressure", "resume", "tracing", "metrics", "record"},
     )
     server = server_config(table(data, "server"))
     routes = routes_config(data.get("routes", []), env)
     resume = resume_config(table(data, "resume"), env)
+    record = record_config(table(data, "record"))
+    check_record_routes(record, routes)
     for i, route in enumerate(routes):
-        if route.on_disconnect == "detach" and not resume.enabled:
+        if route.on_disconnect != "cancel" and not resume.enabled:
             raise ConfigError(
                 f"routes[{i}].on_disconnect",
-                "'detach' keeps generating into the resume log: set [resume] enabled = true",
+                f"{route.on_disconnect!r} keeps generating into the resume log: "
+                "set [resume] enabled = true",
             )
     return Config(
         routes=routes,
@@ -78,6 +85,7 @@ def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
         resume=resume,
         tracing=tracing_config(table(data, "tracing")),
         metrics=metrics_config(table(data, "metrics")),
+        record=record,
     )
 
 

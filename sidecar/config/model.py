@@ -94,6 +94,13 @@ class RouteConfig:
     on_disconnect: OnDisconnect = "cancel"
     client_on_disconnect: bool = False
     """Whether a request may choose ``on_disconnect`` itself (``X-Streamhop-On-Disconnect``)."""
+    disconnect_grace_ms: int = defaults.DISCONNECT_GRACE_MS
+    """With ``on_disconnect = "grace"``: milliseconds the generation runs on into the resume log
+    after its client left; a resume within them continues it, else it is cancelled
+    (``grace_expired``)."""
+    client_record: bool = False
+    """Whether a request may ask for its stream to be recorded (``X-Streamhop-Record: 1``,
+    with ``[record] dir`` set; docs/recording.md)."""
     read_timeout_s: float = 60.0
     keepalive_interval_s: float = defaults.KEEPALIVE_INTERVAL_S
     allowed_origins: tuple[str, ...] = ()
@@ -213,6 +220,30 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordConfig:
+    """``[record]``: production streams written to disk for replay (docs/recording.md); off
+    while ``dir`` is empty.
+
+    ``sample``: the share (0 to 1) of streams on ``routes`` (empty: every route) recorded.
+    ``max_bytes``: bytes all recordings in ``dir`` may take; past it the oldest are deleted.
+    ``max_recording_bytes``: upstream bytes one recording may hold in memory; a longer stream
+    is not recorded. ``record_request``: keep the request body in the timeline.
+    """
+
+    dir: str = ""
+    sample: float = 0.0
+    max_bytes: int = 1024 * 1024 * 1024
+    max_recording_bytes: int = 16 * 1024 * 1024
+    routes: tuple[str, ...] = ()
+    record_request: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """True when streams may be recorded (``dir`` is set)."""
+        return bool(self.dir)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; build it with :func:`load_config` or :func:`config_from_dict`."""
 
@@ -223,6 +254,7 @@ class Config:
     resume: ResumeConfig = ResumeConfig()
     tracing: TracingConfig = TracingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    record: RecordConfig = RecordConfig()
 
 
 def parse_hostport(key: str, value: str) -> tuple[str, int]:

@@ -87,6 +87,10 @@ def _route(key: str, t: Any, env: Mapping[str, str]) -> RouteConfig:
         retries=read_int(t, key, "retries", d.retries, minimum=0),
         on_disconnect=on_disconnect,
         client_on_disconnect=read_bool(t, key, "client_on_disconnect", d.client_on_disconnect),
+        client_record=read_bool(t, key, "client_record", d.client_record),
+        disconnect_grace_ms=read_int(
+            t, key, "disconnect_grace_ms", d.disconnect_grace_ms, minimum=1
+        ),
         read_timeout_s=read_num(t, key, "read_timeout_s", d.read_timeout_s, minimum=0.001),
         keepalive_interval_s=read_num(
             t, key, "keepalive_interval_s", d.keepalive_interval_s, minimum=0.001

@@ -11,7 +11,8 @@ client leaves first, the driver is cancelled at once, which closes the upstream 
 the time from detection to close is recorded.
 
 With ``[resume]`` on, a request carrying ``Last-Event-ID`` is a resume: it is answered from the
-resume log (:func:`~.resume.replay.replay`) without contacting the provider. On a route with
+resume log (:func:`~.resume.replay.replay`) without contacting the provider; so is a follower,
+``GET <prefix>/streamhop/v1/streams/<id>`` (:mod:`.control`). On a route with
 ``on_disconnect = "detach"``, a client leaving a stream that has a log does not cancel it: the
 generation runs on into the log for at most ``[resume] window_s`` seconds (its deadline still
 applies), then is cancelled as usual.
@@ -20,7 +21,6 @@ applies), then is cancelled as usual.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Coroutine
@@ -44,9 +44,11 @@ from streamhop.sidecar.asgi import (
     with_headers,
 )
 from streamhop.sidecar.config import RouteConfig
+from streamhop.sidecar.http.control import StreamControl
+from streamhop.sidecar.http.control import last_event_id as _last_event_id
 from streamhop.sidecar.http.exchange import HttpTransport
 from streamhop.sidecar.observe.record import request_facts
-from streamhop.sidecar.resume import ResumeError, ResumeStore
+from streamhop.sidecar.resume import ResumeStore
 from streamhop.sidecar.resume.replay import Replay, replay
 from streamhop.sidecar.upstream.driver import StreamDriver
 from streamhop.sidecar.upstream.edge import EdgeContext
@@ -55,11 +57,6 @@ from streamhop.sidecar.websocket.bridge import WebSocketBridge
 logger = logging.getLogger(__name__)
 
 __all__ = ["Proxy"]
-
-STOP_WAIT_S = 5.0
-"""Longest a stop request waits for the stopped stream's upstream to be closed."""
-STOP_POLL_S = 0.05
-"""How often a stop sent to other replicas checks whether the stream's log ended."""
 
 
 class Proxy:
@@ -72,6 +69,7 @@ class Proxy:
         self.config = edge.config
         edge.state.on_drain.append(self.handoff_all)
         self.websocket = WebSocketBridge(edge)
+        self.control = StreamControl(edge, self._resume)
 
     @property
     def resume(self) -> ResumeStore | None:
@@ -90,11 +88,10 @@ class Proxy:
             return
         admitted, send = admission
         route, path, fmt = admitted.route, admitted.path, admitted.fmt
-        if scope["method"] == "DELETE":
-            stream_id = edge.table.control_stream_id(route, path)
-            if stream_id is not None:
-                await self._stop(scope, send, route, stream_id, fmt)
-                return
+        stream_id = edge.table.control_stream_id(route, path)
+        if stream_id is not None:
+            await self.control(scope, receive, send, admitted, stream_id)
+            return
         state, server = edge.state, self.config.server
         # A resume is still served while draining: it starts no generation, and a browser
         # whose reconnect rides an old keep-alive connection here must not get a 503
@@ -130,8 +127,11 @@ class Proxy:
             problem = None
             if not route.client_on_disconnect:
                 problem = "this route does not let a request choose (client_on_disconnect)"
-            elif controls.on_disconnect == "detach" and edge.resume is None:
-                problem = "detach keeps generating into the resume log: [resume] is off"
+            elif controls.on_disconnect != "cancel" and edge.resume is None:
+                problem = (
+                    f"{controls.on_disconnect} keeps generating into the resume log: "
+                    "[resume] is off"
+                )
             if problem is not None:
                 message = f"X-Streamhop-On-Disconnect refused: {problem}"
                 await json_error(send, 400, fmt, "bad_control_header", message)
@@ -168,12 +168,8 @@ class Proxy:
         stop_key = (route.prefix, record.stream_id)
         state.running[stop_key] = work, driver, scope["headers"]
         try:
-            if await client_left_first(receive, work):
-                detach = on_disconnect == "detach" or transport.handed_off
-                if detach and transport.log is not None:
-                    # The client left a resumable stream: the generation runs on into the log.
-                    transport.detach()
-                    await asyncio.wait((work,), timeout=self.config.resume.window_s)
+            if await client_left_first(receive, work) and transport.log is not None:
+                await self._client_left(route, on_disconnect, transport, log_key, work)
             if not work.done():
                 # The client left first: cancel now; the driver closes the upstream.
                 record.mark_cancel("client_disconnect")
@@ -191,11 +187,36 @@ class Proxy:
             state.running.pop(stop_key, None)
             opened.close()
 
+    async def _client_left(
+        self,
+        route: RouteConfig,
+        on_disconnect: str,
+        transport: HttpTransport,
+        log_key: str | None,
+        work: asyncio.Future[None],
+    ) -> None:
+        """The client left a stream that has a resume log: let the generation run on into the
+        log, for at most ``[resume] window_s`` (``detach``, or a handed-off stream), or for
+        ``disconnect_grace_ms`` unless a resume comes meanwhile (``grace``: then as
+        ``detach``; else marked ``grace_expired`` for the caller to cancel)."""
+        window_s = self.config.resume.window_s
+        if on_disconnect == "detach" or transport.handed_off:
+            transport.detach()
+            await asyncio.wait((work,), timeout=window_s)
+        elif on_disconnect == "grace" and log_key is not None:
+            transport.detach()
+            started = time.monotonic()
+            if await self.edge.grace(log_key, work, route.disconnect_grace_ms / 1000):
+                await asyncio.wait((work,), timeout=window_s - (time.monotonic() - started))
+            elif not work.done():
+                transport.record.mark_cancel("grace_expired")
+
     def attach_resume(self, store: ResumeStore) -> None:
         """Use ``store`` for resumes, stops and handoffs, over HTTP and WebSocket alike (called
         at startup, inside the server's loop)."""
         self.edge.resume = store
-        store.listen_stops(self.stop_by_key)
+        store.listen_stops(self.control.stop_by_key)
+        store.listen_resumes(self.edge.resumed_elsewhere)
 
     def handoff_all(self) -> list[Coroutine[Any, Any, Any]]:
         """Draining with a shared resume store: tell every reconnecting SSE client to come back
@@ -208,59 +229,6 @@ class Proxy:
             if isinstance(transport := getattr(driver, "transport", None), HttpTransport)
             and transport.reconnects
         )
-
-    async def _stop(
-        self, scope: Scope, send: Send, route: RouteConfig, stream_id: str, fmt: str | None
-    ) -> None:
-        """``DELETE <route prefix>/streamhop/v1/streams/<stream-id>``: stop a running or
-        detached generation of this caller on this route (the resume binding: another route or
-        other credentials get the same 404 as an unknown stream), wait for its upstream to be
-        closed (at most :data:`STOP_WAIT_S`), answer 204."""
-        edge = self.edge
-        running = edge.state.running.get((route.prefix, stream_id))
-        key = edge.log_key(route, stream_id, scope["headers"])
-        status = 404
-        if running is not None and hmac.compare_digest(
-            key, edge.log_key(route, stream_id, running[2])
-        ):
-            work, driver, _ = running
-            driver.stop("stop")
-            await asyncio.wait((work,), timeout=STOP_WAIT_S)
-            status = 204
-        elif edge.resume is not None:
-            # Not here: running on another replica sharing the store? Ask them all, then wait
-            # for its log to end.
-            status = await self._stop_elsewhere(edge.resume, key)
-        if status == 404:
-            message = f"no running stream {stream_id!r} for this caller on this route"
-            await json_error(send, 404, fmt, "stream_not_found", message)
-            return
-        await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _stop_elsewhere(self, store: ResumeStore, key: str) -> int:
-        """204 once the log under ``key`` ended after a published stop, 202 if it did not end
-        within :data:`STOP_WAIT_S`, 404 when no running log has that key."""
-        try:
-            if await store.log_state(key) != "running":
-                return 404
-            await store.publish_stop(key)
-            deadline = time.monotonic() + STOP_WAIT_S
-            while time.monotonic() < deadline:
-                if await store.log_state(key) != "running":
-                    return 204
-                await asyncio.sleep(STOP_POLL_S)
-        except ResumeError as exc:
-            logger.warning("stop: resume store failed: %s", exc)
-        return 202
-
-    def stop_by_key(self, key: str) -> None:
-        """Another replica published a stop: stop the local stream whose caller-bound key is
-        ``key``, if one runs here."""
-        binding = self.edge.binding
-        for (prefix, stream_id), (_, driver, headers) in list(self.edge.state.running.items()):
-            if hmac.compare_digest(key, binding.log_key(prefix, stream_id, headers)):
-                driver.stop("stop")
 
     async def _admit(
         self, scope: Scope, send: Send
@@ -281,7 +249,10 @@ class Proxy:
         if browser.origin is not None:
             send = with_headers(send, cors_headers(browser))
         method = scope["method"]
-        if method not in route.methods:
+        # The stream control path is streamhop's own (never forwarded): its methods are
+        # CONTROL_METHODS whatever the route forwards (:meth:`_control`).
+        control = self.edge.table.control_stream_id(route, admitted.path) is not None
+        if method not in route.methods and not control:
             # TRACE would echo the route's key from an upstream that answers it; CONNECT would
             # open a tunnel past the route. Only the methods the route lists are forwarded.
             allowed = ", ".join(route.methods)
@@ -308,7 +279,9 @@ class Proxy:
         headers = scope["headers"]
 
         def log_key(stream_id: str) -> str:
-            return edge.log_key(route, stream_id, headers)
+            key = edge.log_key(route, stream_id, headers)
+            edge.resuming(key)  # a generation waiting out its grace goes on
+            return key
 
         state.task = work = asyncio.get_running_loop().create_task(
             replay(
@@ -350,11 +323,3 @@ async def _refuse(send: Send, refusal: Refusal) -> None:
         retry_after=refusal.retry_after,
         extra_headers=refusal.extra_headers,
     )
-
-
-def _last_event_id(scope: Scope) -> str | None:
-    """The request's ``Last-Event-ID`` (a resume), or ``None``."""
-    for name, value in scope["headers"]:
-        if name == b"last-event-id":
-            return str(value.decode("utf-8", "replace"))
-    return None

@@ -30,8 +30,8 @@ class StreamRecord(StreamEnd):
     reported (the first id and model, every finish reason in order); ``upstream_first_event_at``
     is when its first event arrived (content or not: the GenAI conventions' "first chunk").
 
-    ``cancel_reason`` is one of ``client_disconnect``, ``timeout``, ``stall``, ``interrupt``,
-    ``shutdown`` when streamhop closed the upstream early, else ``None``.
+    ``cancel_reason`` is one of ``CANCEL_REASONS`` (``streamhop.middleware.observe.metrics``)
+    when streamhop closed the upstream early, else ``None``.
     """
 
     stream_id: str

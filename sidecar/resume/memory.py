@@ -264,6 +264,12 @@ class MemoryStore:
     def listen_stops(self, on_stop: Callable[[str], None]) -> None:
         return None
 
+    async def publish_resumed(self, key: str) -> None:
+        return None  # one process: the resume was seen here already
+
+    def listen_resumes(self, on_resumed: Callable[[str], None]) -> None:
+        return None
+
     async def aclose(self) -> None:
         for timer in self._timers.values():
             timer.cancel()

@@ -56,8 +56,12 @@ STOP_CHANNEL: Final = "streamhop:stop"
 HMAC-SHA256 of it under ``[resume] binding_key`` (``<key>.<mac>``), so that a client of the
 Redis server who is not a replica cannot stop generations; unsigned or forged messages are
 dropped."""
+RESUMED_CHANNEL: Final = "streamhop:resumed"
+"""Pub/sub channel on which a replica tells the others a client resumed the log under a key
+(a generation waiting out its disconnect grace there goes on); signed like the stops, under
+its own domain (``resumed``), so a stop message is never taken for a resume or back."""
 LISTEN_RETRY_S: Final = 1.0
-"""Pause before subscribing again after the stop channel's connection failed."""
+"""Pause before subscribing again after a signal channel's connection failed."""
 BLOCK_MS: Final = 5000
 """``XREAD BLOCK`` milliseconds; after an empty wait the reader checks the key still exists."""
 _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
@@ -203,7 +207,7 @@ class RedisStore:
         self._on_error = on_error
         self._failing = False
         self._writers: set[asyncio.Task[None]] = set()
-        self._listener: asyncio.Task[None] | None = None
+        self._listeners: list[asyncio.Task[None]] = []
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_connect_timeout=connect_timeout_s,
@@ -250,8 +254,14 @@ class RedisStore:
         return "ended" if fields.get(b"k") == b"end" else "running"
 
     async def publish_stop(self, key: str) -> None:
+        await self._publish(STOP_CHANNEL, sign_stop(self._signing_key, key))
+
+    async def publish_resumed(self, key: str) -> None:
+        await self._publish(RESUMED_CHANNEL, sign_signal(self._signing_key, "resumed", key))
+
+    async def _publish(self, channel: str, message: str) -> None:
         try:
-            await self.client.publish(STOP_CHANNEL, sign_stop(self._signing_key, key))
+            await self.client.publish(channel, message)
         except _STORE_ERRORS as exc:
             self.error("write", exc)
             raise ResumeError(f"resume store failed: {exc}") from exc
@@ -259,26 +269,36 @@ class RedisStore:
     def listen_stops(self, on_stop: Callable[[str], None]) -> None:
         """Subscribe to :data:`STOP_CHANNEL` in a background task (resubscribing after a
         failure, every :data:`LISTEN_RETRY_S`)."""
+        self._listen(STOP_CHANNEL, "stop", on_stop)
+
+    def listen_resumes(self, on_resumed: Callable[[str], None]) -> None:
+        """Subscribe to :data:`RESUMED_CHANNEL` in a background task, as :meth:`listen_stops`."""
+        self._listen(RESUMED_CHANNEL, "resumed", on_resumed)
+
+    def _listen(self, channel: str, kind: str, on_key: Callable[[str], None]) -> None:
+        """Call ``on_key`` with the log key of each message on ``channel`` signed for
+        ``kind``; a forged one is counted (``stop_forged``) and dropped."""
 
         async def listen() -> None:
             while True:
                 try:
                     async with self.client.pubsub() as pubsub:
-                        await pubsub.subscribe(STOP_CHANNEL)
+                        await pubsub.subscribe(channel)
                         async for message in pubsub.listen():
                             if message.get("type") != "message":
                                 continue
                             text = bytes(message["data"]).decode("ascii", "replace")
-                            key = verify_stop(self._signing_key, text)
+                            key = verify_signal(self._signing_key, kind, text)
                             if key is None:
                                 self.error("stop_forged", None)  # counted, never logged per message
                                 continue
-                            on_stop(key)
+                            on_key(key)
                 except _STORE_ERRORS as exc:
                     self.error("read", exc)
                 await asyncio.sleep(LISTEN_RETRY_S)
 
-        self._listener = asyncio.get_running_loop().create_task(listen(), name="streamhop-stops")
+        task = asyncio.get_running_loop().create_task(listen(), name=f"streamhop-{kind}")
+        self._listeners.append(task)
 
     def error(self, kind: str, exc: BaseException | None) -> None:
         """Count a failure; log the first one of an outage (``exc`` set) once."""
@@ -300,24 +320,34 @@ class RedisStore:
             logger.warning("resume store redis answers again")
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        for listener in self._listeners:
+            listener.cancel()
+        await asyncio.gather(*self._listeners, return_exceptions=True)
         if self._writers:
             await asyncio.wait(set(self._writers), timeout=2.0)
         await self.client.aclose()
 
 
+def sign_signal(signing_key: bytes, kind: str, key: str) -> str:
+    """The ``kind`` (``stop``, ``resumed``) message for log ``key``:
+    ``<key>.<HMAC-SHA256(signing_key, kind NUL key)>`` (hex, 64 digits; RFC 2104)."""
+    data = kind.encode("ascii") + b"\0" + key.encode("ascii")
+    return f"{key}.{hmac.new(signing_key, data, hashlib.sha256).hexdigest()}"
+
+
+def verify_signal(signing_key: bytes, kind: str, message: str) -> str | None:
+    """The log key of a ``kind`` message signed with ``signing_key``, else ``None``."""
+    key, dot, _ = message.rpartition(".")
+    if not dot or not key.isascii():
+        return None
+    return key if hmac.compare_digest(sign_signal(signing_key, kind, key), message) else None
+
+
 def sign_stop(signing_key: bytes, key: str) -> str:
-    """The stop message for log ``key``: ``<key>.<HMAC-SHA256(signing_key, "stop" NUL key)>``
-    (hex, 64 digits; RFC 2104)."""
-    mac = hmac.new(signing_key, b"stop\0" + key.encode("ascii"), hashlib.sha256).hexdigest()
-    return f"{key}.{mac}"
+    """The stop message for log ``key`` (:func:`sign_signal` with ``stop``)."""
+    return sign_signal(signing_key, "stop", key)
 
 
 def verify_stop(signing_key: bytes, message: str) -> str | None:
     """The log key of a stop message signed with ``signing_key``, else ``None``."""
-    key, dot, _ = message.rpartition(".")
-    if not dot or not key.isascii():
-        return None
-    return key if hmac.compare_digest(sign_stop(signing_key, key), message) else None
+    return verify_signal(signing_key, "stop", message)

@@ -1,4 +1,6 @@
-"""Answers a resume request (one carrying ``Last-Event-ID`` while ``[resume]`` is on).
+"""Answers a resume request (one carrying ``Last-Event-ID`` while ``[resume]`` is on), and a
+follower (``GET <prefix>/streamhop/v1/streams/<id>``, :mod:`~..http.control`: a resume from
+``seq`` 0 or its own ``Last-Event-ID``).
 
 No upstream request is made. The answer is ``200 text/event-stream`` with the original stream's
 headers (``X-Streamhop-Stream-Id`` included), the logged events after the given ``seq``, then the

@@ -166,6 +166,21 @@ class ResumeStore(Protocol):
         """Call ``on_stop(key)`` for each stop another replica publishes (until :meth:`aclose`)."""
         ...
 
+    async def publish_resumed(self, key: str) -> None:
+        """Tell every replica sharing the store that a client resumed the log under ``key``: a
+        generation waiting out its disconnect grace there goes on (the memory store has no
+        other replica: nothing to do).
+
+        Raises:
+            ResumeError: the store cannot be reached.
+        """
+        ...
+
+    def listen_resumes(self, on_resumed: Callable[[str], None]) -> None:
+        """Call ``on_resumed(key)`` for each resume another replica publishes (until
+        :meth:`aclose`)."""
+        ...
+
     async def aclose(self) -> None:
         """Release the store (connections, timers) at shutdown."""
         ...

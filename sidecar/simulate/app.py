@@ -4,7 +4,8 @@ Routes (``make_app``):
 
 - ``POST /v1/chat/completions``, ``POST /v1/responses``, ``POST /v1/messages``: generate, streaming
   when the body says ``"stream": true``. With ``replay`` set, every POST to any path replays the
-  recording instead.
+  recording instead (with ``timing``: read by read at the recorded times, with the recorded
+  status, :mod:`.timing`).
 - ``GET /v1/models``: a small OpenAI-shaped model list.
 - ``GET /_simulator/streams`` / ``DELETE /_simulator/streams``: the stream log (:mod:`.streams`).
 - Anything else: 404 with an OpenAI-shaped error body.
@@ -37,8 +38,9 @@ from streamhop.sidecar.simulate.errors import (
 from streamhop.sidecar.simulate.pacing import connection_closed, sleep_until
 from streamhop.sidecar.simulate.recording import load_replay
 from streamhop.sidecar.simulate.request import Generation, SimRequest, parse_request
-from streamhop.sidecar.simulate.response import answer_delay_s, pump
+from streamhop.sidecar.simulate.response import answer_delay_s, pump, replay_timed
 from streamhop.sidecar.simulate.streams import StreamLog
+from streamhop.sidecar.simulate.timing import TimedReplay, load_timed_replay
 from streamhop.sidecar.simulate.tools import ToolSpec
 
 MODELS = ("streamhop-sim-1", "streamhop-sim-mini")
@@ -85,11 +87,13 @@ class SimulatorState:
         config: the configuration the app was made with.
         streams: the stream log.
         replay_events: the recording's events when ``config.replay`` is set.
+        timed: the recording cut into timed reads when ``config.timing`` is set too.
     """
 
     config: SimulatorConfig
     streams: StreamLog
     replay_events: tuple[bytes, ...] | None
+    timed: TimedReplay | None = None
 
 
 STATE_KEY = web.AppKey("streamhop_simulator", SimulatorState)
@@ -107,11 +111,16 @@ def make_app(config: SimulatorConfig) -> web.Application:
 
     Raises:
         OSError: ``config.replay`` names a file that cannot be read.
+        SimulatorConfigError: ``config.timing`` is not the timeline of ``config.replay``.
     """
+    replay = config.replay
     state = SimulatorState(
         config=config,
         streams=StreamLog(),
-        replay_events=load_replay(config.replay) if config.replay is not None else None,
+        replay_events=load_replay(replay) if replay is not None else None,
+        timed=None
+        if replay is None or config.timing is None
+        else load_timed_replay(replay, config.timing),
     )
     app = web.Application()
     app[STATE_KEY] = state
@@ -228,6 +237,8 @@ class _Handlers:
         await request.read()
         events = self._state.replay_events or ()
         record = self._state.streams.open(request_id, request.path, started)
+        if self._state.timed is not None:
+            return await replay_timed(request, self._state.timed, record, started)
         return await pump(request, ((event, True) for event in events), config, record, arrival)
 
     async def models(self, request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ from streamhop.sidecar.listen import ListenError, bind_listener
 from streamhop.sidecar.simulate.app import make_app
 from streamhop.sidecar.simulate.config import SimulatorConfig
 from streamhop.sidecar.simulate.errors import SimulatorConfigError
+from streamhop.sidecar.simulate.timing import load_timed_replay
 
 DEFAULT_LISTEN = "127.0.0.1:8788"
 READY_LINE = "streamhop simulate listening on http://{host}:{port}"
@@ -127,6 +128,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay this recorded SSE stream for every POST",
     )
     parser.add_argument(
+        "--timing",
+        type=_readable_file,
+        default=None,
+        metavar="FILE.json",
+        help="with --replay: the recording's timeline ([record], docs/recording.md); the stream "
+        "is replayed read by read at the recorded times, with the recorded status",
+    )
+    parser.add_argument(
         "--buffered-every-ms",
         type=_non_negative,
         default=defaults.buffered_every_ms,
@@ -157,6 +166,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         seed=args.seed,
         max_tokens=args.max_tokens,
         replay=args.replay,
+        timing=args.timing,
         split_writes=args.split_writes,
         buffered_every_ms=args.buffered_every_ms,
     )
@@ -176,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         config = config_from_args(args)
+        if config.replay is not None and config.timing is not None:
+            # Checked here so that a mismatched pair is a usage error naming the file.
+            load_timed_replay(config.replay, config.timing)
     except SimulatorConfigError as exc:
         _usage_error(args, f"argument --{exc.key.replace('_', '-')}: {exc.reason}")
     host, port = args.listen

@@ -44,6 +44,9 @@ class SimulatorConfig:
         seed: seeds the generated text (with the prompt) and the split-write offsets.
         max_tokens: output length in tokens when the request names no limit.
         replay: an SSE recording; when set, every POST replays it instead of generating.
+        timing: the recording's timeline (``[record]``'s ``.json``, needs ``replay``): the
+            replay is written read by read at the recorded times (:mod:`.timing`) instead of
+            event by event at this config's pace.
         split_writes: write each event in 2-3 pieces cut inside UTF-8 sequences and lines.
         buffered_every_ms: the ``buffered`` fault: a buffering hop between the provider and its
             client (a proxy with response buffering, a compressing middleware). Events are
@@ -63,6 +66,7 @@ class SimulatorConfig:
     seed: int = 0
     max_tokens: int = 400
     replay: pathlib.Path | None = None
+    timing: pathlib.Path | None = None
     split_writes: bool = True
     buffered_every_ms: float = 0.0
 
@@ -71,6 +75,10 @@ class SimulatorConfig:
             value = getattr(self, key)
             if not math.isfinite(value) or value < 0:
                 raise SimulatorConfigError(key, f"expected a finite number >= 0, got {value!r}")
+        if self.timing is not None and self.replay is None:
+            raise SimulatorConfigError(
+                "timing", "needs --replay FILE.sse: the recording this is the timing of"
+            )
         if self.max_tokens < 1:
             raise SimulatorConfigError(
                 "max_tokens", f"expected an integer >= 1, got {self.max_tokens!r}"

@@ -10,6 +10,7 @@ that is waiting out a long TTFT must still notice a close promptly.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -44,5 +45,32 @@ async def sleep_until(
         if remaining <= 0:
             return
         await asyncio.sleep(min(remaining, POLL_S))
+        if is_closed():
+            raise ClientClosedError("client closed the connection while the stream was waiting")
+
+
+PRECISE_LEAD_S = 0.002
+""":func:`sleep_until_precise` sleeps on the loop's timer until this long before its deadline,
+then yields to the loop until the deadline."""
+
+
+async def sleep_until_precise(deadline: float, is_closed: Callable[[], bool]) -> None:
+    """Return at ``time.monotonic()`` ``deadline`` (seconds) to within a loop turn, or raise
+    once the connection is closed.
+
+    The loop's own timers are millisecond-coarse (uvloop's clock ticks in milliseconds and is
+    read once per turn), which a replay of recorded read times would add to every read. The
+    last :data:`PRECISE_LEAD_S` are spent yielding to the loop (other streams run meanwhile),
+    checking the monotonic clock each turn.
+
+    Raises:
+        ClientClosedError: ``is_closed()`` became true while sleeping.
+    """
+    loop = asyncio.get_running_loop()
+    coarse = deadline - PRECISE_LEAD_S - time.monotonic()
+    if coarse > 0:
+        await sleep_until(loop, loop.time() + coarse, is_closed)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0)
         if is_closed():
             raise ClientClosedError("client closed the connection while the stream was waiting")

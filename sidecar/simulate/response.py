@@ -9,11 +9,15 @@ event would have been (:func:`answer_delay_s`).
 
 With the ``buffered`` fault (``buffered_every_ms``) the events go through a
 :class:`~.buffering.HoldingWriter`: generated on the same deadlines, written in lumps.
+
+A recording replayed with its timeline (``--timing``, :func:`replay_timed`) is written read by
+read instead: each recorded read as one write (one HTTP chunk) at its recorded delay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterable
 
@@ -23,8 +27,14 @@ from aiohttp.tcp_helpers import tcp_nodelay
 from streamhop.sidecar.simulate.buffering import HoldingWriter
 from streamhop.sidecar.simulate.config import SimulatorConfig
 from streamhop.sidecar.simulate.errors import ClientClosedError
+from streamhop.sidecar.simulate.pacing import (
+    connection_closed,
+    sleep_until,
+    sleep_until_precise,
+)
 from streamhop.sidecar.simulate.request import Event
 from streamhop.sidecar.simulate.streams import ServedResponse
+from streamhop.sidecar.simulate.timing import TimedReplay
 from streamhop.sidecar.simulate.writer import SplitWriter
 
 # In burst mode nothing else awaits while the socket accepts data, so the pump yields to the loop
@@ -109,6 +119,63 @@ async def pump(
         return response
     except asyncio.CancelledError:
         record.finish("client_closed" if writer.is_closed() else "cancelled")
+        raise
+    record.finish("complete")
+    return response
+
+
+async def replay_timed(
+    request: web.BaseRequest, replay: TimedReplay, record: ServedResponse, arrival: float
+) -> web.StreamResponse:
+    """Answer with a recording, read by read at the recorded delays (:mod:`.timing`).
+
+    Args:
+        request: the request being answered.
+        replay: the recording and its timing.
+        record: the stream's record; finished at the end.
+        arrival: ``time.monotonic()`` seconds when the request arrived; every delay counts from
+            it (to within a loop turn: :func:`~.pacing.sleep_until_precise`).
+
+    Returns:
+        The response (complete, cut or abandoned as the recording ended, or because the client
+        closed it).
+    """
+    loop = asyncio.get_running_loop()
+
+    def closed() -> bool:
+        return connection_closed(request)
+
+    headers = {"Cache-Control": "no-cache", "x-request-id": record.id}
+    headers.update((n, v) for n, v in replay.headers if v.lower() != "identity")
+    response = web.StreamResponse(status=replay.status, headers=headers)
+    if request.version >= (1, 1):
+        response.enable_chunked_encoding()  # a chunk per recorded read
+    try:
+        await sleep_until_precise(arrival + replay.headers_delay_s, closed)
+        await response.prepare(request)
+        transport = request.transport
+        if transport is not None:
+            tcp_nodelay(transport, True)
+        for delay_s, chunk in replay.reads:
+            await sleep_until_precise(arrival + delay_s, closed)
+            if chunk:
+                await response.write(chunk)
+            record.events += 1
+            if record.first_content is None:
+                record.first_content = time.monotonic()
+        if replay.ending == "abort":
+            if request.transport is not None:
+                request.transport.abort()
+            record.finish("complete")
+            return response
+        if replay.ending == "hold":
+            await sleep_until(loop, math.inf, closed)
+        await response.write_eof()
+    except (ClientClosedError, ConnectionError):
+        record.finish("client_closed")
+        return response
+    except asyncio.CancelledError:
+        record.finish("client_closed" if closed() else "cancelled")
         raise
     record.finish("complete")
     return response

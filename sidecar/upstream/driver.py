@@ -34,6 +34,7 @@ from streamhop.middleware.observe.metrics import StreamMetrics
 from streamhop.middleware.pump import ClientStallError, Fault, PumpOptions, Sink, StreamPump
 from streamhop.sidecar.config import Config, RouteConfig
 from streamhop.sidecar.observe.record import StreamRecord
+from streamhop.sidecar.recording import StreamRecorder
 from streamhop.sidecar.upstream.pool import (
     UpstreamError,
     UpstreamPool,
@@ -105,6 +106,8 @@ class StreamRequest:
     observed: StreamMetrics
     deadline: float | None
     format_hint: str | None = None
+    recorder: StreamRecorder | None = None
+    """Set when the stream is recorded (``[record]``): the relay feeds it the upstream body."""
 
 
 def pump_options(config: Config, route: RouteConfig, controls: Controls) -> PumpOptions:
@@ -257,6 +260,7 @@ class StreamDriver:
             req.route.read_timeout_s,
             decompress,
             coalesce_reads=req.config.rechunk.coalesce_reads,
+            recorder=req.recorder,
         )
         if fault is None:
             fault = pump.feed_eof(

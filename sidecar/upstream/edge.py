@@ -11,11 +11,13 @@ headers (:class:`~.opening.OpenStream`) and the :class:`~.driver.StreamRequest` 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from streamhop.middleware.controls import Controls
@@ -26,13 +28,19 @@ from streamhop.sidecar.admission.routing import RouteTable
 from streamhop.sidecar.config import Config, RouteConfig
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import Tracing
-from streamhop.sidecar.resume import ResumeStore
+from streamhop.sidecar.recording import Recordings
+from streamhop.sidecar.resume import ResumeError, ResumeStore
 from streamhop.sidecar.resume.binding import ResumeBinding
 from streamhop.sidecar.upstream.driver import StreamRequest
 from streamhop.sidecar.upstream.opening import OpenStream
 from streamhop.sidecar.upstream.pool import UpstreamPool
 from streamhop.sidecar.upstream.registry import SidecarState
 
+logger = logging.getLogger(__name__)
+
+RECENT_RESUMES: Final = 4096
+"""How many resumed log keys a process remembers (oldest forgotten first): a resume that
+arrives before the sidecar noticed the old connection drop still counts for the grace."""
 _TRACE_HEADERS: Final = frozenset(("traceparent", "tracestate"))
 
 Handoff = Callable[[int], Coroutine[Any, Any, Any]]
@@ -53,6 +61,9 @@ class EdgeContext:
         on_finish: called with each stream's record once it ended (the JSON log line).
         tracing: a span per stream, or ``None``.
         resume: the resume store, set at startup when ``[resume]`` is on.
+        recordings: ``[record]``, set at startup when its ``dir`` is; decides per stream.
+        graced: generations waiting out their disconnect grace here, by log key; the event is
+            set when a client resumes that log (:meth:`resuming`).
     """
 
     config: Config
@@ -64,6 +75,10 @@ class EdgeContext:
     on_finish: Callable[[StreamRecord], None] | None = None
     tracing: Tracing | None = None
     resume: ResumeStore | None = None
+    recordings: Recordings | None = None
+    graced: dict[str, asyncio.Event] = field(default_factory=dict)
+    _resumed: dict[str, None] = field(default_factory=dict)
+    _signals: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def build(
@@ -133,6 +148,8 @@ class EdgeContext:
             registry=self.state,
             on_finish=self.on_finish,
         )
+        if self.recordings is not None:
+            opened.recorder = self.recordings.start(route, controls, opened.headers, body)
         request = StreamRequest(
             config=self.config,
             pool=self.pool,
@@ -146,6 +163,7 @@ class EdgeContext:
             observed=opened.observed,
             deadline=opened.deadline,
             format_hint=format_hint,
+            recorder=opened.recorder,
         )
         return opened, request
 
@@ -157,3 +175,47 @@ class EdgeContext:
             return []
         jitter = self.config.resume.handoff_jitter_ms
         return [handoff(int(random.uniform(0, jitter))) for handoff in targets]
+
+    async def grace(self, key: str, work: asyncio.Future[None], grace_s: float) -> bool:
+        """Wait out a disconnect grace (``on_disconnect = "grace"``): until ``work`` ends, a
+        client resumes the log under ``key`` (here, or on a replica sharing the store), or
+        ``grace_s`` seconds pass. True when a resume came (before or during the wait)."""
+        if key in self._resumed:
+            return True
+        resumed = self.graced[key] = asyncio.Event()
+        waiter = asyncio.ensure_future(resumed.wait())
+        try:
+            await asyncio.wait((work, waiter), timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            del self.graced[key]
+        return resumed.is_set()
+
+    def resuming(self, key: str) -> None:
+        """A client resumes the log under ``key`` (``Last-Event-ID`` or a WebSocket ``resume``,
+        bound to the caller): a generation waiting out its grace here goes on; with a shared
+        store the other replicas are told, since the generation may run on one of them."""
+        self.resumed_elsewhere(key)
+        store = self.resume
+        if store is not None and store.name == "redis":
+            task = asyncio.get_running_loop().create_task(self._publish_resumed(store, key))
+            self._signals.add(task)
+            task.add_done_callback(self._signals.discard)
+
+    def resumed_elsewhere(self, key: str) -> None:
+        """Note that the log under ``key`` was resumed (here, or on another replica: the
+        store's :meth:`~streamhop.sidecar.resume.store.ResumeStore.listen_resumes`)."""
+        resumed = self._resumed
+        resumed[key] = None
+        if len(resumed) > RECENT_RESUMES:
+            del resumed[next(iter(resumed))]
+        waiting = self.graced.get(key)
+        if waiting is not None:
+            waiting.set()
+
+    @staticmethod
+    async def _publish_resumed(store: ResumeStore, key: str) -> None:
+        try:
+            await store.publish_resumed(key)
+        except ResumeError as exc:  # counted by the store; the generation's grace decides
+            logger.warning("resume: telling the other replicas failed: %s", exc)

@@ -5,7 +5,7 @@ bound metrics, its trace span, and the headers to send upstream. :meth:`OpenStre
 counts the stream in the process's :class:`~.registry.SidecarState` (what ``max_streams``
 counts and shutdown stops);
 :meth:`OpenStream.close` unregisters it, observes its metrics, ends its span and writes its log
-line.
+line, and hands a recorded stream to its writer (:mod:`streamhop.sidecar.recording`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from streamhop.middleware.observe.metrics import StreamMetrics
 from streamhop.middleware.observe.stream_end import observe_end
 from streamhop.sidecar.observe.record import StreamRecord
 from streamhop.sidecar.observe.tracing import RequestTrace
+from streamhop.sidecar.recording import StreamRecorder
 from streamhop.sidecar.upstream.registry import SidecarState, Stoppable
 
 
@@ -33,6 +34,7 @@ class OpenStream:
     registry: SidecarState
     on_finish: Callable[[StreamRecord], None] | None
     member: Stoppable | None = None
+    recorder: StreamRecorder | None = None
 
     def register(self, member: Stoppable) -> None:
         """Count ``member`` as open (shutdown stops it) until :meth:`close`."""
@@ -52,3 +54,5 @@ class OpenStream:
             self.traced.finish(record)
         if self.on_finish is not None:
             self.on_finish(record)
+        if self.recorder is not None:
+            self.recorder.end(record)  # written off the loop (docs/recording.md)

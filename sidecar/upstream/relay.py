@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from streamhop.middleware.pump import Fault, StreamFault, StreamPump
 from streamhop.sidecar.observe.record import StreamRecord
+from streamhop.sidecar.recording import StreamRecorder
 from streamhop.sidecar.upstream.connection import UpstreamResponse
 
 ERROR_KIND_OF_FAULT: Final = {
@@ -87,6 +88,7 @@ class _Feeder:
         "_feed",
         "_loop",
         "_pump",
+        "_recorder",
         "_response",
         "_timer",
         "_waiter",
@@ -104,8 +106,10 @@ class _Feeder:
         watch: _ReadWatch,
         decompress: Any,
         coalesce_reads: bool,
+        recorder: StreamRecorder | None = None,
     ) -> None:
         self._response = response
+        self._recorder = recorder
         self._pump = pump
         self._feed = pump.feed_nowait
         self._watch = watch
@@ -124,6 +128,8 @@ class _Feeder:
             return
         now = time.monotonic()
         self._watch.last = now
+        if self._recorder is not None:  # [record]: the bytes as received, before decompression
+            self._recorder.add(chunk, now)
         decompress = self._decompress
         try:
             if decompress is not None:
@@ -193,6 +199,7 @@ async def relay(
     decompress: Any = None,
     *,
     coalesce_reads: bool = False,
+    recorder: StreamRecorder | None = None,
 ) -> Fault | None:
     """Feed the upstream body to ``pump`` until it ends (the caller then asks
     :meth:`~streamhop.middleware.pump.StreamPump.feed_eof` how it ended).
@@ -208,6 +215,8 @@ async def relay(
         decompress: a ``zlib`` decompressor for a compressed body, else ``None``.
         coalesce_reads: pause reading while held events wait for their window
             (``[rechunk] coalesce_reads``, see :class:`_Feeder`).
+        recorder: where every body chunk also goes, with its arrival time, when the stream is
+            recorded (``[record]``, :mod:`streamhop.sidecar.recording`); else ``None``.
 
     Returns:
         ``None`` when the body ended, else the read fault: ``upstream_timeout``,
@@ -215,7 +224,9 @@ async def relay(
         raises for a provider fault.
     """
     watch = _ReadWatch(read_timeout_s)
-    feeder = _Feeder(response, pump, watch, decompress, coalesce_reads)
+    feeder = _Feeder(response, pump, watch, decompress, coalesce_reads, recorder)
+    if recorder is not None:
+        recorder.begin(response.raw_headers)
     try:
         response.deliver(feeder, feeder.on_end)
         while True:

@@ -1,8 +1,8 @@
 """The WebSocket bridge's message protocol, without IO: parse client frames, build server frames.
 
 Every frame is a text frame holding one JSON object with a ``type`` (``docs/websocket.md`` is the
-user-facing reference). Client → server: ``request``, ``cancel`` and ``resume``. Server → client:
-``event``, ``done``, ``error`` and ``reconnect``.
+user-facing reference). Client → server: ``request``, ``cancel``, ``resume`` and ``follow``.
+Server → client: ``event``, ``done``, ``error`` and ``reconnect``.
 
 Parsing is strict about what the bridge needs and lenient about the rest: unknown keys in a
 message are ignored, so a client may send fields a later version understands. A frame that cannot
@@ -62,6 +62,8 @@ class CancelMessage:
 class ResumeMessage:
     """``{"type": "resume", "stream_id": "...", "after": <seq>, "headers": {...}}``: replay a
     logged generation after event ``after`` (0: from the start) and follow it live to its end.
+    ``{"type": "follow", ...}`` (the same keys) is the same replay for another reader of the
+    generation (a second tab, a supervisor): counted as a follower in the metrics, no more.
 
     Attributes:
         stream_id: the stream id of the generation (from a ``reconnect`` message or an event's
@@ -70,11 +72,13 @@ class ResumeMessage:
         headers: the caller's credential headers when they are not on the handshake (a browser
             cannot set ``Authorization`` on a WebSocket handshake): the resume is bound to the
             same credentials the generation's ``request`` message carried.
+        follower: sent as ``follow`` rather than ``resume``.
     """
 
     stream_id: str
     after: int
     headers: tuple[tuple[str, str], ...] = ()
+    follower: bool = False
 
 
 ClientMessage = RequestMessage | CancelMessage | ResumeMessage
@@ -108,17 +112,18 @@ def parse_client_frame(text: str) -> ClientMessage:
         raise MessageError("invalid_message", "expected a string 'type' in the message")
     if kind == "cancel":
         return CancelMessage()
-    if kind == "resume":
+    if kind in ("resume", "follow"):
         stream_id, after = obj.get("stream_id"), obj.get("after", 0)
         if type(stream_id) is not str or not _STREAM_ID.match(stream_id):
-            raise MessageError("invalid_message", "a resume needs 'stream_id', a stream id")
+            raise MessageError("invalid_message", f"a {kind} needs 'stream_id', a stream id")
         if type(after) is not int or after < 0:
             raise MessageError("invalid_message", "'after' must be an integer >= 0")
-        return ResumeMessage(stream_id, after, _headers(obj.get("headers")))
+        headers = _headers(obj.get("headers"))
+        return ResumeMessage(stream_id, after, headers, follower=kind == "follow")
     if kind != "request":
         raise MessageError(
             "unknown_type",
-            f"unknown message type {kind!r}; expected 'request', 'cancel' or 'resume'",
+            f"unknown message type {kind!r}; expected 'request', 'cancel', 'resume' or 'follow'",
         )
     body = obj.get("body")
     if type(body) is not dict:

@@ -1,4 +1,5 @@
-"""A WebSocket ``resume``: a logged generation replayed after a ``seq``, then followed live.
+"""A WebSocket ``resume`` (or ``follow``): a logged generation replayed after a ``seq``, then
+followed live.
 
 The resume log holds each written event in SSE wire form (with its ``id: <stream-id>:<seq>``);
 here each is decoded back into an event and sent as one ``event`` message, the ``id`` included,
@@ -128,6 +129,17 @@ class WsReplay:
         """Send ``frames`` under the stall rule (``TimeoutError`` past ``stall_timeout_s``)."""
         async with asyncio.timeout(self._stall_s):
             await self._send_frames(frames)
+
+
+def counted(send_frames: SendFrames, wrote: Callable[[int], None]) -> SendFrames:
+    """``send_frames`` that reports the UTF-8 bytes of each batch it sent to ``wrote`` (a
+    follower's :meth:`~..observe.follow_metrics.Follower.wrote`)."""
+
+    async def send(frames: Sequence[str]) -> None:
+        await send_frames(frames)
+        wrote(sum(len(frame.encode()) for frame in frames))
+
+    return send
 
 
 class _End:

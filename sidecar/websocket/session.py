@@ -1,6 +1,7 @@
 """One WebSocket connection of the bridge: its reader loop (and idle timeout), the current
-generation (or resume replay), cancel, cut-over and a stop from outside (the HTTP stop endpoint),
-and the handoff message (see :mod:`.bridge` for the protocol's overview and close codes)."""
+generation (or resume or follow replay), cancel, cut-over and a stop from outside (the HTTP stop
+endpoint), and the handoff message (see :mod:`.bridge` for the protocol's overview and close
+codes)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from streamhop.sidecar.admission.guard import RequestPath
 from streamhop.sidecar.admission.headers import HeaderValueError, upstream_request_headers
 from streamhop.sidecar.asgi import Message, Receive, Scope, Send
 from streamhop.sidecar.config import RouteConfig
+from streamhop.sidecar.observe.follow_metrics import follower_metrics
 from streamhop.sidecar.upstream.edge import EdgeContext
 from streamhop.sidecar.websocket.generation import Generation
 from streamhop.sidecar.websocket.headers import caller_headers, combine, generation_headers
@@ -31,7 +33,7 @@ from streamhop.sidecar.websocket.messages import (
     parse_client_frame,
     reconnect_frame,
 )
-from streamhop.sidecar.websocket.resuming import WsReplay
+from streamhop.sidecar.websocket.resuming import WsReplay, counted
 from streamhop.sidecar.websocket.slots import GenerationStop, ReplaySlot
 
 logger = logging.getLogger(__name__)
@@ -210,7 +212,7 @@ class Session:
         """Tell the client to reconnect elsewhere; ``gen`` goes on into the log only."""
         if gen is not self.current or gen.log is None or gen.ending:
             return
-        gen.detached = True
+        gen.hand_off()
         frame = reconnect_frame(gen.record.stream_id, gen.log.last_seq, retry_ms)
         with contextlib.suppress(OSError):
             await self.send_frames([frame])
@@ -293,7 +295,8 @@ class Session:
         route = self.route
         assert route is not None
         if edge.resume is None:
-            await self._error("resume_unavailable", "resume is off ([resume] enabled = false)")
+            code = "resume_disabled" if message.follower else "resume_unavailable"
+            await self._error(code, "resume is off ([resume] enabled = false)")
             return
         limit = edge.config.server.max_streams
         if edge.state.active - self._own_slot() >= limit:
@@ -313,12 +316,16 @@ class Session:
             await self._error("bad_control_header", str(exc))
             return
         key = edge.log_key(route, message.stream_id, caller_headers(self.scope["headers"], extra))
+        edge.resuming(key)  # a generation waiting out its grace goes on
         backpressure = edge.config.backpressure
+        follower = None
+        if message.follower:  # the one difference from a resume: the followers' metrics
+            follower = follower_metrics(edge.metrics.registry).follower(route.prefix)
         replay = WsReplay(
             edge.resume,
             key,
             message,
-            self.send_frames,
+            self.send_frames if follower is None else counted(self.send_frames, follower.wrote),
             backpressure.max_pending_bytes,
             backpressure.stall_timeout_s,
         )
@@ -329,6 +336,8 @@ class Session:
 
         def finished(_: asyncio.Task[None]) -> None:
             edge.state.streams.discard(slot)
+            if follower is not None:
+                follower.close()
             if replay.stalled:
                 # The client accepted nothing for stall_timeout_s: drop the socket.
                 self._closer = asyncio.get_running_loop().create_task(

@@ -1082,8 +1082,11 @@ def test_readme_lists_every_value() -> None:
 EXAMPLE = ROOT / "config.example.toml"
 _COMMENTED_KEY = re.compile(r"^# ([A-Za-z_][A-Za-z0-9_-]*) = (.+)$")
 _TABLE = re.compile(r"^\[\[?([a-z.]+)\]\]?$")
-CHART_OWNED = {"server": ("listen", "admin_listen", "tls_cert_file", "tls_key_file")}
-"""Keys the chart renders itself (from mode, ports and tls), refused in values."""
+CHART_OWNED = {
+    "server": ("listen", "admin_listen", "tls_cert_file", "tls_key_file"),
+    "record": ("dir",),
+}
+"""Keys the chart renders itself (from mode, ports, tls and record), refused in values."""
 
 
 def example_tables() -> dict[str, dict[str, Any]]:

@@ -155,3 +155,27 @@ def test_simulate_as_its_own_program_port_in_use(busy_port: int) -> None:
         f"streamhop simulate: cannot listen on 127.0.0.1:{busy_port} for the simulator "
         "listener (--listen): address already in use",
     )
+
+
+def test_serve_record_dir_it_cannot_create(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = tmp_path / "streamhop.toml"
+    config.write_text(f'[record]\ndir = "{blocker}/recordings"\nsample = 1.0\n')
+    result = _streamhop(
+        "serve",
+        "--config",
+        str(config),
+        "--upstream",
+        DEAD_UPSTREAM,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--log-level",
+        "warning",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("streamhop serve: invalid config record.dir: cannot use ")
+    assert result.stderr.count("\n") == 1

@@ -190,7 +190,16 @@ binding_key = {{ toJson $c.resume.binding_key }}
 
 [metrics]
 {{- include "streamhop.tomlPairs" $c.metrics }}
+
+[record]
+{{- if .Values.record.enabled }}
+dir = {{ include "streamhop.recordDir" . | quote }}
+{{- end }}
+{{- include "streamhop.tomlPairs" (default (dict) $c.record) }}
 {{ end }}
+
+{{/* Where record.enabled mounts its volume, and [record] dir of the rendered config. */}}
+{{- define "streamhop.recordDir" -}}/var/lib/streamhop/recordings{{- end }}
 
 {{/* sha256 of the rendered config: put it in your pod template's annotations so a config change rolls the pods. */}}
 {{- define "streamhop.configChecksum" -}}
@@ -320,6 +329,10 @@ Containers
       readOnly: true
     - name: streamhop-tmp
       mountPath: /tmp
+    {{- if $.Values.record.enabled }}
+    - name: streamhop-recordings
+      mountPath: {{ include "streamhop.recordDir" $ }}
+    {{- end }}
 {{- end }}
 
 {{- define "streamhop.volumes" -}}
@@ -339,6 +352,18 @@ Containers
   emptyDir:
     medium: Memory
     sizeLimit: 16Mi
+{{- with .Values.record }}
+{{- if .enabled }}
+- name: streamhop-recordings
+  {{- if .volume.claimName }}
+  persistentVolumeClaim:
+    claimName: {{ .volume.claimName | quote }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .volume.sizeLimit | quote }}
+  {{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* ------------------------------------------------------------------------------------------
