@@ -175,7 +175,7 @@ def test_template_variable_queries_name_exposed_metrics_and_labels(exposed: Expo
 def _expected_unit(expr: str, title: str) -> set[str]:
     if "histogram_quantile" in expr or "_seconds_sum" in expr:
         return {"s"}
-    if "streamhop_bytes_total" in expr:
+    if re.search(r"streamhop_\w*bytes_total", expr):  # bytes, follower bytes: a byte rate
         return {"Bps"}
     if "ratio" in title.lower():
         return {"none"}
