@@ -97,6 +97,7 @@ TARGETS = (
     "streamhop-coalesce",
     "streamhop-coalesce-reads",
     "streamhop-passthrough",
+    "streamhop-2-workers",
 )
 STREAM_TOKENS = 2000
 NONSTREAM_TOKENS = 200
@@ -306,6 +307,7 @@ def start_targets(
             sim_url, "coalesce", tls, coalesce_reads=True
         ),
         "streamhop-passthrough": lambda: pt.streamhop(sim_url, "passthrough", tls),
+        "streamhop-2-workers": lambda: pt.streamhop(sim_url, "coalesce", tls, workers=2),
     }
     targets = []
     for name in names:

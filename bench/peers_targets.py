@@ -435,18 +435,29 @@ def _node_version(node: str) -> str:
 
 
 def streamhop(
-    sim_url: str, mode: str, tls: Tls | None = None, *, coalesce_reads: bool = False
+    sim_url: str,
+    mode: str,
+    tls: Tls | None = None,
+    *,
+    coalesce_reads: bool = False,
+    workers: int = 1,
 ) -> Target:
     """``streamhop serve --upstream`` in ``mode`` (coalesce or passthrough); with
-    ``coalesce_reads``, ``[rechunk] coalesce_reads = true`` too (target ``streamhop-<mode>-reads``).
+    ``coalesce_reads``, ``[rechunk] coalesce_reads = true`` too (target ``streamhop-<mode>-reads``);
+    with ``workers`` above 1, ``[server] workers`` (target ``streamhop-<workers>-workers``, its
+    CPU and RSS those of the supervisor and its workers together).
 
     With ``tls`` it trusts the local CA through ``SSL_CERT_FILE`` (in the child's environment).
     """
     tmp = Path(tempfile.mkdtemp(prefix=f"streamhop-peers-{mode}-"))
     config = tmp / "streamhop.toml"
     reads = "true" if coalesce_reads else "false"
-    config.write_text(f'[rechunk]\nmode = "{mode}"\ncoalesce_reads = {reads}\n')
+    config.write_text(
+        f'[server]\nworkers = {workers}\n[rechunk]\nmode = "{mode}"\ncoalesce_reads = {reads}\n'
+    )
     name = f"streamhop-{mode}" + ("-reads" if coalesce_reads else "")
+    if workers > 1:
+        name = f"streamhop-{workers}-workers"
     try:
         proc = start_sidecar(
             sim_url,
@@ -464,7 +475,9 @@ def streamhop(
     endpoint = Endpoint("127.0.0.1", _port_of(proc.url))
     target = Target(
         name,
-        f"streamhop {version('streamhop')} {mode}" + (", coalesce_reads" if coalesce_reads else ""),
+        f"streamhop {version('streamhop')} {mode}"
+        + (", coalesce_reads" if coalesce_reads else "")
+        + (f", {workers} workers" if workers > 1 else ""),
         endpoint,
         proc,
         passthrough_like=mode == "passthrough",

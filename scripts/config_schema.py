@@ -77,6 +77,9 @@ OVERLAY: Final[Mapping[str, Mapping[str, Any]]] = {
             "header_timeout_s": {"minimum": 0.1},
             "body_timeout_s": {"minimum": 0.1},
             "max_websockets": {"minimum": 1},
+            # An integer, or "auto" (the loader resolves it from the CPUs this process may use;
+            # the model holds the result): "minimum" binds numbers, "pattern" strings.
+            "workers": {"minimum": 1, "pattern": "^auto$", "also_type": "string"},
             "websocket_idle_timeout_s": {"minimum": 0.1},
         },
     },
@@ -249,6 +252,8 @@ def field_schema(
     """
     inner, _ = _split_optional(tp)
     schema = type_schema(inner, where)
+    overlay = dict(overlay)
+    also_type = overlay.pop("also_type", None)  # a spelling the loader turns into the model's type
     for keyword, value in overlay.items():
         if keyword in schema and schema[keyword] != value and keyword != "items":
             raise SchemaError(
@@ -260,6 +265,9 @@ def field_schema(
     if not required:
         # The chart leaves a null key out of the TOML: streamhop's default applies.
         schema = _with_null(schema)
+    if also_type is not None:
+        types_ = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        schema["type"] = [types_[0], also_type, *types_[1:]]
     has_default, default = _json_default(field)
     if has_default:
         schema["default"] = default

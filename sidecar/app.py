@@ -168,14 +168,26 @@ def build_admin_app(
 ) -> Starlette:
     """The admin app: health, readiness and metrics, behind the ``Host`` check for ``server``."""
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
     async def readyz(request: Request) -> Response:
         if state.ready and not state.draining:
             return JSONResponse({"status": "ready", "active_streams": state.active})
         reason = "draining" if state.draining else "starting"
         return JSONResponse({"status": reason}, status_code=503)
+
+    return admin_app(readyz, registry, server)
+
+
+def admin_app(
+    readyz: Callable[[Request], Awaitable[Response]],
+    registry: CollectorRegistry,
+    server: ServerConfig,
+) -> Starlette:
+    """An admin listener's app: ``/healthz`` (200 while the process runs), ``readyz`` at
+    ``/readyz``, ``/metrics`` from ``registry``, behind the ``Host`` check for ``server``
+    (this process's, or a supervisor's of ``[server] workers > 1``)."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

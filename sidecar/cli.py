@@ -22,9 +22,11 @@ from streamhop.sidecar.config import (
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_LISTEN,
     Config,
+    check_workers,
     config_from_dict,
     load_config,
     parse_hostport,
+    parse_workers,
     route_for_upstream,
 )
 from streamhop.sidecar.listen import ListenError
@@ -54,7 +56,14 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
         metavar="URL",
         help='shorthand for one route with prefix "/" to URL (replaces the config\'s routes)',
     )
+    serve.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="worker processes on the proxy port (default 1; auto: the CPUs this process may use)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    # One worker of a supervisor (--workers above 1 starts them): no admin listener.
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     simulate = sub.add_parser("simulate", help="run a fast fake LLM provider")
     if command == "simulate":
@@ -86,6 +95,9 @@ def build_serve_config(args: argparse.Namespace) -> Config:
     if args.admin_listen:
         parse_hostport("--admin-listen", args.admin_listen)
         server = replace(server, admin_listen=args.admin_listen)
+    if args.workers:
+        server = replace(server, workers=parse_workers("--workers", args.workers))
+        check_workers(server, config.resume)
     config = replace(config, server=server)
     if not config.routes:
         raise ConfigError("routes", "no route: pass --upstream URL or add [[routes]] to --config")
@@ -108,10 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"streamhop serve: {exc}", file=sys.stderr)
             return 2
-        from streamhop.sidecar.server import serve
-
         try:
-            return _run(serve(config))
+            if config.server.workers > 1 and not args.worker:
+                return _run(_supervise(config, args, words))
+            from streamhop.sidecar.server import serve
+
+            return _run(serve(config, worker=args.worker))
         except (ConfigError, ListenError) as exc:  # a [record] dir it cannot use, a busy port
             print(f"streamhop serve: {exc}", file=sys.stderr)
             return 2
@@ -122,6 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streamhop.sidecar import demo as demo_mod
 
     return demo_mod.run(args)
+
+
+async def _supervise(config: Config, args: argparse.Namespace, words: list[str]) -> int:
+    """``[server] workers > 1``: run the supervisor (:mod:`streamhop.sidecar.supervise`); each
+    worker is this command line again with ``--worker``."""
+    from streamhop.sidecar.supervise import Supervisor
+
+    argv = [sys.executable, "-m", "streamhop.sidecar.cli", *words, "--worker"]
+    return await Supervisor(config, argv, lambda: build_serve_config(args)).run()
 
 
 def _run(coro: asyncio.Future[int] | object) -> int:

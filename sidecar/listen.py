@@ -37,7 +37,9 @@ LISTEN_BACKLOG: Final = 2048
 """Pending connections per listener (uvicorn's default ``backlog``)."""
 
 
-def bind_listener(listener: str, key: str, host: str, port: int) -> list[socket.socket]:
+def bind_listener(
+    listener: str, key: str, host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+) -> list[socket.socket]:
     """Bind and listen on the sockets of one listener (the server accepts on them later).
 
     Binds what ``loop.create_server(host=..., port=...)`` would: one socket per address
@@ -46,11 +48,18 @@ def bind_listener(listener: str, key: str, host: str, port: int) -> list[socket.
     ``IPV6_V6ONLY`` on IPv6 sockets. It listens at once, so a second listener of the same
     process on the same port is refused here rather than inside the server's start-up.
 
+    With ``reuse_port`` (``[server] workers > 1``), ``SO_REUSEPORT`` too: every worker binds its
+    own sockets on the same address and the kernel spreads new connections over their accept
+    queues. The supervisor binds them first without ``listen`` to hold the port (and learn it,
+    for port 0) while workers come and go; a socket that does not listen gets no connection.
+
     Args:
         listener: the listener's name for the error (``proxy listener``).
         key: the config key and flag that set the address, for the error.
         host: an address or host name.
         port: a TCP port; 0 picks a free one.
+        reuse_port: set ``SO_REUSEPORT`` (Linux, the BSDs, macOS).
+        listen: listen at once (``False``: bound only).
 
     Returns:
         The bound sockets, at least one.
@@ -72,10 +81,13 @@ def bind_listener(listener: str, key: str, host: str, port: int) -> list[socket.
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen(LISTEN_BACKLOG)
+            if listen:
+                sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         for sock in sockets:
             sock.close()

@@ -3,6 +3,12 @@
 Shutdown (SIGTERM or SIGINT): ``/readyz`` turns 503 at once and new requests get 503; uvicorn
 stops accepting and waits up to ``drain_timeout_s`` for open streams, then cancels the rest
 (their upstreams are closed with reason ``shutdown``); the process exits 0.
+
+As one of ``[server] workers > 1`` (``worker=True``, started by
+:mod:`streamhop.sidecar.supervise`): the proxy port is bound with ``SO_REUSEPORT`` beside the
+other workers', there is no admin listener (the supervisor's serves the metrics all workers
+write), the readiness line goes to the supervisor on stdout, and the end of stdin (the
+supervisor gone) drains like SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, Final
 
 import uvicorn
@@ -21,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from streamhop.middleware.engine_build import engine_build
 from streamhop.middleware.observe.metrics import Metrics
+from streamhop.middleware.observe.sampled import sample_gauges
 from streamhop.middleware.observe.stream_end import log_end
 from streamhop.sidecar.admission.limits import HeadLimits, limited_httptools_protocol
 from streamhop.sidecar.app import build_admin_app, build_proxy_app
@@ -88,8 +96,12 @@ def log_stream(record: StreamRecord) -> None:
     log_end(record)
 
 
-async def serve(config: Config, registry: CollectorRegistry | None = None) -> int:
+async def serve(
+    config: Config, registry: CollectorRegistry | None = None, *, worker: bool = False
+) -> int:
     """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code (0).
+
+    ``worker``: run as one worker of a supervisor (see the module docstring).
 
     Both listeners are bound first, before anything is logged or started, so a busy port is one
     :class:`~streamhop.sidecar.listen.ListenError` naming the listener and its key; uvicorn gets
@@ -101,10 +113,16 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
     """
     host, port = parse_hostport("server.listen", config.server.listen)
     ahost, aport = parse_hostport("server.admin_listen", config.server.admin_listen)
-    proxy_sockets = bind_listener("proxy listener", "[server] listen / --listen", host, port)
+    proxy_sockets = bind_listener(
+        "proxy listener", "[server] listen / --listen", host, port, reuse_port=worker
+    )
     try:
-        admin_sockets = bind_listener(
-            "admin listener", "[server] admin_listen / --admin-listen", ahost, aport
+        admin_sockets = (
+            []
+            if worker
+            else bind_listener(
+                "admin listener", "[server] admin_listen / --admin-listen", ahost, aport
+            )
         )
     except ListenError:
         for sock in proxy_sockets:
@@ -215,21 +233,25 @@ async def serve(config: Config, registry: CollectorRegistry | None = None) -> in
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if worker:
 
-    async def run_proxy() -> None:
-        try:
-            await proxy.serve(sockets=proxy_sockets)
-        finally:
-            admin.should_exit = True
+        def supervisor_gone() -> None:
+            # Already draining: the drain goes on (a second signal would stop every stream).
+            if not state.draining:
+                on_signal(signal.SIGTERM)
 
-    admin_task = loop.create_task(admin.serve(sockets=admin_sockets))
-    announce = loop.create_task(_announce(proxy, admin, config))
+        _drain_when_supervisor_goes(loop, supervisor_gone)
+
+    # A worker builds the admin server but never serves it (its supervisor's serves).
+    admin_task = None if worker else loop.create_task(admin.serve(sockets=admin_sockets))
+    announce = loop.create_task(_announce(proxy, None if worker else admin, config))
     try:
-        await run_proxy()
+        await proxy.serve(sockets=proxy_sockets)
     finally:
-        admin.should_exit = True
         announce.cancel()
-        await admin_task
+        if admin_task is not None:
+            admin.should_exit = True
+            await admin_task
     if not proxy.started:
         return 1
     return 0
@@ -260,20 +282,30 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-async def _announce(proxy: uvicorn.Server, admin: uvicorn.Server, config: Config) -> None:
+async def _announce(proxy: uvicorn.Server, admin: uvicorn.Server | None, config: Config) -> None:
     """Once both servers serve: freeze start-up objects (:func:`tune_gc`), then print the line
     tests and the demo wait for, with the ports really bound (port 0 works); with TLS on the
-    proxy listener, reload its certificate when the files change (until cancelled)."""
-    while not (proxy.started and admin.started):
+    proxy listener, reload its certificate when the files change (until cancelled).
+
+    A worker (no ``admin``) prints :data:`WORKER_READY` for its supervisor instead, and writes
+    its sampled gauges to the metric files every :data:`TICK_S`."""
+    while not (proxy.started and (admin is None or admin.started)):
         await asyncio.sleep(0.005)
     tune_gc()
     addr = _url_host_port(proxy.servers[0].sockets[0].getsockname())
-    admin_addr = _url_host_port(admin.servers[0].sockets[0].getsockname())
     scheme = "http" if proxy.config.ssl is None else "https"
-    sys.stdout.write(
-        f"streamhop serve listening on {scheme}://{addr} (admin http://{admin_addr})\n"
-    )
-    sys.stdout.flush()
+    if admin is None:
+        sys.stdout.write(f"{WORKER_READY} {scheme}://{addr}\n")
+        sys.stdout.flush()
+        sampling = asyncio.get_running_loop().create_task(_sample_gauges_forever())
+        _background.add(sampling)
+        sampling.add_done_callback(_background.discard)
+    else:
+        admin_addr = _url_host_port(admin.servers[0].sockets[0].getsockname())
+        sys.stdout.write(
+            f"streamhop serve listening on {scheme}://{addr} (admin http://{admin_addr})\n"
+        )
+        sys.stdout.flush()
     server = config.server
     context = proxy.config.ssl
     if context is not None and server.tls_cert_file and server.tls_key_file:
@@ -285,6 +317,41 @@ async def _announce(proxy: uvicorn.Server, admin: uvicorn.Server, config: Config
         except Exception:
             logger.exception("the TLS certificate reloader stopped")
             raise
+
+
+WORKER_READY: Final = "streamhop worker ready on"
+"""What a worker prints on stdout once it serves (the supervisor's readiness signal)."""
+
+
+_background: set[asyncio.Task[None]] = set()
+"""Tasks nothing awaits, kept from the garbage collector until they end."""
+
+
+async def _sample_gauges_forever() -> None:
+    """The worker's gauges read from functions, written every :data:`TICK_S` (until the loop
+    ends: the task dies with it)."""
+    while True:
+        sample_gauges()
+        await asyncio.sleep(TICK_S)
+
+
+def _drain_when_supervisor_goes(loop: asyncio.AbstractEventLoop, drain: Callable[[], None]) -> None:
+    """Call ``drain`` once stdin ends: the supervisor holds the pipe's other end, so it ended
+    (even by SIGKILL) and nobody would signal this worker any more."""
+
+    def readable() -> None:
+        try:
+            data = os.read(0, 512)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(0)
+            drain()
+
+    os.set_blocking(0, False)
+    loop.add_reader(0, readable)
 
 
 def _url_host_port(sockname: tuple[Any, ...]) -> str:

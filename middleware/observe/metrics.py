@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streamhop.middleware.observe.batched import BatchedHistogram
 from streamhop.middleware.observe.bursts import DEFAULT_GAP_S, DEFAULT_MIN_EVENTS, BurstDetector
+from streamhop.middleware.observe.sampled import SampledGauge
 
 OVERHEAD_BUCKETS: Final = (
     1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1,
@@ -148,9 +149,10 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        self.active = Gauge(
-            "streamhop_streams_active", "Requests in flight.", ("route",), registry=r
-        )
+        self.active = Gauge(  # livesum: workers > 1 write files a supervisor adds up
+            "streamhop_streams_active", "Requests in flight.", ("route",), registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.events = Counter(
             "streamhop_events_total",
             "SSE events: upstream (received) and downstream (sent after re-chunking).",
@@ -213,15 +215,17 @@ class Metrics:
             ("reason",),
             registry=r,
         )
-        self.resume_memory_bytes = Gauge(
+        self.resume_memory_bytes = SampledGauge(
             "streamhop_resume_memory_bytes",
             "Encoded event bytes the memory resume store holds (at most max_total_bytes).",
             registry=r,
+            multiprocess_mode="livesum",
         )
-        self.websockets_open = Gauge(
+        self.websockets_open = SampledGauge(
             "streamhop_websockets_open",
             "WebSocket connections open (what max_websockets counts), idle or not.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.websocket_refused = Counter(
             "streamhop_websocket_refused_total",

@@ -31,6 +31,7 @@ from streamhop.sidecar.config.model import (
     parse_hostport,
     redact_url,
 )
+from streamhop.sidecar.config.workers import check_workers, parse_workers
 
 __all__ = [
     "DEFAULT_ADMIN_LISTEN",
@@ -45,10 +46,12 @@ __all__ = [
     "RouteConfig",
     "ServerConfig",
     "TracingConfig",
+    "check_workers",
     "config_from_dict",
     "effective_allowed_hosts",
     "load_config",
     "parse_hostport",
+    "parse_workers",
     "redact_url",
     "route_for_upstream",
 ]

@@ -9,7 +9,7 @@ This module reads the file and puts the tables together; each table is validated
 module (:mod:`.server`, :mod:`.routes`, :mod:`.streaming`, :mod:`.resume`, :mod:`.telemetry`,
 :mod:`.record`), from the value readers of :mod:`.readers` and the URL checks of
 :mod:`.urls`. Checks that span two tables (a ``detach`` or ``grace`` route needs ``[resume]``,
-``[record] routes`` name routes) live here.
+``[record] routes`` name routes, several workers need a shared resume store) live here.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from streamhop.sidecar.config.server import server_config
 from streamhop.sidecar.config.streaming import backpressure_config, rechunk_config
 from streamhop.sidecar.config.telemetry import metrics_config, tracing_config
 from streamhop.sidecar.config.urls import base_url
+from streamhop.sidecar.config.workers import check_workers
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -70,6 +71,7 @@ def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
     resume = resume_config(table(data, "resume"), env)
     record = record_config(table(data, "record"))
     check_record_routes(record, routes)
+    check_workers(server, resume)
     for i, route in enumerate(routes):
         if route.on_disconnect != "cancel" and not resume.enabled:
             raise ConfigError(

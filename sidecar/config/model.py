@@ -65,6 +65,10 @@ class ServerConfig:
     speaks HTTPS (the admin port stays plain). Reloaded when the file changes."""
     tls_key_file: str | None = None
     """PEM private key of ``tls_cert_file``."""
+    workers: int = 1
+    """Worker processes serving the proxy port (``"auto"`` in the file: the CPUs this process
+    may use, resolved at load); above 1, a supervisor process runs them and the admin listener
+    (``sidecar/supervise/``)."""
 
 
 DEFAULT_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")

@@ -21,6 +21,7 @@ from streamhop.sidecar.config.readers import (
     read_str,
 )
 from streamhop.sidecar.config.urls import hosts, origins
+from streamhop.sidecar.config.workers import parse_workers
 
 
 def server_config(t: Mapping[str, Any]) -> ServerConfig:
@@ -60,6 +61,7 @@ def server_config(t: Mapping[str, Any]) -> ServerConfig:
             t, "server", "websocket_idle_timeout_s", d.websocket_idle_timeout_s, minimum=0.1
         ),
         trust_env=read_bool(t, "server", "trust_env", d.trust_env),
+        workers=parse_workers("server.workers", t.get("workers", d.workers)),
         **_listener_tls(t),
     )
 

@@ -55,6 +55,7 @@ class FollowerMetrics:
             "WebSocket follow messages).",
             ("route",),
             registry=registry,
+            multiprocess_mode="livesum",  # [server] workers > 1: the workers' added up
         )
         self.bytes = Counter(
             "streamhop_follower_bytes",

@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
+
+from streamhop.middleware.observe.sampled import SampledGauge
 
 RECORDING_RESULTS: Final = ("written", "failed", "too_large", "dropped")
 """``result`` of ``streamhop_recordings_total``."""
@@ -33,9 +35,12 @@ class RecordingMetrics:
             "Recordings deleted, oldest first, to keep [record] dir within max_bytes.",
             registry=registry,
         )
-        self.disk_bytes = Gauge(
+        # Sampled: read from on_disk in a worker too ([server] workers > 1); livemax: the
+        # workers share the directory, each counting what it knows of.
+        self.disk_bytes = SampledGauge(
             "streamhop_recordings_bytes",
             "Bytes the recordings in [record] dir take (at most max_bytes).",
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.disk_bytes.set_function(on_disk)

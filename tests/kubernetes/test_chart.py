@@ -352,6 +352,10 @@ def test_values_schema_refuses_wrong_values_at_install(
             {"tls": {"enabled": True, "certManager": {"enabled": True}}},
             "needs tls.certManager.issuerRef.name",
         ),
+        (
+            {"config": {"server": {"workers": 2}, "resume": {"enabled": True}}},
+            'config.server.workers is 2, but config.resume.store is "memory"',
+        ),
     ],
 )
 def test_impossible_combinations_fail_at_render_with_the_reason(
@@ -359,6 +363,23 @@ def test_impossible_combinations_fail_at_render_with_the_reason(
 ) -> None:
     with pytest.raises(helm.HelmError, match=re.escape(message)):
         render(values)
+
+
+def test_workers_render_into_the_config_and_the_streams_alert() -> None:
+    assert render({}).config["server"]["workers"] == 1
+    values = {"config": {"server": {"workers": 2}}, "prometheusRule": {"enabled": True}}
+    rendered = render(values)
+    assert rendered.config["server"]["workers"] == 2
+    # max_streams is per worker: the pod holds workers times as many.
+    rules = [r for g in rendered.one("PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    (near,) = [r for r in rules if r.get("alert") == "StreamhopStreamsNearLimit"]
+    assert " / 20000 >= " in near["expr"]
+    # "auto" renders as written (streamhop resolves it from the pod's CPUs); the alert then
+    # counts one worker, and a memory resume store is refused as for any number above 1.
+    auto = render({"config": {"server": {"workers": "auto"}}, "prometheusRule": {"enabled": True}})
+    assert auto.config["server"]["workers"] == "auto"
+    with pytest.raises(helm.HelmError, match=re.escape("config.resume.store")):
+        render({"config": {"server": {"workers": "auto"}, "resume": {"enabled": True}}})
 
 
 # The schema's config part is generated from the config model: tests/kubernetes/

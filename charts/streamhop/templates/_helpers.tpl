@@ -119,8 +119,25 @@ expands ${NAME} in redis_url), so the password is never in the ConfigMap. */}}
 {{- if and .Values.config.resume.enabled (eq .Values.config.resume.store "redis") .Values.secrets.redisUrl.existingSecret }}true{{ end }}
 {{- end }}
 
+{{/* Worker processes as a number: config.server.workers, 1 when unset; "auto" (resolved by
+streamhop from the pod's CPUs, unknown here) counts as 1. */}}
+{{- define "streamhop.workers" -}}
+{{- $workers := default 1 .Values.config.server.workers }}
+{{- if eq (toString $workers) "auto" }}1{{ else }}{{ int $workers }}{{ end }}
+{{- end }}
+
+{{/* Open requests a pod may hold: max_streams per worker process ("auto": see above; set a
+number for an exact saturation alert). */}}
+{{- define "streamhop.podMaxStreams" -}}
+{{ mul (int .Values.config.server.max_streams) (int (include "streamhop.workers" .)) }}
+{{- end }}
+
 {{- define "streamhop.checkValues" -}}
 {{- $resume := .Values.config.resume }}
+{{- $several := or (eq (toString .Values.config.server.workers) "auto") (gt (int (include "streamhop.workers" .)) 1) }}
+{{- if and $several $resume.enabled (eq (default "memory" $resume.store) "memory") }}
+{{- fail (printf "streamhop: config.server.workers is %v, but config.resume.store is \"memory\": each worker would hold its own resume logs and a reconnect lands on any worker; set config.resume.store to \"redis\", or workers to 1" .Values.config.server.workers) }}
+{{- end }}
 {{- if and $resume.enabled (eq $resume.store "redis") }}
 {{- if not (or .Values.secrets.resumeBindingKey.existingSecret $resume.binding_key) }}
 {{- fail "streamhop: config.resume.store is \"redis\": replicas sharing Redis must share the resume binding key; set secrets.resumeBindingKey.existingSecret (a Secret holding a long random string)" }}
