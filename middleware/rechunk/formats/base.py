@@ -39,9 +39,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol, runtime_checkable
 
-import orjson
-
 from streamhop.middleware.rechunk.formats.parsing import MALFORMED as MALFORMED
+from streamhop.middleware.rechunk.formats.parsing import json_object
 from streamhop.middleware.rechunk.formats.parsing import parse_object as parse_object
 from streamhop.middleware.sse.events import SSEEvent
 
@@ -299,11 +298,8 @@ def json_type(event: SSEEvent) -> str | None:
     data = event.data
     if data is None or '"type"' not in data:
         return None
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    kind = obj.get("type") if type(obj) is dict else None
+    obj = json_object(data)
+    kind = None if obj is None else obj.get("type")
     return kind if type(kind) is str else None
 
 
@@ -316,11 +312,7 @@ def usage_object(event: SSEEvent) -> dict[str, Any] | None:
     data = event.data
     if data is None or "usage" not in data:
         return None
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return obj if type(obj) is dict else None
+    return json_object(data)
 
 
 def named_object(event: SSEEvent, names: frozenset[str]) -> tuple[str, dict[str, Any]] | None:

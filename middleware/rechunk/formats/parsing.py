@@ -41,8 +41,14 @@ def parse_object(event: SSEEvent, end: str | None = None) -> dict[str, Any] | _M
     data = event.data
     if data is None or event.retry is not None or (end is not None and data == end):
         return None
+    obj = json_object(data)
+    return MALFORMED if obj is None else obj
+
+
+def json_object(data: str) -> dict[str, Any] | None:
+    """``data`` parsed as JSON when it is a JSON object, else ``None`` (never raises)."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return MALFORMED
-    return obj if type(obj) is dict else MALFORMED
+        return None
+    return obj if type(obj) is dict else None

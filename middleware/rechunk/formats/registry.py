@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-import orjson
-
 from streamhop.middleware.rechunk.formats.anthropic import AnthropicFormat
 from streamhop.middleware.rechunk.formats.base import Format, Match
 from streamhop.middleware.rechunk.formats.openai_chat import OpenAIChatFormat
 from streamhop.middleware.rechunk.formats.openai_responses import OpenAIResponsesFormat
+from streamhop.middleware.rechunk.formats.parsing import json_object
 from streamhop.middleware.rechunk.formats.plain import PlainSSEFormat
 from streamhop.middleware.sse.events import SSEEvent
 
@@ -83,11 +82,7 @@ def detect_format(event: SSEEvent) -> Format | None:
     data = event.data
     if data is None:
         return None
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        parsed = None
-    obj = parsed if type(parsed) is dict else None
+    obj = json_object(data)
     best = REGISTERED[-1]
     best_match = Match.NONE
     for fmt in REGISTERED:
