@@ -96,9 +96,9 @@ class Proxy:
         # A resume is still served while draining: it starts no generation, and a browser
         # whose reconnect rides an old keep-alive connection here must not get a 503
         # (EventSource gives up for good on an error status).
-        resuming = edge.resume is not None and _last_event_id(scope) is not None
+        last_event_id = _last_event_id(scope) if edge.resume is not None else None
         refusal = capacity(
-            server, fmt, draining=state.draining and not resuming, active=state.active
+            server, fmt, draining=state.draining and last_event_id is None, active=state.active
         )
         forwarded = forwarded_headers(scope["headers"], fmt) if refusal is None else refusal
         if isinstance(forwarded, Refusal):
@@ -137,7 +137,6 @@ class Proxy:
                 await json_error(send, 400, fmt, "bad_control_header", message)
                 return
             on_disconnect = controls.on_disconnect
-        last_event_id = _last_event_id(scope) if edge.resume is not None else None
         if last_event_id is not None:
             await self._resume(receive, send, route, last_event_id, fmt, scope)
             return
