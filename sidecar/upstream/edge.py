@@ -195,9 +195,10 @@ class EdgeContext:
         """A client resumes the log under ``key`` (``Last-Event-ID`` or a WebSocket ``resume``,
         bound to the caller): a generation waiting out its grace here goes on; with a shared
         store the other replicas are told, since the generation may run on one of them."""
+        here = key in self.graced  # the generation runs here: no other replica needs telling
         self.resumed_elsewhere(key)
         store = self.resume
-        if store is not None and store.name == "redis":
+        if not here and store is not None and store.name == "redis":
             task = asyncio.get_running_loop().create_task(self._publish_resumed(store, key))
             self._signals.add(task)
             task.add_done_callback(self._signals.discard)
